@@ -1,0 +1,50 @@
+# The gateway's two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MQTT_PORT ?= 1883
+PYTEST_ARGS ?=
+
+.PHONY: run test lint typecheck format system-deps install install-test clean
+
+$(VENV)/.run-installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-installed: $(VENV)/.run-installed
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.run-installed
+install-test: $(VENV)/.test-installed
+
+## Start the gateway on http://$(HOST):$(PORT)/ with an embedded MQTT broker on $(MQTT_PORT)
+## (or MQTT_URL / REDIS_URL when set).
+run: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py rungateway --host $(HOST) --port $(PORT) --mqtt-port $(MQTT_PORT)
+
+## Install what the tests need (Python packages, Mosquitto, Redis), lint, type-check, test.
+test: install-test system-deps lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+system-deps:
+	sh scripts/system-deps.sh
+
+lint: install-test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install-test
+	$(VENV)/bin/mypy
+
+format: install-test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,131 @@
+"""Payload codecs, registered by name: bytes from the broker <-> values in a room.
+
+A payload that a codec cannot decode is never dropped: it reaches the room as base64 and the
+``payload_decode_failures`` counter moves.
+"""
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgpack
+
+from gateway import metrics
+from gateway.jsonutil import dumps, parse_json
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A decoded payload: the value, and whether it is base64 text of raw bytes."""
+
+    message: Any
+    base64: bool = False
+
+
+class Codec(Protocol):
+    """Turns payload bytes into a JSON-compatible value and back."""
+
+    name: str
+
+    def decode(self, payload: bytes) -> Decoded: ...
+
+    def encode(self, message: Any) -> bytes: ...
+
+
+def as_base64(payload: bytes) -> Decoded:
+    """Raw bytes, carried as base64 text."""
+    return Decoded(base64.b64encode(payload).decode("ascii"), base64=True)
+
+
+def _failed(codec: str, payload: bytes) -> Decoded:
+    metrics.inc("payload_decode_failures", codec)
+    return as_base64(payload)
+
+
+class JsonCodec:
+    """JSON text; text that is not JSON is kept as a string, bytes that are not UTF-8 as base64."""
+
+    name = "json"
+
+    def decode(self, payload: bytes) -> Decoded:
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return _failed(self.name, payload)
+        try:
+            return Decoded(parse_json(text))
+        except ValueError:
+            return Decoded(text)
+
+    def encode(self, message: Any) -> bytes:
+        return dumps(message).encode("utf-8")
+
+
+class TextCodec:
+    """UTF-8 text, never parsed."""
+
+    name = "text"
+
+    def decode(self, payload: bytes) -> Decoded:
+        try:
+            return Decoded(payload.decode("utf-8"))
+        except UnicodeDecodeError:
+            return _failed(self.name, payload)
+
+    def encode(self, message: Any) -> bytes:
+        return (message if isinstance(message, str) else dumps(message)).encode("utf-8")
+
+
+class BinaryCodec:
+    """Opaque bytes, carried to browsers as base64."""
+
+    name = "binary"
+
+    def decode(self, payload: bytes) -> Decoded:
+        return as_base64(payload)
+
+    def encode(self, message: Any) -> bytes:
+        if isinstance(message, str):
+            try:
+                return base64.b64decode(message, validate=True)
+            except binascii.Error:
+                return message.encode("utf-8")
+        return dumps(message).encode("utf-8")
+
+
+class MsgpackCodec:
+    """MessagePack, decoded to the JSON-compatible subset (maps with string keys)."""
+
+    name = "msgpack"
+
+    def decode(self, payload: bytes) -> Decoded:
+        try:
+            value = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+            dumps(value)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return _failed(self.name, payload)
+        return Decoded(value)
+
+    def encode(self, message: Any) -> bytes:
+        return bytes(msgpack.packb(message, use_bin_type=True))
+
+
+_registry: dict[str, Codec] = {}
+
+
+def register(codec: Codec) -> None:
+    """Make ``codec`` available by its name."""
+    _registry[codec.name] = codec
+
+
+def get_codec(name: str) -> Codec:
+    """The codec registered as ``name``; KeyError names the known ones."""
+    try:
+        return _registry[name]
+    except KeyError:
+        raise KeyError(f"unknown codec {name!r}; known: {sorted(_registry)}") from None
+
+
+for _codec in (JsonCodec(), TextCodec(), BinaryCodec(), MsgpackCodec()):
+    register(_codec)

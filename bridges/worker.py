@@ -1,0 +1,75 @@
+"""Running the bridge: connect first, then serve the ``mqtt-bridge`` channel, until told to stop."""
+
+import asyncio
+import logging
+from typing import Any
+
+from channels.layers import BaseChannelLayer
+from channels.worker import Worker
+
+from bridges.bridge import Bridge
+from bridges.runtime import set_bridge
+from gateway import metrics
+from gateway.events import BRIDGE_CHANNEL
+
+logger = logging.getLogger(__name__)
+
+
+class SupervisedWorker(Worker):  # type: ignore[misc]
+    """A channels worker that survives any message: a bad one is counted, never fatal.
+
+    The stock worker exits on a message without ``type``; a gateway must not.
+    """
+
+    async def handle(self) -> None:
+        # gather, unlike the stock asyncio.wait, cancels the listeners when cancelled.
+        await asyncio.gather(*(self.listener(channel) for channel in self.channels))
+
+    def cancel_instances(self) -> None:
+        """Stop every consumer instance the worker started."""
+        for details in self.application_instances.values():
+            details["future"].cancel()
+
+    async def listener(self, channel: str) -> None:
+        while True:
+            try:
+                message = await self.channel_layer.receive(channel)
+                if not isinstance(message, dict) or not message.get("type"):
+                    metrics.dropped("untyped_channel_message", f"on channel {channel}")
+                    continue
+                scope = {"type": "channel", "channel": channel}
+                instance_queue = self.get_or_create_application_instance(channel, scope)
+                await instance_queue.put(message)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("channel %s: receiving failed; going on", channel)
+                await asyncio.sleep(1)
+
+
+async def serve_bridge(
+    bridge: Bridge,
+    *,
+    application: Any,
+    channel_layer: BaseChannelLayer,
+    channels: list[str] | None = None,
+    stop: asyncio.Event,
+) -> None:
+    """Connect ``bridge`` to its broker, serve the bridge channel, and return after ``stop``."""
+    set_bridge(bridge)
+    await bridge.start()
+    worker = SupervisedWorker(
+        application=application,
+        channels=channels or [BRIDGE_CHANNEL],
+        channel_layer=channel_layer,
+    )
+    serving = asyncio.create_task(worker.arun(), name="bridge-worker")
+    try:
+        await stop.wait()
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        worker.cancel_instances()
+        await bridge.stop()
+        set_bridge(None)
+        logger.info("bridge stopped")

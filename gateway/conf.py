@@ -1,0 +1,41 @@
+"""The gateway's own settings: read once from the environment, frozen, validated at start-up."""
+
+import re
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+_GATEWAY_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,31}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    """Settings shared by every edge.
+
+    Attributes:
+        gateway_id: names this gateway on the broker; the MQTT client id and loop prevention
+            derive from it (``GATEWAY_ID``).
+        max_frame_bytes: largest WebSocket frame accepted; larger ones close with 1009
+            (``GATEWAY_MAX_FRAME_BYTES``).
+    """
+
+    gateway_id: str = "gateway"
+    max_frame_bytes: int = 64 * 1024
+
+    def __post_init__(self) -> None:
+        if not _GATEWAY_ID_RE.fullmatch(self.gateway_id):
+            raise ImproperlyConfigured(
+                f"GATEWAY_ID={self.gateway_id!r} is invalid: use 1-32 letters, digits, '_', '.'"
+                " or '-', not starting with '.' or '-'"
+            )
+        if not 1024 <= self.max_frame_bytes <= 16 * 1024 * 1024:
+            raise ImproperlyConfigured(
+                f"GATEWAY_MAX_FRAME_BYTES={self.max_frame_bytes} is out of range (1024-16777216)"
+            )
+
+
+def gateway_settings() -> GatewaySettings:
+    """The settings in force (``settings.GATEWAY``)."""
+    value = getattr(settings, "GATEWAY", None)
+    return value if isinstance(value, GatewaySettings) else GatewaySettings()

@@ -1,0 +1,54 @@
+"""The message envelope: what every message looks like once it is inside a room."""
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal, NotRequired, TypedDict
+
+Source = Literal["ws", "mqtt", "http"]
+SOURCES: tuple[Source, ...] = ("ws", "mqtt", "http")
+
+
+class Envelope(TypedDict):
+    """A message in a room, as browsers receive it (without ``type``) and MQTT carries it."""
+
+    id: str
+    room: str
+    ts: str
+    source: Source
+    sender: str | None
+    topic: str | None
+    message: Any
+    gateway: str
+    encoding: NotRequired[Literal["base64"]]
+
+
+def utc_timestamp(now: datetime | None = None) -> str:
+    """An ISO 8601 UTC timestamp with milliseconds, e.g. ``2026-11-20T23:59:00.123Z``."""
+    now = now or datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+def new_envelope(
+    *,
+    room: str,
+    message: Any,
+    source: Source,
+    sender: str | None,
+    gateway: str,
+    topic: str | None = None,
+    base64: bool = False,
+) -> Envelope:
+    """Stamp a message with a fresh id and the current time."""
+    envelope = Envelope(
+        id=uuid.uuid4().hex,
+        room=room,
+        ts=utc_timestamp(),
+        source=source,
+        sender=sender,
+        topic=topic,
+        message=message,
+        gateway=gateway,
+    )
+    if base64:
+        envelope["encoding"] = "base64"
+    return envelope

@@ -1,0 +1,24 @@
+#!/bin/sh
+# Makes sure the real servers the tests start are installed: Mosquitto and Redis.
+# Installs Debian's packages when they are missing and this machine can; otherwise says what to do.
+set -eu
+
+missing=""
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$missing redis-server"
+[ -z "$missing" ] && exit 0
+
+echo "Installing the test servers:$missing"
+if command -v apt-get >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then sudo=""; elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; else sudo="none"; fi
+    if [ "$sudo" != none ]; then
+        $sudo apt-get update -qq
+        # shellcheck disable=SC2086
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends $missing
+        exit 0
+    fi
+fi
+echo "The tests need$missing. Install them, e.g.:" >&2
+echo "  Debian/Ubuntu: sudo apt-get install$missing" >&2
+echo "  macOS:         brew install mosquitto redis" >&2
+exit 1
