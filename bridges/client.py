@@ -91,6 +91,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     async def start(self) -> None:
@@ -170,12 +171,28 @@ class MqttLink:
         else:
             topics = list(self._subscriptions)
         client.subscribe(topics)
-        logger.info(
-            "connected to %s; subscribed to %s",
-            self.settings.describe(),
-            [t for t, _ in self._subscriptions],
-        )
+        logger.info("connected to %s", self.settings.describe())
         self._call_in_loop(self.connected.set)
+
+    def _on_subscribe(
+        self,
+        _client: paho.Client,
+        _userdata: Any,
+        _mid: int,
+        reasons: list[ReasonCode],
+        _properties: Any,
+    ) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            metrics.inc("mqtt_subscriptions_refused", amount=len(refused))
+            logger.error(
+                "broker %s refused subscriptions to %s: %s",
+                self.settings.describe(),
+                [t for t, _ in self._subscriptions],
+                refused,
+            )
+            return
+        logger.info("subscribed to %s", [t for t, _ in self._subscriptions])
 
     def _on_disconnect(
         self,

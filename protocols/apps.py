@@ -3,3 +3,9 @@ from django.apps import AppConfig
 
 class ProtocolsConfig(AppConfig):
     name = "protocols"
+
+    def ready(self) -> None:
+        from gateway.conf import gateway_settings
+        from protocols.daphne_limits import hold_to_limit
+
+        hold_to_limit(gateway_settings().max_frame_bytes)

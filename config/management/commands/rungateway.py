@@ -119,9 +119,6 @@ class _Sidecars:
         self.stop = asyncio.Event()
 
     def schedule(self) -> None:
-        # daphne has built its WebSocket factory by now. Over-limit frames then get a close
-        # frame with 1009 instead of a dropped TCP connection.
-        self.server.ws_factory.setProtocolOptions(failByDrop=False)
 
         # callLater, not callWhenRunning: the latter fires before the asyncio loop runs.
         reactor.callLater(0, self._begin)

@@ -1,0 +1,242 @@
+"""Devices and browsers share rooms: real Mosquitto, Redis, daphne and bridge worker processes."""
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import start_gateway
+from tests.support.clients import (
+    frames_within,
+    mqtt_client,
+    mqtt_messages_within,
+    recv_json,
+    ws_connect,
+)
+from tests.support.processes import Gateway, Mosquitto, Redis, gateway_env, manage
+
+QUIET = 1.0  # seconds in which nothing more may arrive
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path_factory.mktemp("broker")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    broker: Mosquitto,
+    redis_server: Redis,
+    database_url: str,
+) -> Iterator[Gateway]:
+    stack = start_gateway(tmp_path_factory.mktemp("gateway"), broker, redis_server, database_url)
+    yield stack
+    stack.stop()
+
+
+async def test_device_message_reaches_every_browser_in_its_room_and_no_other(
+    gateway: Gateway, broker: Mosquitto
+) -> None:
+    async with (
+        ws_connect(gateway.ws, "kitchen") as first,
+        ws_connect(gateway.ws, "kitchen") as second,
+        ws_connect(gateway.ws, "hall") as hall,
+        mqtt_client(broker.port) as device,
+    ):
+        await device.publish("rooms/kitchen/sensor-1", b'{"t": 21.5}', qos=1)
+        for ws in (first, second):
+            frame = await recv_json(ws)
+            assert frame["type"] == "message"
+            assert frame["source"] == "mqtt"
+            assert frame["room"] == "kitchen"
+            assert frame["topic"] == "rooms/kitchen/sensor-1"
+            assert frame["sender"] == "sensor-1"
+            assert frame["message"] == {"t": 21.5}
+            assert frame["id"]
+            assert frame["ts"].endswith("Z")
+        assert await frames_within(hall, QUIET) == []
+        assert await frames_within(first, 0.2) == []
+
+
+async def test_browser_message_reaches_the_room_and_mqtt_once_without_echo(
+    gateway: Gateway, broker: Mosquitto
+) -> None:
+    async with (
+        ws_connect(gateway.ws, "kitchen") as alice,
+        ws_connect(gateway.ws, "kitchen") as bob,
+        mqtt_client(broker.port) as device,
+    ):
+        await device.subscribe("rooms/kitchen/#", qos=1)
+        await alice.send(json.dumps({"message": "hi"}))
+        frame = await recv_json(bob)
+        assert (frame["type"], frame["source"], frame["message"]) == ("message", "ws", "hi")
+        assert frame["topic"] is None
+        received = await mqtt_messages_within(device, 3)
+        assert [m.topic.value for m in received] == ["rooms/kitchen/gateway"]
+        envelope = json.loads(received[0].payload)  # type: ignore[arg-type]
+        assert envelope["id"] == frame["id"]
+        assert {k: envelope[k] for k in ("room", "source", "sender", "message")} == {
+            "room": "kitchen",
+            "source": "ws",
+            "sender": frame["sender"],
+            "message": "hi",
+        }
+        # The bridge saw its own publication come back and did not feed it into the room.
+        assert await frames_within(bob, QUIET) == []
+        alice_frames = await frames_within(alice, 0.2)
+        assert [f["id"] for f in alice_frames] == [frame["id"]]  # the sender's own copy, once
+
+
+async def test_send_message_reaches_browsers_and_mqtt(gateway: Gateway, broker: Mosquitto) -> None:
+    async with (
+        ws_connect(gateway.ws, "porch") as browser,
+        mqtt_client(broker.port) as device,
+    ):
+        await device.subscribe("rooms/porch/#", qos=1)
+        result = await asyncio.to_thread(
+            manage, "send_message", "porch", '{"light": "on"}', env=gateway.env
+        )
+        assert result.returncode == 0, result.stderr
+        frame = await recv_json(browser)
+        assert (frame["source"], frame["sender"], frame["message"]) == (
+            "http",
+            "admin",
+            {"light": "on"},
+        )
+        received = await mqtt_messages_within(device, 3)
+        assert [m.topic.value for m in received] == ["rooms/porch/gateway"]
+        assert json.loads(received[0].payload)["message"] == {"light": "on"}  # type: ignore[arg-type]
+
+
+def test_send_message_refuses_a_bad_room(gateway: Gateway) -> None:
+    result = manage("send_message", "a/b", "hi", env=gateway.env)
+    assert result.returncode != 0
+    assert "invalid room name 'a/b'" in result.stderr
+
+
+async def test_bad_frames_get_error_frames_and_the_socket_stays_usable(gateway: Gateway) -> None:
+    async with ws_connect(gateway.ws, "lab") as ws:
+        await ws.send("not json")
+        assert (await recv_json(ws))["code"] == "invalid_json"
+        await ws.send(json.dumps({"text": "no message key"}))
+        assert (await recv_json(ws))["code"] == "invalid_frame"
+        await ws.send(b"\x00\x01binary")
+        error = await recv_json(ws)
+        assert (error["type"], error["code"]) == ("error", "binary_frame")
+        # A client-supplied type is never used: the frame is an ordinary message.
+        await ws.send(json.dumps({"type": "websocket.disconnect", "message": "still here"}))
+        frame = await recv_json(ws)
+        assert (frame["type"], frame["message"]) == ("message", "still here")
+
+
+async def test_a_frame_over_the_limit_closes_with_1009(gateway: Gateway) -> None:
+    async with ws_connect(gateway.ws, "lab") as ws:
+        await ws.send(json.dumps({"message": "x" * 60_000}))  # under 64 KiB: delivered
+        assert len((await recv_json(ws))["message"]) == 60_000
+        await ws.send(json.dumps({"message": "x" * 70_000}))
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_json(ws)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
+    async with ws_connect(gateway.ws, "lab") as ws:  # the server goes on
+        await ws.send(json.dumps({"message": "after"}))
+        assert (await recv_json(ws))["message"] == "after"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["a%2Fb", "a+b", "%23", "%24SYS", "nul%00", "x" * 65, ".hidden", "-dash", "caf%C3%A9"],
+)
+async def test_bad_room_names_are_refused_before_accept(gateway: Gateway, path: str) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with ws_connect(gateway.ws, path):
+            pass
+    assert refused.value.response.status_code in (403, 404)
+
+
+async def test_a_foreign_origin_is_refused(gateway: Gateway) -> None:
+    with pytest.raises(InvalidStatus) as refused:
+        async with ws_connect(gateway.ws, "kitchen", origin="http://evil.example"):
+            pass
+    assert refused.value.response.status_code == 403
+
+
+async def test_non_utf8_payload_arrives_as_base64(gateway: Gateway, broker: Mosquitto) -> None:
+    async with ws_connect(gateway.ws, "cellar") as ws, mqtt_client(broker.port) as device:
+        await device.publish("rooms/cellar/cam", b"\xff\xfe\x00raw", qos=1)
+        frame = await recv_json(ws)
+        assert frame["encoding"] == "base64"
+        assert frame["message"] == "//4AcmF3"
+
+
+async def test_bad_device_topics_are_dropped_and_the_bridge_goes_on(
+    gateway: Gateway, broker: Mosquitto
+) -> None:
+    async with ws_connect(gateway.ws, "attic") as ws, mqtt_client(broker.port) as device:
+        await device.publish("rooms/.bad/x", b"1", qos=1)
+        await device.publish("rooms/" + "y" * 65, b"2", qos=1)
+        await device.publish("rooms/attic", b"plain text", qos=1)
+        frame = await recv_json(ws)
+        assert (frame["message"], frame["sender"]) == ("plain text", None)
+    assert gateway.worker is not None
+    assert gateway.web is not None
+    assert gateway.worker.alive()
+    assert gateway.web.alive()
+    assert "names no valid room" in gateway.worker.log()
+
+
+async def test_bridge_resubscribes_after_the_broker_restarts(
+    tmp_path: Path, redis_server: Redis, database_url: str
+) -> None:
+    broker = Mosquitto(tmp_path).start()
+    stack = start_gateway(tmp_path, broker, redis_server, database_url)
+    try:
+        assert stack.worker is not None
+        broker.kill()
+        broker.start()  # same port, no persistence: the subscription must be made again
+        stack.worker.wait_log("subscribed to", timeout=1)  # the first one, from start-up
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with ws_connect(stack.ws, "garage") as ws:
+            frame = None
+            while frame is None and loop.time() - started < 10:
+                async with mqtt_client(broker.port) as device:
+                    await device.publish("rooms/garage/door", b'{"open": true}', qos=1)
+                frames = await frames_within(ws, 0.5)
+                frame = frames[0] if frames else None
+            assert frame is not None, stack.worker.log()[-2000:]
+            assert frame["message"] == {"open": True}
+            assert loop.time() - started < 10
+        assert stack.worker.log().count("subscribed to") >= 2
+    finally:
+        stack.stop()
+        broker.stop()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({}, "MQTT_URL is not set"),
+        ({"MQTT_URL": "http://broker:1883"}, "MQTT_URL"),
+        ({"MQTT_URL": "mqtt://broker:notaport"}, "MQTT_URL"),
+        ({"MQTT_URL": "mqtt://broker:1883", "MQTT_PROTOCOL": "4"}, "MQTT_PROTOCOL"),
+        ({"MQTT_URL": "mqtt://127.0.0.1:1"}, "REDIS_URL is not set"),
+        (
+            {"MQTT_URL": "mqtt://127.0.0.1:1", "REDIS_URL": "redis://x", "GATEWAY_ID": "a b"},
+            "GATEWAY_ID",
+        ),
+    ],
+)
+def test_runworker_refuses_to_start_without_a_usable_setting(
+    env: dict[str, str], named: str
+) -> None:
+    result = manage("runworker", "mqtt-bridge", env=gateway_env(**env), timeout=30)
+    assert result.returncode != 0
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,282 @@
+"""Real servers for the tests: Mosquitto, Redis, daphne and the bridge worker, on free ports."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    """Poll ``condition`` until it holds, failing with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """GET ``url`` (loopback only): the status and the body, 4xx and 5xx included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def binary(name: str) -> str:
+    """The path of a system binary the tests need, or a failure that says how to get it."""
+    path = shutil.which(name, path=SBIN_PATH)
+    if path is None:
+        raise RuntimeError(
+            f"{name} is not installed: run `make test` (it installs Debian's {name})"
+        )
+    return path
+
+
+@dataclass
+class Process:
+    """A child process with its output in a log file."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: dict[str, str] | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    def start(self) -> "Process":
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            list(self.argv),
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        if self.alive():
+            assert self.popen is not None
+            self.popen.send_signal(signum)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        self.signal(signal.SIGKILL)
+        if self.popen is not None:
+            self.popen.wait(timeout=10)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGTERM, then SIGKILL if it lingers; the exit status."""
+        if self.popen is None:
+            return None
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=timeout)
+        return self.popen.returncode
+
+    def wait_log(self, text: str, timeout: float = 15.0) -> None:
+        def seen() -> bool:
+            if not self.alive() and text not in self.log():
+                raise RuntimeError(f"{self.name} exited early:\n{self.log()[-3000:]}")
+            return text in self.log()
+
+        wait_for(seen, f"{self.name} to log {text!r}", timeout)
+
+
+class Mosquitto:
+    """A real Mosquitto broker on a free port, restartable on the same port."""
+
+    def __init__(self, workdir: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence false\n"
+            "log_dest stdout\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+        self.process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> "Mosquitto":
+        self.process = Process(
+            "mosquitto", [binary("mosquitto"), "-c", str(self.conf)], self.workdir / "mosquitto.log"
+        ).start()
+        wait_for(lambda: port_open(self.port), f"mosquitto on port {self.port}")
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        wait_for(lambda: not port_open(self.port), "mosquitto to go away")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+class Redis:
+    """A real Redis server on a free port, with nothing saved to disk."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "Redis":
+        argv = [
+            binary("redis-server"),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+        ]
+        self.process = Process("redis", argv, self.workdir / "redis.log").start()
+        wait_for(lambda: port_open(self.port), f"redis on port {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def gateway_env(**overrides: str) -> dict[str, str]:
+    """The environment a gateway process gets in the tests."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MQTT_", "REDIS_", "GATEWAY_"))}
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings",
+        DJANGO_SECRET_KEY="tests-only-secret-key-0123456789abcdef",
+        PYTHONUNBUFFERED="1",
+        LOG_LEVEL="INFO",
+    )
+    env.update(overrides)
+    return env
+
+
+def manage(
+    *args: str, env: dict[str, str], timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``manage.py`` to completion."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@dataclass
+class Gateway:
+    """daphne serving the gateway, and ``runworker mqtt-bridge`` bridging it to the broker."""
+
+    workdir: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    web: Process | None = None
+    worker: Process | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> "Gateway":
+        self.start_worker()
+        self.web = Process(
+            "daphne",
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "config.asgi:application",
+            ],
+            self.workdir / "daphne.log",
+            env=self.env,
+        ).start()
+        wait_for(lambda: port_open(self.port), f"daphne on port {self.port}", timeout=30)
+        return self
+
+    def start_worker(self) -> Process:
+        self.worker = Process(
+            "worker",
+            [sys.executable, "manage.py", "runworker", "mqtt-bridge"],
+            self.workdir / "worker.log",
+            env=self.env,
+        ).start()
+        self.worker.wait_log("subscribed to", timeout=30)
+        return self.worker
+
+    def stop(self) -> None:
+        for process in (self.web, self.worker):
+            if process is not None:
+                process.stop()

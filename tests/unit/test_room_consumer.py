@@ -1,0 +1,64 @@
+"""The room consumer at the ASGI level, on the in-memory channel layer."""
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from channels.layers import channel_layers, get_channel_layer
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+
+from gateway import metrics
+from gateway.conf import GatewaySettings
+from gateway.events import BRIDGE_CHANNEL
+from protocols.routing import websocket_urlpatterns
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def in_memory_layer(settings: Any) -> Iterator[None]:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    settings.GATEWAY = GatewaySettings(gateway_id="unit", max_frame_bytes=2048)
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+def communicator(room: str) -> WebsocketCommunicator:
+    return WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/rooms/{room}/")
+
+
+async def test_a_configured_frame_limit_closes_with_1009() -> None:
+    ws = communicator("lab")
+    assert (await ws.connect())[0]
+    await ws.send_json_to({"message": "x" * 2000})
+    assert len((await ws.receive_json_from())["message"]) == 2000
+    before = metrics.get("ws_closed", "frame_too_big")
+    await ws.send_to(text_data="é" * 1100)  # 1,100 characters, 2,200 bytes
+    assert await ws.receive_output() == {"type": "websocket.close", "code": 1009}
+    assert metrics.get("ws_closed", "frame_too_big") == before + 1
+
+
+async def test_a_browser_message_goes_to_the_room_and_to_the_bridge() -> None:
+    first, second = communicator("lab"), communicator("lab")
+    await first.connect()
+    await second.connect()
+    await first.send_json_to({"message": {"on": True}, "type": "bridge.shutdown"})
+    frame: dict[str, Any] = await second.receive_json_from()
+    assert frame["type"] == "message"
+    assert "gateway" not in frame  # the gateway id is for the broker, not browsers
+    event = await get_channel_layer().receive(BRIDGE_CHANNEL)
+    assert event["type"] == "mqtt.publish"
+    assert event["envelope"]["id"] == frame["id"]
+    assert event["envelope"]["gateway"] == "unit"
+    await first.disconnect()
+    await second.disconnect()
+
+
+async def test_a_refused_room_never_joins_a_group() -> None:
+    ws = communicator(".hidden")
+    connected, _ = await ws.connect()
+    assert not connected
+    layer = get_channel_layer()
+    assert not any(".hidden" in group for group in layer.groups)

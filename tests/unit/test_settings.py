@@ -1,0 +1,78 @@
+"""Settings read at start-up: good values parse, bad ones fail naming the variable."""
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from bridges.conf import MqttSettings
+from gateway.conf import GatewaySettings
+from gateway.jsonutil import parse_json
+
+
+def test_a_full_mqtt_url_parses() -> None:
+    s = MqttSettings.from_url(
+        "mqtts://dev%40ice:p%3Ass@broker.example:8884?ca=/etc/ca.pem&keepalive=15",
+        gateway_id="gw1",
+    )
+    assert (s.host, s.port, s.tls, s.username, s.password) == (
+        "broker.example",
+        8884,
+        True,
+        "dev@ice",
+        "p:ss",
+    )
+    assert (s.ca_certs, s.keepalive, s.client_id) == ("/etc/ca.pem", 15, "gw1-bridge")
+    assert "p:ss" not in s.describe()
+
+
+@pytest.mark.parametrize(("url", "port"), [("mqtt://h", 1883), ("mqtts://h", 8883)])
+def test_default_ports(url: str, port: int) -> None:
+    assert MqttSettings.from_url(url, gateway_id="g").port == port
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://h:1883", "scheme must be mqtt:// or mqtts://"),
+        ("mqtt://", "names no host"),
+        ("mqtt://h:99999", "MQTT_URL is invalid"),
+        ("mqtt://h:port", "MQTT_URL is invalid"),
+        ("mqtt://h/path", "has a path"),
+        ("mqtt://h?colour=red", "unknown options"),
+        ("mqtt://h?keepalive=1", "keepalive must be 5-3600"),
+        ("mqtt://h?keepalive=x", "keepalive must be whole seconds"),
+    ],
+)
+def test_bad_mqtt_urls_fail_naming_mqtt_url(url: str, message: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=message) as error:
+        MqttSettings.from_url(url, gateway_id="g")
+    assert "MQTT_URL" in str(error.value)
+
+
+def test_a_password_never_appears_in_the_error() -> None:
+    with pytest.raises(ImproperlyConfigured) as error:
+        MqttSettings.from_url("http://user:secret@h", gateway_id="g")
+    assert "secret" not in str(error.value)
+
+
+def test_unset_mqtt_url_is_none_and_protocol_is_checked() -> None:
+    assert MqttSettings.from_env(url=None, protocol="5", gateway_id="g") is None
+    with pytest.raises(ImproperlyConfigured, match="MQTT_PROTOCOL"):
+        MqttSettings.from_env(url=None, protocol="3", gateway_id="g")
+
+
+@pytest.mark.parametrize("gateway_id", ["", "a b", "-x", "x" * 33, "a/b", "a#"])
+def test_bad_gateway_ids_fail_naming_gateway_id(gateway_id: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match="GATEWAY_ID"):
+        GatewaySettings(gateway_id=gateway_id)
+
+
+@pytest.mark.parametrize("limit", [0, 1023, 16 * 1024 * 1024 + 1])
+def test_frame_limit_out_of_range_fails_naming_it(limit: int) -> None:
+    with pytest.raises(ImproperlyConfigured, match="GATEWAY_MAX_FRAME_BYTES"):
+        GatewaySettings(max_frame_bytes=limit)
+
+
+@pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"x": -Infinity}', "1e999", "[" * 100_000])
+def test_json_that_browsers_could_not_read_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match=r"JSON|range|deeply"):
+        parse_json(text)
