@@ -1,41 +1,89 @@
-"""The MQTT bridge: device messages into rooms, room messages out to the broker.
+"""The MQTT bridge: device messages into rooms, room messages out to the broker, losing nothing.
 
-Inbound, a message on ``rooms/<room>[/...]`` is decoded and enters the room through
-`gateway.publish.publish` with ``source="mqtt"`` (which never sends it back to the bridge).
-Outbound, an envelope from the ``mqtt-bridge`` channel goes to ``rooms/<room>/gateway``. The
-bridge's own publications come back on its subscription only where No Local is unavailable
-(MQTT 3.1.1, shared subscriptions); they carry this gateway's id and are skipped.
+Inbound, each message is matched against the rules, decoded, and enters its rooms through
+`gateway.publish.publish` with ``source="mqtt"`` (which never sends it back to the bridge). It is
+acknowledged to the broker only after that succeeded; while the channel layer or database is
+unavailable the bridge retries, and the broker keeps the backlog. A QoS 1 or 2 message gets an
+id derived from its delivery (client, topic, packet id, payload), so a redelivery after a crash
+carries the id of the first delivery and browsers drop the copy.
+
+Outbound, an envelope from the ``mqtt-bridge`` channel is published to every topic the rules give
+for its room. paho retries it until the broker acknowledges; if that takes longer than the
+publish timeout, the sender is told.
+
+The bridge's own publications are recognised by the origin property (MQTT 5, including shared
+subscriptions, where No Local is not allowed) and by the gateway id in the envelope (MQTT 3.1.1).
 """
 
+import asyncio
+import hashlib
 import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
-import paho.mqtt.client as paho
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bridges.client import MqttLink
-from bridges.codecs import Codec, get_codec
+from bridges.client import Incoming, MqttLink, PublishRefusedError, backoff_delay
+from bridges.codecs import Codec, Decoded, codec_for_content_type, get_codec
 from bridges.conf import MqttSettings
-from bridges.topics import INBOUND_FILTER, outbound_topic, route_inbound
-from gateway import metrics
+from bridges.rules import RuleSet
+from gateway import metrics, retained
+from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError
-from gateway.jsonutil import dumps, parse_json
+from gateway.events import ROOM_ERROR, RoomErrorEvent
 from gateway.publish import publish
 
 logger = logging.getLogger(__name__)
 
-INBOUND_QOS = 1
-OUTBOUND_QOS = 1
+# Failures that pass: the message is retried, not dropped.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    RedisConnectionError,
+    RedisTimeoutError,
+    OperationalError,
+    InterfaceError,
+)
+ENVELOPE_CODECS = frozenset({"json", "msgpack"})  # codecs that carry the whole envelope
 
 
 class Bridge:
-    """Bridges the default topics to rooms in both directions."""
+    """Bridges topics and rooms in both directions, as the rules say."""
 
-    def __init__(self, settings: MqttSettings, *, gateway_id: str, codec: str = "json") -> None:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        gateway_id: str,
+        rules: RuleSet,
+        publish_timeout: float = 10.0,
+    ) -> None:
         self.gateway_id = gateway_id
-        self.codec: Codec = get_codec(codec)
+        self.rules = rules
+        self.publish_timeout = publish_timeout
+        self._watches: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self.link = MqttLink(
-            settings, subscriptions=[(INBOUND_FILTER, INBOUND_QOS)], handler=self.handle_inbound
+            settings,
+            filters=rules.subscriptions(),
+            handler=self.handle_inbound,
+            origin=gateway_id,
+            shared_group=gateway_id,
+        )
+
+    @classmethod
+    def from_settings(cls, mqtt: MqttSettings) -> "Bridge":
+        """The bridge the Django settings describe, on broker ``mqtt``."""
+        return cls(
+            mqtt,
+            gateway_id=gateway_settings().gateway_id,
+            rules=settings.BRIDGE_RULES,
+            publish_timeout=settings.BRIDGE_PUBLISH_TIMEOUT,
         )
 
     async def start(self) -> None:
@@ -44,47 +92,139 @@ class Bridge:
         await self.link.start()
 
     async def stop(self) -> None:
-        """Disconnect from the broker."""
+        """Drain in-flight messages both ways, then disconnect."""
+        self._stopping = True
         await self.link.stop()
+        for task in self._watches:
+            task.cancel()
 
-    async def handle_inbound(self, message: paho.MQTTMessage) -> None:
-        """Deliver one device message to its room, or count why not."""
-        topic = message.topic
-        route = route_inbound(topic)
-        if route is None:
-            metrics.dropped("no_room", f"topic {topic!r} names no valid room")
-            return
-        payload = bytes(message.payload)
-        if topic == outbound_topic(route.room) and self._is_own(payload):
+    # Broker -> rooms.
+
+    async def handle_inbound(self, message: Incoming) -> None:
+        """Deliver one device message to its rooms, or count why not."""
+        if message.origin == self.gateway_id:
             metrics.inc("mqtt_own_publications_skipped")
             return
-        decoded = self.codec.decode(payload)
-        try:
-            await publish(
-                route.room,
-                decoded.message,
-                source="mqtt",
-                sender=route.sender,
-                topic=topic,
-                base64=decoded.base64,
-            )
-        except GatewayError as exc:
-            metrics.dropped(exc.code, f"topic {topic!r}: {exc}")
+        targets = self.rules.inbound(message.topic)
+        if not targets:
+            metrics.dropped("no_rule", f"topic {message.topic!r} matches no rule or no valid room")
             return
-        metrics.inc("mqtt_messages_in")
+        if message.retain and not message.payload:
+            for target in targets:  # an empty retained message clears the state
+                await self._hand_on(partial(retained.forget, target.room, message.topic))
+            return
+        codec = codec_for_content_type(message.content_type) or get_codec(targets[0].rule.codec)
+        decoded = codec.decode(message.payload)
+        if self._is_own_envelope(decoded):
+            metrics.inc("mqtt_own_publications_skipped")
+            return
+        message_id = self._identity(message) if message.qos > 0 else None
+        for target in targets:
+            try:
+                await self._hand_on(
+                    partial(
+                        publish,
+                        target.room,
+                        decoded.message,
+                        source="mqtt",
+                        sender=target.sender,
+                        topic=message.topic,
+                        base64=decoded.base64,
+                        message_id=message_id,
+                        state=message.retain,
+                        live=not message.snapshot,
+                    )
+                )
+            except GatewayError as exc:
+                metrics.dropped(exc.code, f"topic {message.topic!r}: {exc}")
+                continue
+            metrics.inc("mqtt_messages_in")
 
-    def _is_own(self, payload: bytes) -> bool:
+    async def _hand_on(self, attempt_once: Callable[[], Awaitable[Any]]) -> None:
+        """Run a hand-off, retrying it for as long as its failure is a passing one."""
+        attempt = 0
+        while True:
+            try:
+                await attempt_once()
+            except TRANSIENT_ERRORS as exc:
+                if self._stopping:
+                    raise
+                delay = backoff_delay(attempt)
+                attempt += 1
+                metrics.inc("handoff_retries")
+                logger.warning("handing on failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+            else:
+                return
+
+    def _identity(self, message: Incoming) -> str:
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (self.link.settings.client_id, message.topic, str(message.mid)):
+            digest.update(part.encode())
+            digest.update(b"\0")
+        digest.update(message.payload)
+        return digest.hexdigest()
+
+    def _is_own_envelope(self, decoded: Decoded) -> bool:
+        value = decoded.message
+        return isinstance(value, dict) and value.get("gateway") == self.gateway_id and "id" in value
+
+    # Rooms -> broker.
+
+    async def publish_envelope(self, envelope: Envelope, reply_channel: str | None = None) -> None:
+        """Publish a room message to every topic the rules give for its room."""
+        targets = self.rules.outbound(envelope["room"])
+        if not targets:
+            metrics.inc("mqtt_messages_not_published", "no_rule")
+            return
+        for rule, topic in targets:
+            codec = get_codec(rule.codec)
+            future = self.link.publish(
+                topic,
+                _encode(codec, envelope),
+                qos=rule.qos,
+                retain=rule.retain,
+                content_type=codec.content_type,
+            )
+            watch = asyncio.create_task(self._watch(future, topic, envelope, reply_channel))
+            self._watches.add(watch)
+            watch.add_done_callback(self._watches.discard)
+
+    async def _watch(
+        self,
+        future: "asyncio.Future[None]",
+        topic: str,
+        envelope: Envelope,
+        reply_channel: str | None,
+    ) -> None:
         try:
-            envelope: Any = parse_json(payload)
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return isinstance(envelope, dict) and envelope.get("gateway") == self.gateway_id
-
-    async def publish_envelope(self, envelope: Envelope) -> None:
-        """Publish a room message to the room's outbound topic."""
-        topic = outbound_topic(envelope["room"])
-        info = self.link.publish(topic, dumps(envelope).encode("utf-8"), qos=OUTBOUND_QOS)
-        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
-            metrics.dropped("mqtt_publish_failed", f"{topic}: {paho.error_string(info.rc)}")
+            await asyncio.wait_for(asyncio.shield(future), self.publish_timeout)
+        except TimeoutError:
+            metrics.inc("mqtt_publish_timeouts")
+            await self._tell(
+                reply_channel,
+                "broker_unreachable",
+                f"the broker has not confirmed the message after {self.publish_timeout:g} s; "
+                "it is kept and sent when the broker is back",
+                envelope["id"],
+            )
+            return
+        except PublishRefusedError as exc:
+            metrics.dropped("mqtt_publish_refused", f"{topic}: {exc}")
+            await self._tell(reply_channel, "broker_refused", str(exc), envelope["id"])
             return
         metrics.inc("mqtt_messages_out")
+
+    async def _tell(self, channel: str | None, code: str, detail: str, message_id: str) -> None:
+        if channel is None:
+            return
+        layer = get_channel_layer()
+        if layer is not None:
+            event = RoomErrorEvent(type=ROOM_ERROR, code=code, detail=detail, id=message_id)
+            await layer.send(channel, event)
+
+
+def _encode(codec: Codec, envelope: Envelope) -> bytes:
+    if codec.name in ENVELOPE_CODECS:
+        return codec.encode(envelope)
+    return codec.encode(envelope["message"])

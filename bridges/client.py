@@ -1,10 +1,17 @@
-"""The bridge's connection to the broker: paho-mqtt on a thread of its own, asyncio on the outside.
+"""The bridge's connection to the broker: paho-mqtt on a thread of its own, asyncio outside.
 
 paho-mqtt 2 is used for its manual acknowledgement: a QoS 1 message is acknowledged to the broker
 only once the bridge has handed it on. Incoming messages cross into the event loop through a
 bounded queue; when the queue is full the network thread waits, so the broker (not our memory)
 holds the backlog. Reconnection is ours: capped exponential backoff with full jitter, and every
 (re)connect subscribes again.
+
+With MQTT 5 the link subscribes through a shared subscription (``$share/<group>/<filter>``), so
+several bridge processes split the load, and once, at each connect, through a plain subscription
+that is dropped again as soon as the broker confirms it: that one is how the retained state is
+learnt. The shared one asks for no retained messages at subscribe time (brokers differ there) and
+for the retain flag as published, so a retained message on it is a live update of the state.
+Subscription identifiers tell the two apart. With MQTT 3.1.1 a plain subscription serves both.
 """
 
 import asyncio
@@ -14,6 +21,7 @@ import random
 import ssl
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -25,21 +33,55 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridges.conf import MqttSettings
 from gateway import metrics
+from gateway.errors import GatewayError
 
 logger = logging.getLogger(__name__)
-
-MessageHandler = Callable[[paho.MQTTMessage], Awaitable[None]]
 
 SESSION_EXPIRY_SECONDS = 3600
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 10.0
+# Publications paho keeps while the broker is away; past that a publish is refused at once.
+MAX_QUEUED_PUBLICATIONS = 10_000
+ORIGIN_PROPERTY = "gateway"
+_LIVE, _SNAPSHOT = 1, 2  # subscription identifiers
+
+
+class PublishRefusedError(GatewayError):
+    """The broker refused a publication, or too many are waiting for it."""
+
+    code = "broker_refused"
 
 
 def backoff_delay(
     attempt: int, *, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS
 ) -> float:
-    """Seconds to wait before reconnect ``attempt`` (0-based): full jitter, capped."""
+    """Seconds to wait before retry ``attempt`` (0-based): full jitter, capped."""
     return random.uniform(0, min(cap, base * 2**attempt))  # noqa: S311 - jitter, not crypto
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A message from the broker, as the bridge needs it.
+
+    Attributes:
+        mid: the packet id; a redelivery (after a crash) carries the same one.
+        snapshot: a retained message learnt at (re)connect, not a live one.
+        retain: the message is (was published as) retained.
+        origin: the gateway id in the message's origin property, if any.
+        content_type: the MQTT 5 content type, if any.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    mid: int
+    retain: bool
+    snapshot: bool
+    origin: str | None
+    content_type: str | None
+
+
+Handler = Callable[[Incoming], Awaitable[None]]
 
 
 class MqttLink:
@@ -49,20 +91,29 @@ class MqttLink:
         self,
         settings: MqttSettings,
         *,
-        subscriptions: list[tuple[str, int]],
-        handler: MessageHandler,
+        filters: list[tuple[str, int]],
+        handler: Handler,
+        origin: str,
+        shared_group: str | None = None,
         queue_size: int = 1000,
     ) -> None:
         self.settings = settings
-        self._subscriptions = subscriptions
+        self._filters = filters
         self._handler = handler
-        self._queue: asyncio.Queue[paho.MQTTMessage] = asyncio.Queue(maxsize=queue_size)
-        self._stopping = threading.Event()
+        self._origin = origin
+        self._shared_group = shared_group if self.is_v5 else None
+        self._queue: asyncio.Queue[tuple[paho.MQTTMessage, Incoming]] = asyncio.Queue(queue_size)
+        self._stopping = threading.Event()  # no more connects
+        self._draining = threading.Event()  # take no new messages
         self.connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._attempt = 0
+        self._acks_lock = threading.Lock()
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._early: dict[int, ReasonCode | None] = {}
+        self._snapshot_mid: int | None = None
         self._client = self._make_client()
 
     @property
@@ -79,6 +130,7 @@ class MqttLink:
             reconnect_on_failure=False,
             manual_ack=True,
         )
+        client.max_queued_messages_set(MAX_QUEUED_PUBLICATIONS)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if s.tls:
@@ -92,6 +144,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
         return client
 
     async def start(self) -> None:
@@ -101,8 +154,18 @@ class MqttLink:
         self._thread = threading.Thread(target=self._run, name="mqtt-network", daemon=True)
         self._thread.start()
 
-    async def stop(self) -> None:
-        """Disconnect cleanly and stop the network thread."""
+    async def stop(self, drain_seconds: float = 10.0) -> None:
+        """Drain: hand on what was received, wait for publications, then disconnect."""
+        self._draining.set()
+        try:
+            await asyncio.wait_for(self._queue.join(), drain_seconds)
+            pending = list(self._pending.values())
+            if pending and self.connected.is_set():
+                await asyncio.wait(pending, timeout=drain_seconds)
+        except TimeoutError:
+            logger.warning(
+                "drain incomplete after %.0f s; the broker redelivers the rest", drain_seconds
+            )
         self._stopping.set()
         self._client.disconnect()
         if self._thread is not None:
@@ -111,9 +174,45 @@ class MqttLink:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1) -> paho.MQTTMessageInfo:
-        """Queue a publication; paho sends it now or after the next reconnect."""
-        return self._client.publish(topic, payload, qos=qos)
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        qos: int,
+        retain: bool = False,
+        content_type: str | None = None,
+    ) -> "asyncio.Future[None]":
+        """Publish; the future is done when the broker has the message (QoS 0: when sent).
+
+        paho keeps a publication while the broker is away and sends it after the reconnect.
+        """
+        properties = None
+        if self.is_v5:
+            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            properties.UserProperty = [(ORIGIN_PROPERTY, self._origin)]
+            if content_type:
+                properties.ContentType = content_type
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            future.set_exception(PublishRefusedError(paho.error_string(info.rc)))
+            return future
+        with self._acks_lock:
+            if info.mid in self._early:
+                self._settle(future, self._early.pop(info.mid))
+            else:
+                self._pending[info.mid] = future
+        return future
+
+    @staticmethod
+    def _settle(future: "asyncio.Future[None]", reason: ReasonCode | None) -> None:
+        if future.done():
+            return
+        if reason is not None and reason.is_failure:
+            future.set_exception(PublishRefusedError(str(reason)))
+        else:
+            future.set_result(None)
 
     # The network thread.
 
@@ -162,23 +261,36 @@ class MqttLink:
             return
         self._attempt = 0
         metrics.inc("mqtt_connects")
-        if self.is_v5:
-            # No Local: the broker does not send our own publications back to us.
-            topics: list[tuple[str, Any]] = [
-                (topic, SubscribeOptions(qos=qos, noLocal=True))
-                for topic, qos in self._subscriptions
-            ]
-        else:
-            topics = list(self._subscriptions)
-        client.subscribe(topics)
         logger.info("connected to %s", self.settings.describe())
+        if self._shared_group is None:
+            # MQTT 3.1.1 (no No Local, no identifiers): retained messages arrive flagged.
+            client.subscribe(list(self._filters))
+        else:
+            live = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+            live.SubscriptionIdentifier = _LIVE
+            client.subscribe(
+                [
+                    (
+                        f"$share/{self._shared_group}/{topic}",
+                        SubscribeOptions(qos=qos, retainAsPublished=True, retainHandling=2),
+                    )
+                    for topic, qos in self._filters
+                ],
+                properties=live,
+            )
+            snapshot = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+            snapshot.SubscriptionIdentifier = _SNAPSHOT
+            _, self._snapshot_mid = client.subscribe(
+                [(topic, SubscribeOptions(qos=qos, noLocal=True)) for topic, qos in self._filters],
+                properties=snapshot,
+            )
         self._call_in_loop(self.connected.set)
 
     def _on_subscribe(
         self,
-        _client: paho.Client,
+        client: paho.Client,
         _userdata: Any,
-        _mid: int,
+        mid: int,
         reasons: list[ReasonCode],
         _properties: Any,
     ) -> None:
@@ -188,11 +300,16 @@ class MqttLink:
             logger.error(
                 "broker %s refused subscriptions to %s: %s",
                 self.settings.describe(),
-                [t for t, _ in self._subscriptions],
+                [t for t, _ in self._filters],
                 refused,
             )
             return
-        logger.info("subscribed to %s", [t for t, _ in self._subscriptions])
+        if mid == self._snapshot_mid:
+            # The retained messages are on their way; live ones come through the share.
+            client.unsubscribe([topic for topic, _ in self._filters])
+            return
+        shared = f" (shared as $share/{self._shared_group})" if self._shared_group else ""
+        logger.info("subscribed to %s%s", [t for t, _ in self._filters], shared)
 
     def _on_disconnect(
         self,
@@ -206,18 +323,57 @@ class MqttLink:
         if not self._stopping.is_set():
             logger.warning("disconnected from %s: %s", self.settings.describe(), reason)
 
+    def _on_publish(
+        self, _client: paho.Client, _userdata: Any, mid: int, reason: ReasonCode, _properties: Any
+    ) -> None:
+        with self._acks_lock:
+            future = self._pending.pop(mid, None)
+            if future is None:
+                self._early[mid] = reason
+                return
+        self._call_in_loop(lambda: self._settle(future, reason))
+
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         loop = self._loop
-        if loop is None or loop.is_closed():
+        incoming = self._describe(message)
+        if incoming is None:
+            self._client.ack(message.mid, message.qos)  # a copy of one the share delivers
+            return
+        if loop is None or loop.is_closed() or self._draining.is_set():
             return  # not acknowledged: the broker redelivers it to the next session
-        future = asyncio.run_coroutine_threadsafe(self._queue.put(message), loop)
-        while not self._stopping.is_set():
+        future = asyncio.run_coroutine_threadsafe(self._queue.put((message, incoming)), loop)
+        while not self._draining.is_set():
             try:
                 future.result(timeout=0.5)
             except concurrent.futures.TimeoutError:
                 continue  # the queue is full: hold the broker back rather than drop
             return
         future.cancel()
+
+    def _describe(self, message: paho.MQTTMessage) -> Incoming | None:
+        origin = content_type = None
+        snapshot = bool(message.retain) and not self.is_v5
+        props = message.properties if self.is_v5 else None
+        if props is not None:
+            identifiers = getattr(props, "SubscriptionIdentifier", None) or []
+            if _SNAPSHOT in identifiers and _LIVE not in identifiers:
+                if not message.retain:
+                    return None  # a live copy during the snapshot; the share delivers it
+                snapshot = True
+            for key, value in getattr(props, "UserProperty", None) or []:
+                if key == ORIGIN_PROPERTY:
+                    origin = value
+            content_type = getattr(props, "ContentType", None)
+        return Incoming(
+            topic=message.topic,
+            payload=bytes(message.payload),
+            qos=message.qos,
+            mid=message.mid,
+            retain=bool(message.retain),
+            snapshot=snapshot,
+            origin=origin,
+            content_type=content_type,
+        )
 
     def _call_in_loop(self, callback: Callable[[], object]) -> None:
         if self._loop is not None and not self._loop.is_closed():
@@ -227,13 +383,14 @@ class MqttLink:
 
     async def _consume(self) -> None:
         while True:
-            message = await self._queue.get()
+            message, incoming = await self._queue.get()
             try:
-                await self._handler(message)
+                await self._handler(incoming)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                metrics.dropped("handler_error", f"topic {message.topic}")
-                logger.exception("handling a message from %s failed", message.topic)
+                metrics.dropped("handler_error", f"topic {incoming.topic}")
+                logger.exception("handling a message from %s failed", incoming.topic)
             # Acknowledged only now that it was handed on (or counted as dropped).
             self._client.ack(message.mid, message.qos)
+            self._queue.task_done()

@@ -27,6 +27,7 @@ class Codec(Protocol):
     """Turns payload bytes into a JSON-compatible value and back."""
 
     name: str
+    content_type: str
 
     def decode(self, payload: bytes) -> Decoded: ...
 
@@ -47,6 +48,7 @@ class JsonCodec:
     """JSON text; text that is not JSON is kept as a string, bytes that are not UTF-8 as base64."""
 
     name = "json"
+    content_type = "application/json"
 
     def decode(self, payload: bytes) -> Decoded:
         try:
@@ -66,6 +68,7 @@ class TextCodec:
     """UTF-8 text, never parsed."""
 
     name = "text"
+    content_type = "text/plain; charset=utf-8"
 
     def decode(self, payload: bytes) -> Decoded:
         try:
@@ -81,6 +84,7 @@ class BinaryCodec:
     """Opaque bytes, carried to browsers as base64."""
 
     name = "binary"
+    content_type = "application/octet-stream"
 
     def decode(self, payload: bytes) -> Decoded:
         return as_base64(payload)
@@ -98,6 +102,7 @@ class MsgpackCodec:
     """MessagePack, decoded to the JSON-compatible subset (maps with string keys)."""
 
     name = "msgpack"
+    content_type = "application/msgpack"
 
     def decode(self, payload: bytes) -> Decoded:
         try:
@@ -117,6 +122,23 @@ _registry: dict[str, Codec] = {}
 def register(codec: Codec) -> None:
     """Make ``codec`` available by its name."""
     _registry[codec.name] = codec
+
+
+def codec_for_content_type(content_type: str | None) -> Codec | None:
+    """The codec for an MQTT 5 content type (``application/json; charset=utf-8`` too), if any."""
+    if not content_type:
+        return None
+    wanted = content_type.split(";", 1)[0].strip().lower()
+    if wanted.startswith("text/"):
+        return _registry.get("text")
+    wanted = _ALIASES.get(wanted, wanted)
+    return next((c for c in _registry.values() if c.content_type == wanted), None)
+
+
+_ALIASES = {
+    "application/x-msgpack": "application/msgpack",
+    "application/vnd.msgpack": "application/msgpack",
+}
 
 
 def get_codec(name: str) -> Codec:

@@ -1,6 +1,7 @@
 """How the bridge reaches its broker: ``MQTT_URL`` and friends, parsed once into a frozen value."""
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from typing import Literal, cast, get_args
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -8,6 +9,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 Protocol = Literal["5", "3.1.1"]
 _QUERY_OPTIONS = ("ca", "cert", "key", "keepalive")
+_CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,13 +39,20 @@ class MqttSettings:
     client_id: str = "gateway-bridge"
 
     @classmethod
-    def from_env(cls, *, url: str | None, protocol: str, gateway_id: str) -> "MqttSettings | None":
-        """Parse ``MQTT_URL``; None when it is unset."""
+    def from_env(
+        cls, *, url: str | None, protocol: str, gateway_id: str, client_id: str | None = None
+    ) -> "MqttSettings | None":
+        """Parse ``MQTT_URL``, ``MQTT_PROTOCOL`` and ``MQTT_CLIENT_ID``; None when unset."""
         if protocol not in get_args(Protocol):
             raise ImproperlyConfigured(f"MQTT_PROTOCOL={protocol!r} is invalid: use 5 or 3.1.1")
+        if client_id is not None and not _CLIENT_ID_RE.fullmatch(client_id):
+            raise ImproperlyConfigured(
+                f"MQTT_CLIENT_ID={client_id!r} is invalid: use 1-64 letters, digits, '_', '.', '-'"
+            )
         if url is None:
             return None
-        return cls.from_url(url, protocol=cast(Protocol, protocol), gateway_id=gateway_id)
+        settings = cls.from_url(url, protocol=cast(Protocol, protocol), gateway_id=gateway_id)
+        return replace(settings, client_id=client_id) if client_id else settings
 
     @classmethod
     def from_url(cls, url: str, *, protocol: Protocol = "5", gateway_id: str) -> "MqttSettings":

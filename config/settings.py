@@ -13,6 +13,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 from bridges.conf import MqttSettings
+from bridges.rules import RuleSet, load_rules
 from gateway.conf import GatewaySettings
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -93,6 +94,9 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL: str | None = _read("REDIS_URL", env.str, None) or None
+CHANNEL_CAPACITY: int = _read("CHANNEL_CAPACITY", env.int, 1000)
+if not 10 <= CHANNEL_CAPACITY <= 1_000_000:
+    raise ImproperlyConfigured(f"CHANNEL_CAPACITY={CHANNEL_CAPACITY} is out of range (10-1000000)")
 if REDIS_URL:
     if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
         raise ImproperlyConfigured(
@@ -101,11 +105,25 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL]},
+            "CONFIG": {
+                # channels-redis blocks on BZPOPMIN for 5 s; redis-py's default socket timeout
+                # is also 5 s, so under load a consumer's receive would time out and crash.
+                "hosts": [
+                    {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
+                ],
+                # Messages waiting per channel (a daphne process's sockets share one) before
+                # new ones are dropped and counted: seconds of slack, bounded memory.
+                "capacity": CHANNEL_CAPACITY,
+            },
         }
     }
 else:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": CHANNEL_CAPACITY},
+        }
+    }
 
 GATEWAY = GatewaySettings(
     gateway_id=_read("GATEWAY_ID", env.str, "gateway"),
@@ -117,7 +135,18 @@ MQTT: MqttSettings | None = MqttSettings.from_env(
     url=_read("MQTT_URL", env.str, "") or None,
     protocol=_read("MQTT_PROTOCOL", env.str, "5"),
     gateway_id=GATEWAY.gateway_id,
+    client_id=_read("MQTT_CLIENT_ID", env.str, "") or None,
 )
+
+# Seconds a room message may wait for the broker's acknowledgement before its sender is told.
+BRIDGE_PUBLISH_TIMEOUT: float = _read("BRIDGE_PUBLISH_TIMEOUT", env.float, 10.0)
+if not 0.1 <= BRIDGE_PUBLISH_TIMEOUT <= 3600:
+    raise ImproperlyConfigured(
+        f"BRIDGE_PUBLISH_TIMEOUT={BRIDGE_PUBLISH_TIMEOUT} is out of range (0.1-3600 seconds)"
+    )
+
+# Topic <-> room rules of the bridge: BRIDGE_RULES is inline JSON or a JSON file's path.
+BRIDGE_RULES: RuleSet = load_rules(_read("BRIDGE_RULES", env.str, "") or None)
 
 # daphne's own frame limit (runserver); the same limit the room consumer enforces.
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = GATEWAY.max_frame_bytes
@@ -135,11 +164,14 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "filters": {"count_channel_drops": {"()": "gateway.metrics.ChannelLayerDropCounter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": _read("LOG_LEVEL", env.str, "INFO").upper()},
     "loggers": {
         "django": {"level": "INFO"},
         "amqtt": {"level": "WARNING"},
         "transitions": {"level": "WARNING"},
+        # channels-redis reports dropped group messages at INFO only: count them.
+        "channels_redis.core": {"level": "INFO", "filters": ["count_channel_drops"]},
     },
 }

@@ -20,6 +20,7 @@ class Envelope(TypedDict):
     message: Any
     gateway: str
     encoding: NotRequired[Literal["base64"]]
+    retained: NotRequired[bool]
 
 
 def utc_timestamp(now: datetime | None = None) -> str:
@@ -37,10 +38,12 @@ def new_envelope(
     gateway: str,
     topic: str | None = None,
     base64: bool = False,
+    retained: bool = False,
+    message_id: str | None = None,
 ) -> Envelope:
-    """Stamp a message with a fresh id and the current time."""
+    """Stamp a message with an id (fresh unless given) and the current time."""
     envelope = Envelope(
-        id=uuid.uuid4().hex,
+        id=message_id or uuid.uuid4().hex,
         room=room,
         ts=utc_timestamp(),
         source=source,
@@ -51,4 +54,6 @@ def new_envelope(
     )
     if base64:
         envelope["encoding"] = "base64"
+    if retained:
+        envelope["retained"] = True
     return envelope

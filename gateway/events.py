@@ -5,12 +5,13 @@ copied into ``type`` (a worker exits on an event without one, and a forged one w
 arbitrary handler).
 """
 
-from typing import Literal, TypedDict
+from typing import Literal, NotRequired, TypedDict
 
 from gateway.envelope import Envelope
 
 ROOM_MESSAGE: Literal["room.message"] = "room.message"
 MQTT_PUBLISH: Literal["mqtt.publish"] = "mqtt.publish"
+ROOM_ERROR: Literal["room.error"] = "room.error"
 
 # The channel the MQTT bridge worker (``runworker mqtt-bridge``) reads.
 BRIDGE_CHANNEL = "mqtt-bridge"
@@ -28,3 +29,13 @@ class MqttPublishEvent(TypedDict):
 
     type: Literal["mqtt.publish"]
     envelope: Envelope
+    reply_channel: NotRequired[str]
+
+
+class RoomErrorEvent(TypedDict):
+    """Sent to one socket's channel: something it sent could not be delivered."""
+
+    type: Literal["room.error"]
+    code: str
+    detail: str
+    id: str

@@ -14,15 +14,17 @@ from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 
-from gateway import metrics
+from gateway import metrics, retained
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope, Source, new_envelope
 from gateway.errors import InvalidMessageError
 from gateway.events import (
     BRIDGE_CHANNEL,
     MQTT_PUBLISH,
+    ROOM_ERROR,
     ROOM_MESSAGE,
     MqttPublishEvent,
+    RoomErrorEvent,
     RoomMessageEvent,
 )
 from gateway.models import Room
@@ -42,9 +44,20 @@ async def publish(
     sender: str | None,
     topic: str | None = None,
     base64: bool = False,
+    message_id: str | None = None,
+    state: bool = False,
+    live: bool = True,
+    reply_channel: str | None = None,
     layer: BaseChannelLayer | None = None,
 ) -> Envelope:
     """Put ``message`` into ``room`` and return the envelope it travels in.
+
+    Args:
+        message_id: the envelope's id; a redelivered message must keep the id of its first
+            delivery so that browsers can drop the copy. Fresh when None.
+        state: keep the message as the room's state for its topic (a retained message).
+        live: send it to the browsers in the room now (False for state learnt at start-up).
+        reply_channel: the sender's channel, told if the message cannot reach the broker.
 
     Raises:
         InvalidRoomError: the room name breaks the rules.
@@ -65,17 +78,31 @@ async def publish(
         sender=sender,
         topic=topic,
         base64=base64,
+        message_id=message_id,
         gateway=gateway_settings().gateway_id,
     )
     await _record_room(room)
+    if state:
+        await retained.remember(envelope)
+    if not live:
+        return envelope
     await layer.group_send(group_name(room), RoomMessageEvent(type=ROOM_MESSAGE, envelope=envelope))
     if source != "mqtt":
+        event = MqttPublishEvent(type=MQTT_PUBLISH, envelope=envelope)
+        if reply_channel:
+            event["reply_channel"] = reply_channel
         try:
-            await layer.send(BRIDGE_CHANNEL, MqttPublishEvent(type=MQTT_PUBLISH, envelope=envelope))
+            await layer.send(BRIDGE_CHANNEL, event)
         except ChannelFull:
-            metrics.dropped(
-                "bridge_channel_full", f"room {room}: is the mqtt-bridge worker running?"
-            )
+            detail = "the MQTT bridge is not keeping up (or not running); not sent to devices"
+            metrics.dropped("bridge_channel_full", f"room {room}: {detail}")
+            if reply_channel:
+                await layer.send(
+                    reply_channel,
+                    RoomErrorEvent(
+                        type=ROOM_ERROR, code="bridge_unavailable", detail=detail, id=envelope["id"]
+                    ),
+                )
     metrics.inc("messages_published", source)
     return envelope
 

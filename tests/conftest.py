@@ -37,9 +37,15 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def start_gateway(
-    workdir: Path, broker: Mosquitto, redis: Redis, database_url: str, **env: str
+    workdir: Path,
+    broker: Mosquitto,
+    redis: Redis,
+    database_url: str,
+    *,
+    workers: int = 1,
+    **env: str,
 ) -> Gateway:
-    """daphne and ``runworker mqtt-bridge`` wired to ``broker`` and ``redis``."""
+    """daphne and ``workers`` bridge workers wired to ``broker`` and ``redis``."""
     environment = gateway_env(
         MQTT_URL=broker.url,
         REDIS_URL=redis.url,
@@ -49,7 +55,7 @@ def start_gateway(
     )
     gateway = Gateway(workdir, environment)
     try:
-        return gateway.start()
+        return gateway.start(workers)
     except Exception:
         gateway.stop()
         raise

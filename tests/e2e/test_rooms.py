@@ -184,11 +184,9 @@ async def test_bad_device_topics_are_dropped_and_the_bridge_goes_on(
         await device.publish("rooms/attic", b"plain text", qos=1)
         frame = await recv_json(ws)
         assert (frame["message"], frame["sender"]) == ("plain text", None)
-    assert gateway.worker is not None
-    assert gateway.web is not None
     assert gateway.worker.alive()
     assert gateway.web.alive()
-    assert "names no valid room" in gateway.worker.log()
+    assert "matches no rule or no valid room" in gateway.worker.log()
 
 
 async def test_bridge_resubscribes_after_the_broker_restarts(
@@ -197,7 +195,6 @@ async def test_bridge_resubscribes_after_the_broker_restarts(
     broker = Mosquitto(tmp_path).start()
     stack = start_gateway(tmp_path, broker, redis_server, database_url)
     try:
-        assert stack.worker is not None
         broker.kill()
         broker.start()  # same port, no persistence: the subscription must be made again
         stack.worker.wait_log("subscribed to", timeout=1)  # the first one, from start-up

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import redis
+
 REPO = Path(__file__).resolve().parents[2]
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
 
@@ -131,16 +133,28 @@ class Process:
 class Mosquitto:
     """A real Mosquitto broker on a free port, restartable on the same port."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        persistence: bool = False,
+        listener: str = "",
+        extra: str = "allow_anonymous true\n",
+    ) -> None:
+        """``listener`` adds lines to the listener (TLS files, say); ``extra`` adds global ones."""
         self.port = port or free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
+        store = f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
+            "per_listener_settings false\n"
+            f"{store if persistence else 'persistence false'}\n"
             "log_dest stdout\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
+            f"{extra}"
+            f"listener {self.port} 127.0.0.1\n"
+            f"{listener}"
         )
         self.process: Process | None = None
 
@@ -199,6 +213,14 @@ class Redis:
         if self.process is not None:
             self.process.stop()
 
+    def used_memory(self) -> int:
+        """Bytes of memory Redis uses for data."""
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            return int(client.info("memory")["used_memory"])
+        finally:
+            client.close()
+
 
 def gateway_env(**overrides: str) -> dict[str, str]:
     """The environment a gateway process gets in the tests."""
@@ -230,13 +252,14 @@ def manage(
 
 @dataclass
 class Gateway:
-    """daphne serving the gateway, and ``runworker mqtt-bridge`` bridging it to the broker."""
+    """daphne processes serving the gateway, and ``runworker mqtt-bridge`` workers."""
 
     workdir: Path
     env: dict[str, str]
     port: int = field(default_factory=free_port)
-    web: Process | None = None
-    worker: Process | None = None
+    webs: list[Process] = field(default_factory=list)
+    workers: list[Process] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)
 
     @property
     def http(self) -> str:
@@ -246,10 +269,26 @@ class Gateway:
     def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
-    def start(self) -> "Gateway":
-        self.start_worker()
-        self.web = Process(
-            "daphne",
+    @property
+    def web(self) -> Process:
+        return self.webs[0]
+
+    @property
+    def worker(self) -> Process:
+        return self.workers[0]
+
+    def start(self, workers: int = 1) -> "Gateway":
+        for _ in range(workers):
+            self.start_worker()
+        self.start_web(self.port)
+        return self
+
+    def start_web(self, port: int | None = None) -> int:
+        """Another daphne process on the same channel layer; its port."""
+        port = port or free_port()
+        name = f"daphne-{len(self.webs)}"
+        web = Process(
+            name,
             [
                 sys.executable,
                 "-m",
@@ -257,26 +296,42 @@ class Gateway:
                 "-b",
                 "127.0.0.1",
                 "-p",
-                str(self.port),
+                str(port),
                 "config.asgi:application",
             ],
-            self.workdir / "daphne.log",
+            self.workdir / f"{name}.log",
             env=self.env,
         ).start()
-        wait_for(lambda: port_open(self.port), f"daphne on port {self.port}", timeout=30)
-        return self
+        self.webs.append(web)
+        self.ports.append(port)
+        wait_for(lambda: port_open(port), f"{name} on port {port}", timeout=30)
+        return port
 
-    def start_worker(self) -> Process:
-        self.worker = Process(
-            "worker",
+    def start_worker(self, index: int | None = None) -> Process:
+        """Start (or restart) worker ``index``; each has its own MQTT client id and log."""
+        index = len(self.workers) if index is None else index
+        env = dict(self.env, MQTT_CLIENT_ID=f"{self.env['GATEWAY_ID']}-bridge-{index}")
+        worker = Process(
+            f"worker-{index}",
             [sys.executable, "manage.py", "runworker", "mqtt-bridge"],
-            self.workdir / "worker.log",
-            env=self.env,
-        ).start()
-        self.worker.wait_log("subscribed to", timeout=30)
-        return self.worker
+            self.workdir / f"worker-{index}.log",
+            env=env,
+        )
+        offset = len(worker.log())
+        worker.start()
+        if index < len(self.workers):
+            self.workers[index] = worker
+        else:
+            self.workers.append(worker)
+        wait_for(
+            lambda: "subscribed to" in worker.log()[offset:] or not worker.alive(),
+            f"worker-{index} to subscribe",
+            timeout=30,
+        )
+        if not worker.alive():
+            raise RuntimeError(f"worker-{index} exited early:\n{worker.log()[-3000:]}")
+        return worker
 
     def stop(self) -> None:
-        for process in (self.web, self.worker):
-            if process is not None:
-                process.stop()
+        for process in (*self.webs, *self.workers):
+            process.stop()

@@ -62,3 +62,28 @@ async def test_a_refused_room_never_joins_a_group() -> None:
     assert not connected
     layer = get_channel_layer()
     assert not any(".hidden" in group for group in layer.groups)
+
+
+async def test_a_redelivered_message_reaches_a_socket_once() -> None:
+    ws = communicator("lab")
+    await ws.connect()
+    layer = get_channel_layer()
+    envelope = {
+        "id": "same-id",
+        "room": "lab",
+        "ts": "2026-11-20T23:59:00.123Z",
+        "source": "mqtt",
+        "sender": "meter",
+        "topic": "rooms/lab/meter",
+        "message": {"seq": 1},
+        "gateway": "unit",
+    }
+    for _ in range(2):  # the bridge crashed after handing it on, and the broker redelivered
+        await layer.group_send("room.lab", {"type": "room.message", "envelope": envelope})
+    await layer.group_send(
+        "room.lab", {"type": "room.message", "envelope": dict(envelope, id="next-id")}
+    )
+    assert (await ws.receive_json_from())["id"] == "same-id"
+    assert (await ws.receive_json_from())["id"] == "next-id"
+    assert await ws.receive_nothing(0.2)
+    await ws.disconnect()

@@ -16,7 +16,6 @@ from django.core.management import CommandError
 
 from bridges.bridge import Bridge
 from bridges.worker import serve_bridge
-from gateway.conf import gateway_settings
 from gateway.events import BRIDGE_CHANNEL
 
 
@@ -43,7 +42,7 @@ class Command(ChannelsRunworker):  # type: ignore[misc]
                 "REDIS_URL is not set: runworker mqtt-bridge shares rooms with daphne through "
                 "a channel layer, e.g. REDIS_URL=redis://localhost:6379/0 (or use rungateway)"
             )
-        bridge = Bridge(mqtt, gateway_id=gateway_settings().gateway_id)
+        bridge = Bridge.from_settings(mqtt)
         asyncio.run(self._serve(bridge, layer, list(options["channels"])))
 
     async def _serve(self, bridge: Bridge, layer: Any, channels: list[str]) -> None:

@@ -149,7 +149,7 @@ class _Sidecars:
         try:
             if self.embedded:
                 broker = await _start_broker(self.mqtt.host, self.mqtt.port)
-            bridge = Bridge(self.mqtt, gateway_id=gateway_settings().gateway_id)
+            bridge = Bridge.from_settings(self.mqtt)
             await serve_bridge(
                 bridge,
                 application=self.application,

@@ -1,0 +1,307 @@
+"""The bridge that loses nothing: crashes, restarts, scale-out, retained state, slow consumers."""
+
+import asyncio
+import json
+import signal
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from tests.conftest import start_gateway
+from tests.support.clients import (
+    frames_within,
+    mqtt_client,
+    mqtt_messages_within,
+    recv_json,
+    ws_connect,
+)
+from tests.support.devices import Device
+from tests.support.processes import Gateway, Mosquitto, Redis
+
+RULES = [
+    {
+        "name": "device-in",
+        "topic": "rooms/{room}/{sender}/#",
+        "room": "{room}",
+        "sender": "{sender}",
+    },
+    {"name": "room-in", "topic": "rooms/{room}", "room": "{room}"},
+    {
+        "name": "gateway-out",
+        "direction": "out",
+        "room": "{room}",
+        "publish_to": "rooms/{room}/gateway",
+    },
+    {
+        "name": "packed-in",
+        "topic": "packed/{room}/{sender}",
+        "room": "{room}",
+        "sender": "{sender}",
+        "codec": "msgpack",
+    },
+    {"name": "raw-in", "topic": "raw/{room}", "room": "{room}", "codec": "binary"},
+]
+
+
+async def collect_sequence(
+    sockets: list[ClientConnection], expected: int, within: float
+) -> list[Counter[int]]:
+    """Each socket's ``seq`` counts, once it has ``expected`` of them and a quiet second."""
+
+    async def one(ws: ClientConnection) -> Counter[int]:
+        seen: Counter[int] = Counter()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while len(seen) < expected and loop.time() < deadline:
+            for frame in await frames_within(ws, 0.5):
+                if frame.get("type") == "message" and isinstance(frame["message"], dict):
+                    seen[frame["message"]["seq"]] += 1
+        for frame in await frames_within(ws, 1.0):  # late copies would show here
+            if frame.get("type") == "message" and isinstance(frame["message"], dict):
+                seen[frame["message"]["seq"]] += 1
+        return seen
+
+    return list(await asyncio.gather(*(one(ws) for ws in sockets)))
+
+
+def assert_exactly_once(counts: list[Counter[int]], expected: int) -> None:
+    for seen in counts:
+        missing = sorted(set(range(expected)) - set(seen))
+        duplicated = sorted(n for n, c in seen.items() if c > 1)
+        assert (missing, duplicated) == ([], []), (
+            f"missing {missing[:20]}, duplicated {duplicated[:20]}"
+        )
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    (tmp_path / "broker").mkdir()
+    server = Mosquitto(tmp_path / "broker", persistence=True).start()
+    yield server
+    server.stop()
+
+
+async def wait_for_state(gateway: Gateway, room: str, topic: str) -> None:
+    """Until a browser joining ``room`` is given the state of ``topic`` (at most 15 s)."""
+    for _ in range(30):
+        async with ws_connect(gateway.ws, room) as probe:
+            if any(f.get("topic") == topic for f in await frames_within(probe, 0.5)):
+                return
+    raise AssertionError(f"the state of {topic} never reached room {room}")
+
+
+def gateway_for(
+    tmp_path: Path, broker: Mosquitto, redis: Redis, database_url: str, workers: int = 1, **env: str
+) -> Gateway:
+    return start_gateway(
+        tmp_path,
+        broker,
+        redis,
+        database_url,
+        workers=workers,
+        BRIDGE_RULES=json.dumps(RULES),
+        **env,
+    )
+
+
+async def test_crashing_the_bridge_five_times_loses_and_repeats_nothing(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
+) -> None:
+    gateway = gateway_for(tmp_path, broker, redis_server, database_url)
+    total = 400
+    try:
+        async with (
+            ws_connect(gateway.ws, "crash") as first,
+            ws_connect(gateway.ws, "crash") as second,
+        ):
+            with Device(broker.port, "crash-device") as device:
+                sending = asyncio.create_task(
+                    asyncio.to_thread(device.publish_sequence, "rooms/crash/meter", total, 40.0)
+                )
+                for _ in range(5):
+                    await asyncio.sleep(1.2)
+                    gateway.worker.kill()  # SIGKILL: no drain, no goodbye
+                    await asyncio.to_thread(gateway.start_worker, 0)
+                await sending
+                counts = await collect_sequence([first, second], total, within=60)
+        assert_exactly_once(counts, total)
+        assert gateway.worker.log().count("subscribed to") >= 6
+    finally:
+        gateway.stop()
+
+
+async def test_two_workers_share_the_load_and_a_killed_one_loses_nothing(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
+) -> None:
+    gateway = gateway_for(tmp_path, broker, redis_server, database_url, workers=2)
+    total = 1000
+    try:
+        async with (
+            ws_connect(gateway.ws, "pair") as first,
+            ws_connect(gateway.ws, "pair") as second,
+        ):
+            with Device(broker.port, "pair-device") as device:
+                await asyncio.to_thread(device.publish_sequence, "rooms/pair/meter", total, 200.0)
+                assert_exactly_once(await collect_sequence([first, second], total, 60), total)
+                # Both workers took a share.
+                for worker in gateway.workers:
+                    assert "shared as $share/" in worker.log()
+                sending = asyncio.create_task(
+                    asyncio.to_thread(
+                        device.publish_sequence, "rooms/pair/meter", total, 200.0, total
+                    )
+                )
+                await asyncio.sleep(1.5)
+                gateway.workers[1].kill()
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(gateway.start_worker, 1)  # its session resumes
+                await sending
+                counts = await collect_sequence([first, second], total, 60)
+        shifted = [Counter({n - total: c for n, c in seen.items()}) for seen in counts]
+        assert_exactly_once(shifted, total)
+    finally:
+        gateway.stop()
+
+
+async def test_a_broker_restart_with_persistence_loses_nothing(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
+) -> None:
+    gateway = gateway_for(tmp_path, broker, redis_server, database_url)
+    total = 300
+    try:
+        async with ws_connect(gateway.ws, "restart") as ws:
+            with Device(broker.port, "restart-device") as device:
+                sending = asyncio.create_task(
+                    asyncio.to_thread(device.publish_sequence, "rooms/restart/meter", total, 50.0)
+                )
+                await asyncio.sleep(2)
+                assert broker.process is not None
+                broker.process.stop()  # SIGTERM: Mosquitto saves its store
+                await asyncio.sleep(1)
+                broker.start()
+                await sending
+                (seen,) = await collect_sequence([ws], total, within=60)
+        assert sorted(set(range(total)) - set(seen)) == []
+    finally:
+        gateway.stop()
+
+
+async def test_retained_state_reaches_a_browser_that_joins_later_once(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
+) -> None:
+    with Device(broker.port, "thermostat") as device:
+        # Retained before the gateway starts: learnt when the bridge subscribes.
+        device.publish("rooms/den/boiler", b'{"on": false}', retain=True)
+        assert device.wait_acked(1)
+        gateway = gateway_for(tmp_path, broker, redis_server, database_url)
+        try:
+            await wait_for_state(gateway, "den", "rooms/den/boiler")
+            async with ws_connect(gateway.ws, "den") as present:
+                (state,) = await frames_within(present, 1.0)
+                assert (state["topic"], state["retained"]) == ("rooms/den/boiler", True)
+                assert state["message"] == {"on": False}
+                device.publish("rooms/den/thermostat", b'{"set": 20}', retain=True)
+                live = await recv_json(present)
+                assert live["message"] == {"set": 20}
+                assert "retained" not in live
+                await asyncio.sleep(0.5)
+                async with ws_connect(gateway.ws, "den") as joiner:
+                    frames = await frames_within(joiner, 1.5)
+                assert sorted((f["topic"], f["retained"]) for f in frames) == [
+                    ("rooms/den/boiler", True),
+                    ("rooms/den/thermostat", True),
+                ]
+                # A bridge restart learns the states again without replaying them as news.
+                gateway.worker.kill()
+                await asyncio.to_thread(gateway.start_worker, 0)
+                assert await frames_within(present, 1.5) == []
+                device.publish("rooms/den/thermostat", b"", retain=True)  # cleared
+                await asyncio.sleep(1.0)
+                async with ws_connect(gateway.ws, "den") as later:
+                    frames = await frames_within(later, 1.5)
+                assert [f["topic"] for f in frames] == ["rooms/den/boiler"]
+        finally:
+            gateway.stop()
+
+
+async def test_msgpack_arrives_as_json_and_binary_as_base64(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
+) -> None:
+    gateway = gateway_for(tmp_path, broker, redis_server, database_url)
+    reading: dict[str, Any] = {"t": 21.5, "ok": True, "tags": ["a", "b"]}
+    try:
+        async with ws_connect(gateway.ws, "lab") as ws:
+            with Device(broker.port, "lab-device") as device:
+                device.publish("packed/lab/probe", msgpack.packb(reading))  # by rule
+                device.publish(
+                    "rooms/lab/probe", msgpack.packb(reading), content_type="application/msgpack"
+                )  # by content type
+                device.publish("raw/lab", b"\x00\x01text")  # binary rule: even text stays raw
+                frames = [await recv_json(ws) for _ in range(3)]
+        assert [f["message"] for f in frames[:2]] == [reading, reading]
+        assert (frames[2]["encoding"], frames[2]["message"]) == ("base64", "AAF0ZXh0")
+    finally:
+        gateway.stop()
+
+
+async def test_an_unreachable_broker_gets_the_sender_an_error_and_the_message_later(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
+) -> None:
+    gateway = gateway_for(tmp_path, broker, redis_server, database_url, BRIDGE_PUBLISH_TIMEOUT="2")
+    try:
+        async with ws_connect(gateway.ws, "shed") as ws:
+            assert broker.process is not None
+            broker.process.stop()
+            await ws.send(json.dumps({"message": "door closed?"}))
+            own = await recv_json(ws)
+            error = await recv_json(ws, 10)
+            assert (error["type"], error["code"], error["id"]) == (
+                "error",
+                "broker_unreachable",
+                own["id"],
+            )
+            broker.start()
+            async with mqtt_client(broker.port) as device:
+                await device.subscribe("rooms/shed/#", qos=1)
+                received = await mqtt_messages_within(device, 15)
+        envelopes = [json.loads(m.payload) for m in received]  # type: ignore[arg-type]
+        assert [e["id"] for e in envelopes] == [own["id"]]
+    finally:
+        gateway.stop()
+
+
+async def test_a_stalled_consumer_drops_counted_and_other_rooms_flow(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
+) -> None:
+    gateway = gateway_for(tmp_path, broker, redis_server, database_url, CHANNEL_CAPACITY="200")
+    flood, total = 600, 300
+    try:
+        stalled_port = gateway.start_web()
+        stalled = gateway.webs[1]
+        async with (
+            ws_connect(f"ws://127.0.0.1:{stalled_port}", "slow") as slow,
+            ws_connect(gateway.ws, "fast") as fast,
+        ):
+            stalled.signal(signal.SIGSTOP)  # its consumers stop reading their channel
+            try:
+                with Device(broker.port, "flood") as device:
+                    await asyncio.to_thread(device.publish_sequence, "rooms/slow/x", flood, 300.0)
+                    await asyncio.to_thread(device.publish_sequence, "rooms/fast/x", total, 150.0)
+                    (seen,) = await collect_sequence([fast], total, within=30)
+                assert_exactly_once([seen], total)
+                used = await asyncio.to_thread(redis_server.used_memory)
+            finally:
+                stalled.signal(signal.SIGCONT)
+            delivered = len(await frames_within(slow, 3.0))
+        # What the stalled process's channel could hold, and one it had popped just before.
+        assert 0 < delivered <= 200 + 1
+        dropped = gateway.worker.log().count("message dropped (channel_full)")
+        assert dropped == flood - delivered
+        assert used < 20 * 1024 * 1024
+    finally:
+        gateway.stop()
