@@ -28,7 +28,13 @@ from django.db import InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from bridges.client import Incoming, MqttLink, PublishRefusedError, backoff_delay
+from bridges.client import (
+    Incoming,
+    MqttLink,
+    PublishRefusedError,
+    RedeliverError,
+    backoff_delay,
+)
 from bridges.codecs import Codec, Decoded, codec_for_content_type, get_codec
 from bridges.conf import MqttSettings
 from bridges.rules import RuleSet
@@ -147,8 +153,8 @@ class Bridge:
             try:
                 await attempt_once()
             except TRANSIENT_ERRORS as exc:
-                if self._stopping:
-                    raise
+                if self._stopping:  # not handed on: the broker gives it to the next session
+                    raise RedeliverError(str(exc)) from exc
                 delay = backoff_delay(attempt)
                 attempt += 1
                 metrics.inc("handoff_retries")

@@ -52,6 +52,10 @@ class PublishRefusedError(GatewayError):
     code = "broker_refused"
 
 
+class RedeliverError(Exception):
+    """Raised by a handler: leave the message unacknowledged, for the broker to redeliver."""
+
+
 def backoff_delay(
     attempt: int, *, base: float = BACKOFF_BASE_SECONDS, cap: float = BACKOFF_CAP_SECONDS
 ) -> float:
@@ -388,6 +392,9 @@ class MqttLink:
                 await self._handler(incoming)
             except asyncio.CancelledError:
                 raise
+            except RedeliverError:
+                self._queue.task_done()
+                continue
             except Exception:
                 metrics.dropped("handler_error", f"topic {incoming.topic}")
                 logger.exception("handling a message from %s failed", incoming.topic)

@@ -51,8 +51,8 @@ def start_gateway(
         REDIS_URL=redis.url,
         DATABASE_URL=database_url,
         GATEWAY_ID=f"gw-{workdir.name[-20:].replace('_', '-')}",
-        **env,
     )
+    environment.update(env)
     gateway = Gateway(workdir, environment)
     try:
         return gateway.start(workers)

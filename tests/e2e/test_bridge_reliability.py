@@ -21,7 +21,7 @@ from tests.support.clients import (
     ws_connect,
 )
 from tests.support.devices import Device
-from tests.support.processes import Gateway, Mosquitto, Redis
+from tests.support.processes import Gateway, Mosquitto, Redis, wait_for
 
 RULES = [
     {
@@ -182,6 +182,7 @@ async def test_a_broker_restart_with_persistence_loses_nothing(
                 await asyncio.sleep(2)
                 assert broker.process is not None
                 broker.process.stop()  # SIGTERM: Mosquitto saves its store
+                assert broker.store.stat().st_size > 0, broker.process.log()
                 await asyncio.sleep(1)
                 broker.start()
                 await sending
@@ -303,5 +304,33 @@ async def test_a_stalled_consumer_drops_counted_and_other_rooms_flow(
         dropped = gateway.worker.log().count("message dropped (channel_full)")
         assert dropped == flood - delivered
         assert used < 20 * 1024 * 1024
+    finally:
+        gateway.stop()
+
+
+async def test_sigterm_drains_the_bridge_and_a_restart_goes_on(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
+) -> None:
+    gateway = gateway_for(tmp_path, broker, redis_server, database_url)
+    total = 300
+    try:
+        async with ws_connect(gateway.ws, "drain") as ws:
+            with Device(broker.port, "drain-device") as device:
+                sending = asyncio.create_task(
+                    asyncio.to_thread(device.publish_sequence, "rooms/drain/m", total, 60.0)
+                )
+                await asyncio.sleep(2)
+                worker = gateway.worker
+                worker.signal(signal.SIGTERM)
+                await asyncio.to_thread(
+                    wait_for, lambda: not worker.alive(), "the worker to drain", 15
+                )
+                assert worker.popen is not None
+                assert worker.popen.returncode == 0
+                assert "bridge stopped" in worker.log()
+                await asyncio.to_thread(gateway.start_worker, 0)
+                await sending
+                (seen,) = await collect_sequence([ws], total, within=60)
+        assert_exactly_once([seen], total)
     finally:
         gateway.stop()

@@ -1,5 +1,6 @@
 """Real servers for the tests: Mosquitto, Redis, daphne and the bridge worker, on free ports."""
 
+import getpass
 import os
 import shutil
 import signal
@@ -148,6 +149,9 @@ class Mosquitto:
         self.conf = workdir / "mosquitto.conf"
         store = f"persistence true\npersistence_location {workdir}/\nautosave_interval 1\n"
         self.conf.write_text(
+            # Started as root, Mosquitto would switch to its own user and could not read or
+            # write the test's files; as anyone else, this line changes nothing.
+            f"user {getpass.getuser()}\n"
             "per_listener_settings false\n"
             f"{store if persistence else 'persistence false'}\n"
             "log_dest stdout\n"
@@ -161,6 +165,11 @@ class Mosquitto:
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def store(self) -> Path:
+        """The persistence file (with ``persistence=True``)."""
+        return self.workdir / "mosquitto.db"
 
     def start(self) -> "Mosquitto":
         self.process = Process(

@@ -1,0 +1,52 @@
+"""When the bridge acknowledges a message to the broker: only once it is handed on or counted."""
+
+import asyncio
+
+import paho.mqtt.client as paho
+import pytest
+
+from bridges.client import Incoming, MqttLink, RedeliverError
+from bridges.conf import MqttSettings
+from gateway import metrics
+
+
+def message(mid: int) -> tuple[paho.MQTTMessage, Incoming]:
+    raw = paho.MQTTMessage(mid=mid, topic=b"rooms/a/b")
+    raw.qos = 1
+    incoming = Incoming(
+        topic="rooms/a/b",
+        payload=b"{}",
+        qos=1,
+        mid=mid,
+        retain=False,
+        snapshot=False,
+        origin=None,
+        content_type=None,
+    )
+    return raw, incoming
+
+
+@pytest.mark.parametrize(
+    ("outcome", "acked", "dropped"),
+    [("handed_on", True, 0), ("failed", True, 1), ("redeliver", False, 0)],
+)
+async def test_a_message_is_acknowledged_only_when_handed_on_or_counted(
+    outcome: str, acked: bool, dropped: int
+) -> None:
+    async def handler(_incoming: Incoming) -> None:
+        if outcome == "failed":
+            raise ValueError("a bug")
+        if outcome == "redeliver":
+            raise RedeliverError("redis is down and the bridge is stopping")
+
+    settings = MqttSettings(host="127.0.0.1", port=1, client_id="ack-test")
+    link = MqttLink(settings, filters=[("rooms/#", 1)], handler=handler, origin="gw")
+    acks: list[tuple[int, int]] = []
+    link._client.ack = lambda mid, qos: acks.append((mid, qos))  # type: ignore[method-assign]
+    before = metrics.get("messages_dropped", "handler_error")
+    consumer = asyncio.create_task(link._consume())
+    await link._queue.put(message(7))
+    await asyncio.wait_for(link._queue.join(), 5)
+    consumer.cancel()
+    assert acks == ([(7, 1)] if acked else [])
+    assert metrics.get("messages_dropped", "handler_error") == before + dropped
