@@ -1,10 +1,11 @@
 """The bridge that loses nothing: crashes, restarts, scale-out, retained state, slow consumers."""
 
 import asyncio
+import contextlib
 import json
 import signal
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,27 +110,49 @@ def gateway_for(
     )
 
 
+async def stream_through(
+    gateway: Gateway,
+    broker: Mosquitto,
+    room: str,
+    disrupt: Callable[[], Awaitable[None]],
+    *,
+    total: int,
+    rate: float,
+    sockets: int = 1,
+) -> list[Counter[int]]:
+    """Stream ``total`` numbered QoS 1 messages into ``room`` while ``disrupt`` runs.
+
+    Returns what each of ``sockets`` browsers in the room received.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        browsers = [
+            await stack.enter_async_context(ws_connect(gateway.ws, room)) for _ in range(sockets)
+        ]
+        with Device(broker.port, f"{room}-device") as device:
+            sending = asyncio.create_task(
+                asyncio.to_thread(device.publish_sequence, f"rooms/{room}/meter", total, rate)
+            )
+            await disrupt()
+            await sending
+            return await collect_sequence(browsers, total, within=60)
+
+
 async def test_crashing_the_bridge_five_times_loses_and_repeats_nothing(
     tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
 ) -> None:
     gateway = gateway_for(tmp_path, broker, redis_server, database_url)
-    total = 400
+
+    async def crash_five_times() -> None:
+        for _ in range(5):
+            await asyncio.sleep(1.2)
+            gateway.worker.kill()  # SIGKILL: no drain, no goodbye
+            await asyncio.to_thread(gateway.start_worker, 0)
+
     try:
-        async with (
-            ws_connect(gateway.ws, "crash") as first,
-            ws_connect(gateway.ws, "crash") as second,
-        ):
-            with Device(broker.port, "crash-device") as device:
-                sending = asyncio.create_task(
-                    asyncio.to_thread(device.publish_sequence, "rooms/crash/meter", total, 40.0)
-                )
-                for _ in range(5):
-                    await asyncio.sleep(1.2)
-                    gateway.worker.kill()  # SIGKILL: no drain, no goodbye
-                    await asyncio.to_thread(gateway.start_worker, 0)
-                await sending
-                counts = await collect_sequence([first, second], total, within=60)
-        assert_exactly_once(counts, total)
+        counts = await stream_through(
+            gateway, broker, "crash", crash_five_times, total=400, rate=40.0, sockets=2
+        )
+        assert_exactly_once(counts, 400)
         assert gateway.worker.log().count("subscribed to") >= 6
     finally:
         gateway.stop()
@@ -172,22 +195,20 @@ async def test_a_broker_restart_with_persistence_loses_nothing(
     tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
 ) -> None:
     gateway = gateway_for(tmp_path, broker, redis_server, database_url)
-    total = 300
+
+    async def restart_broker() -> None:
+        await asyncio.sleep(2)
+        assert broker.process is not None
+        broker.process.stop()  # SIGTERM: Mosquitto saves its store
+        assert broker.store.stat().st_size > 0, broker.process.log()
+        await asyncio.sleep(1)
+        broker.start()
+
     try:
-        async with ws_connect(gateway.ws, "restart") as ws:
-            with Device(broker.port, "restart-device") as device:
-                sending = asyncio.create_task(
-                    asyncio.to_thread(device.publish_sequence, "rooms/restart/meter", total, 50.0)
-                )
-                await asyncio.sleep(2)
-                assert broker.process is not None
-                broker.process.stop()  # SIGTERM: Mosquitto saves its store
-                assert broker.store.stat().st_size > 0, broker.process.log()
-                await asyncio.sleep(1)
-                broker.start()
-                await sending
-                (seen,) = await collect_sequence([ws], total, within=60)
-        assert sorted(set(range(total)) - set(seen)) == []
+        (seen,) = await stream_through(
+            gateway, broker, "restart", restart_broker, total=300, rate=50.0
+        )
+        assert sorted(set(range(300)) - set(seen)) == []
     finally:
         gateway.stop()
 
@@ -312,25 +333,21 @@ async def test_sigterm_drains_the_bridge_and_a_restart_goes_on(
     tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str
 ) -> None:
     gateway = gateway_for(tmp_path, broker, redis_server, database_url)
-    total = 300
+
+    async def terminate_and_restart() -> None:
+        await asyncio.sleep(2)
+        worker = gateway.worker
+        worker.signal(signal.SIGTERM)
+        await asyncio.to_thread(wait_for, lambda: not worker.alive(), "the worker to drain", 15)
+        assert worker.popen is not None
+        assert worker.popen.returncode == 0
+        assert "bridge stopped" in worker.log()
+        await asyncio.to_thread(gateway.start_worker, 0)
+
     try:
-        async with ws_connect(gateway.ws, "drain") as ws:
-            with Device(broker.port, "drain-device") as device:
-                sending = asyncio.create_task(
-                    asyncio.to_thread(device.publish_sequence, "rooms/drain/m", total, 60.0)
-                )
-                await asyncio.sleep(2)
-                worker = gateway.worker
-                worker.signal(signal.SIGTERM)
-                await asyncio.to_thread(
-                    wait_for, lambda: not worker.alive(), "the worker to drain", 15
-                )
-                assert worker.popen is not None
-                assert worker.popen.returncode == 0
-                assert "bridge stopped" in worker.log()
-                await asyncio.to_thread(gateway.start_worker, 0)
-                await sending
-                (seen,) = await collect_sequence([ws], total, within=60)
-        assert_exactly_once([seen], total)
+        counts = await stream_through(
+            gateway, broker, "drain", terminate_and_restart, total=300, rate=60.0
+        )
+        assert_exactly_once(counts, 300)
     finally:
         gateway.stop()
