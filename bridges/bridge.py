@@ -43,6 +43,7 @@ from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError
 from gateway.events import ROOM_ERROR, RoomErrorEvent
+from gateway.presence import presence_for
 from gateway.publish import publish
 
 logger = logging.getLogger(__name__)
@@ -126,6 +127,12 @@ class Bridge:
             return
         message_id = self._identity(message) if message.qos > 0 else None
         for target in targets:
+            online = device_status(decoded.message) if target.rule.presence else None
+            if online is not None and target.sender is not None:
+                await self._hand_on(
+                    partial(self._device_presence, target.room, target.sender, online=online)
+                )
+                continue
             try:
                 await self._hand_on(
                     partial(
@@ -162,6 +169,15 @@ class Bridge:
                 await asyncio.sleep(delay)
             else:
                 return
+
+    async def _device_presence(self, room: str, device: str, *, online: bool) -> None:
+        layer = get_channel_layer()
+        assert layer is not None
+        presence = presence_for(layer)
+        if online:
+            await presence.join(room, f"device:{device}", "device", device, hold=False)
+        else:
+            await presence.leave(room, f"device:{device}")
 
     def _identity(self, message: Incoming) -> str:
         digest = hashlib.blake2b(digest_size=16)
@@ -228,6 +244,31 @@ class Bridge:
         if layer is not None:
             event = RoomErrorEvent(type=ROOM_ERROR, code=code, detail=detail, id=message_id)
             await layer.send(channel, event)
+
+
+_ONLINE = {"online", "on", "up", "connected", "true", "1", "yes"}
+_OFFLINE = {"offline", "off", "down", "disconnected", "false", "0", "no"}
+
+
+def device_status(value: Any) -> bool | None:
+    """Online (True), offline (False) or not a status (None), from a status payload.
+
+    Accepts ``online``/``offline`` and the usual synonyms, booleans, 1/0, and objects with an
+    ``online`` boolean or a ``status`` string.
+    """
+    if isinstance(value, dict):
+        if isinstance(value.get("online"), bool):
+            return bool(value["online"])
+        value = value.get("status")
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | str):
+        word = str(value).strip().lower()
+        if word in _ONLINE:
+            return True
+        if word in _OFFLINE:
+            return False
+    return None
 
 
 def _encode(codec: Codec, envelope: Envelope) -> bytes:

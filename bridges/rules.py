@@ -31,6 +31,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     **dict.fromkeys(("topic", "sender", "publish_to"), _STR_OR_NULL),
     "qos": ((int,), "0, 1 or 2"),
     "retain": ((bool,), "true or false"),
+    "presence": ((bool,), "true or false"),
 }
 
 
@@ -133,6 +134,8 @@ class Rule:
         publish_to: outbound topic template using the room's placeholders. Not for in rules.
         qos, retain: of the subscription (qos) and of outbound publications.
         codec: the payload codec's name (`bridges.codecs`).
+        presence: the topic carries the sender's status (``online``/``offline``, true/false),
+            which makes the device present in the room or not, instead of a message.
     """
 
     name: str
@@ -144,6 +147,7 @@ class Rule:
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
     codec: str = "json"
+    presence: bool = False
     # Precomputed for the hot path: filter levels without a trailing '#', and so on.
     _levels: tuple[str, ...] = field(init=False, repr=False, compare=False)
     _multi: bool = field(init=False, repr=False, compare=False)
@@ -185,6 +189,8 @@ class Rule:
                 raise _RuleError(f"{key} is required by direction {self.direction!r}")
             if not allowed and getattr(self, key) is not None:
                 raise _RuleError(f"{key} has no use in direction {self.direction!r}")
+        if self.presence and (self.direction != "in" or self.sender is None):
+            raise _RuleError("presence needs direction 'in' and a sender to name the device")
 
     def _compile(self) -> None:
         levels: tuple[str, ...] = ()
@@ -305,16 +311,41 @@ class RuleSet:
         return [(rule, topic) for topic, rule in found.items()]
 
     def subscriptions(self) -> list[tuple[str, int]]:
-        """Distinct filters to subscribe to, in rule order, each at the highest qos asking."""
+        """Filters to subscribe to, in rule order, each at the highest qos asking.
+
+        A filter that another one covers is left out (its qos goes to the wider one): a broker
+        may send one copy of a message per matching subscription, and each copy would reach
+        the room as a message of its own.
+        """
         qos: dict[str, int] = {}
         for rule in self._in:
             qos[rule.subscription()] = max(rule.qos, qos.get(rule.subscription(), 0))
-        return list(qos.items())
+        kept: dict[str, int] = {}
+        for topic, level in qos.items():
+            wider = next((other for other in qos if other != topic and covers(other, topic)), None)
+            if wider is None:
+                kept[topic] = max(level, kept.get(topic, 0))
+            else:
+                qos[wider] = kept[wider] = max(level, qos[wider], kept.get(wider, 0))
+        return [(topic, kept[topic]) for topic in qos if topic in kept]
 
     def codec_for(self, topic: str) -> str:
         """The codec of the first rule that takes ``topic`` in, ``json`` if none does."""
         inbound = self.inbound(topic)
         return inbound[0].rule.codec if inbound else "json"
+
+
+def covers(wider: str, narrower: str) -> bool:
+    """Whether filter ``wider`` matches every topic filter ``narrower`` matches."""
+    outer, inner = wider.split("/"), narrower.split("/")
+    for index, level in enumerate(outer):
+        if level == "#":
+            return True
+        if index >= len(inner) or inner[index] == "#":
+            return False
+        if level != "+" and level != inner[index]:
+            return False
+    return len(outer) == len(inner)
 
 
 def parse_rules(raw: object) -> RuleSet:
@@ -344,9 +375,18 @@ def parse_rules(raw: object) -> RuleSet:
     return RuleSet(tuple(rules))
 
 
-# Today's topics: devices publish to rooms/<room> or rooms/<room>/<sender>/..., and a room's
-# messages go out on rooms/<room>/gateway.
+# The default topics: a device's status on rooms/<room>/<sender>/status (first, so it is
+# presence, not a message); devices publish to rooms/<room> or rooms/<room>/<sender>/...; and a
+# room's messages go out on rooms/<room>/gateway.
 DEFAULT_RULES_RAW: list[dict[str, object]] = [
+    {
+        "name": "device-status",
+        "direction": "in",
+        "topic": "rooms/{room}/{sender}/status",
+        "room": "{room}",
+        "sender": "{sender}",
+        "presence": True,
+    },
     {
         "name": "device-in",
         "direction": "in",

@@ -8,6 +8,7 @@ from channels.layers import BaseChannelLayer
 from channels.worker import Worker
 
 from bridges.bridge import Bridge
+from bridges.heartbeat import start_heartbeat, stop_heartbeat
 from bridges.runtime import set_bridge
 from gateway import metrics
 from gateway.events import BRIDGE_CHANNEL
@@ -64,9 +65,12 @@ async def serve_bridge(
         channel_layer=channel_layer,
     )
     serving = asyncio.create_task(worker.arun(), name="bridge-worker")
+    heartbeat = start_heartbeat(bridge, channel_layer)
     try:
         await stop.wait()
     finally:
+        # First: a stopping bridge must not be counted as ready.
+        await stop_heartbeat(heartbeat, bridge, channel_layer)
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
         worker.cancel_instances()

@@ -9,19 +9,20 @@ django_asgi_app = get_asgi_application()  # before anything that imports models
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from bridges.consumer import MqttBridgeConsumer  # noqa: E402
 from gateway.events import BRIDGE_CHANNEL  # noqa: E402
+from protocols.auth import TokenAuthMiddleware  # noqa: E402
+from protocols.origin import OriginOrBearerValidator  # noqa: E402
 from protocols.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Static files are served by the gateway itself so a fresh install works offline.
         "http": ASGIStaticFilesHandler(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        "websocket": OriginOrBearerValidator(
+            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
         ),
         "channel": ChannelNameRouter({BRIDGE_CHANNEL: MqttBridgeConsumer.as_asgi()}),
     }

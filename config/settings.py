@@ -6,6 +6,7 @@ Every variable is documented in the README. A value that is wrong stops start-up
 
 import logging
 import secrets
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +44,11 @@ if not SECRET_KEY:
 ALLOWED_HOSTS: list[str] = _read(
     "DJANGO_ALLOWED_HOSTS", env.list, ["localhost", "127.0.0.1", "[::1]"]
 )
+if not DEBUG and "*" in ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS='*' is refused in production: it disables the WebSocket Origin"
+        " check; list the host names"
+    )
 
 INSTALLED_APPS = [
     # bridges before channels and daphne before staticfiles: their commands win.
@@ -128,7 +134,23 @@ else:
 GATEWAY = GatewaySettings(
     gateway_id=_read("GATEWAY_ID", env.str, "gateway"),
     max_frame_bytes=_read("GATEWAY_MAX_FRAME_BYTES", env.int, 64 * 1024),
+    history_max_messages=_read("HISTORY_MAX_MESSAGES", env.int, 10_000),
+    history_max_age=timedelta(days=_read("HISTORY_MAX_AGE_DAYS", env.float, 30.0)),
+    presence_ttl=_read("PRESENCE_TTL_SECONDS", env.float, 30.0),
 )
+
+# Abuse limits per WebSocket: frames per second (burst), and sockets per user.
+WS_RATE: float = _read("GATEWAY_WS_RATE", env.float, 20.0)
+WS_BURST: int = _read("GATEWAY_WS_BURST", env.int, 40)
+WS_MAX_PER_USER: int = _read("GATEWAY_WS_MAX_PER_USER", env.int, 20)
+if not 0.1 <= WS_RATE <= 10_000:  # also refuses nan
+    raise ImproperlyConfigured(f"GATEWAY_WS_RATE={WS_RATE} is out of range (0.1-10000 per second)")
+if not 1 <= WS_BURST <= 100_000:
+    raise ImproperlyConfigured(f"GATEWAY_WS_BURST={WS_BURST} is out of range (1-100000)")
+if not 1 <= WS_MAX_PER_USER <= 100_000:
+    raise ImproperlyConfigured(
+        f"GATEWAY_WS_MAX_PER_USER={WS_MAX_PER_USER} is out of range (1-100000)"
+    )
 
 # The bridge's broker; None means "not configured" (rungateway then embeds a broker).
 MQTT: MqttSettings | None = MqttSettings.from_env(

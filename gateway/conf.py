@@ -2,6 +2,7 @@
 
 import re
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -18,10 +19,17 @@ class GatewaySettings:
             derive from it (``GATEWAY_ID``).
         max_frame_bytes: largest WebSocket frame accepted; larger ones close with 1009
             (``GATEWAY_MAX_FRAME_BYTES``).
+        history_max_messages: messages kept per room (``HISTORY_MAX_MESSAGES``).
+        history_max_age: how long messages are kept (``HISTORY_MAX_AGE_DAYS``).
+        presence_ttl: seconds a crashed process's browsers stay present
+            (``PRESENCE_TTL_SECONDS``).
     """
 
     gateway_id: str = "gateway"
     max_frame_bytes: int = 64 * 1024
+    history_max_messages: int = 10_000
+    history_max_age: timedelta = timedelta(days=30)
+    presence_ttl: float = 30.0
 
     def __post_init__(self) -> None:
         if not _GATEWAY_ID_RE.fullmatch(self.gateway_id):
@@ -32,6 +40,18 @@ class GatewaySettings:
         if not 1024 <= self.max_frame_bytes <= 16 * 1024 * 1024:
             raise ImproperlyConfigured(
                 f"GATEWAY_MAX_FRAME_BYTES={self.max_frame_bytes} is out of range (1024-16777216)"
+            )
+        if not 1 <= self.history_max_messages <= 100_000_000:
+            raise ImproperlyConfigured(
+                f"HISTORY_MAX_MESSAGES={self.history_max_messages} is out of range (1-100000000)"
+            )
+        if not 1 <= self.presence_ttl <= 3600:
+            raise ImproperlyConfigured(
+                f"PRESENCE_TTL_SECONDS={self.presence_ttl} is out of range (1-3600)"
+            )
+        if not timedelta(hours=1) <= self.history_max_age <= timedelta(days=36_500):
+            raise ImproperlyConfigured(
+                f"HISTORY_MAX_AGE_DAYS={self.history_max_age.days} is out of range (0.05-36500)"
             )
 
 

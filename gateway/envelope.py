@@ -9,7 +9,10 @@ SOURCES: tuple[Source, ...] = ("ws", "mqtt", "http")
 
 
 class Envelope(TypedDict):
-    """A message in a room, as browsers receive it (without ``type``) and MQTT carries it."""
+    """A message in a room, as browsers receive it (without ``type``) and MQTT carries it.
+
+    ``seq`` orders the room's messages; it is given when the message enters the room's history.
+    """
 
     id: str
     room: str
@@ -21,6 +24,7 @@ class Envelope(TypedDict):
     gateway: str
     encoding: NotRequired[Literal["base64"]]
     retained: NotRequired[bool]
+    seq: NotRequired[int]
 
 
 def utc_timestamp(now: datetime | None = None) -> str:

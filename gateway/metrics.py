@@ -1,16 +1,60 @@
-"""Process-wide counters: every message the gateway drops or refuses moves one.
+"""Process-wide metrics: counters, gauges and latency histograms, and their exposition.
 
-Counters are keyed by a name and a reason, and read by the metrics endpoint and the tests.
+Every message the gateway drops or refuses moves a counter. Each metric is keyed by a name and
+one label value (a reason, a source...); the label's name is per family (see `describe`). The
+recording functions are on the hot path: a lock, a dict lookup and an addition, nothing more.
+
+`exposition` renders the Prometheus text format (0.0.4). A process can also `export_state` as
+JSON, so another one can show it: daphne's ``/metrics`` includes the bridge workers' states,
+which they publish with their heartbeats, each under its own ``process`` label.
 """
 
 import logging
+import math
 import threading
+from bisect import bisect_left
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, TypedDict, TypeGuard
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _counts: Counter[tuple[str, str]] = Counter()
+_gauges: dict[tuple[str, str], float] = {}
+
+# Upper bounds (seconds) of the histogram buckets, suited to latencies; +Inf is implicit.
+BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+PREFIX = "gateway_"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Histogram:
+    """Observations per bucket (not cumulative; the last is +Inf), their sum and count."""
+
+    __slots__ = ("count", "counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+
+_histograms: dict[tuple[str, str], _Histogram] = {}
 
 
 def inc(name: str, reason: str = "", amount: int = 1) -> None:
@@ -58,3 +102,258 @@ class ChannelLayerDropCounter(logging.Filter):
                 record.msg = "message dropped (channel_full): " + str(record.msg)
                 record.gateway_counted = True
         return True
+
+
+def set_gauge(name: str, value: float, label: str = "") -> None:
+    """Set the gauge ``name`` for ``label`` to ``value``."""
+    with _lock:
+        _gauges[name, label] = value
+
+
+def add_gauge(name: str, delta: float, label: str = "") -> None:
+    """Move the gauge ``name`` for ``label`` by ``delta`` (negative to lower it)."""
+    key = (name, label)
+    with _lock:
+        _gauges[key] = _gauges.get(key, 0) + delta
+
+
+def get_gauge(name: str, label: str = "") -> float:
+    """The current value of a gauge (0 when never set)."""
+    with _lock:
+        return _gauges.get((name, label), 0)
+
+
+def observe(name: str, seconds: float, label: str = "") -> None:
+    """Record one observation (a latency, in seconds) in the histogram ``name``."""
+    with _lock:
+        histogram = _histograms.get((name, label))
+        if histogram is None:
+            histogram = _histograms[name, label] = _Histogram()
+        # bisect_left: a value equal to a bound belongs to that bucket (``le``).
+        histogram.counts[bisect_left(BUCKETS, seconds)] += 1
+        histogram.sum += seconds
+        histogram.count += 1
+
+
+# Exported state: what a process's metrics look like as JSON.
+
+
+class HistogramState(TypedDict):
+    """One histogram series: cumulative counts by upper bound (``"+Inf"`` last), sum, count."""
+
+    buckets: dict[str, int]
+    sum: float
+    count: int
+
+
+class ExportedState(TypedDict):
+    """Every metric of a process, by name, then by label value."""
+
+    counters: dict[str, dict[str, int]]
+    gauges: dict[str, dict[str, float]]
+    histograms: dict[str, dict[str, HistogramState]]
+
+
+def export_state() -> ExportedState:
+    """A JSON-serialisable copy of every counter, gauge and histogram of this process."""
+    state = ExportedState(counters={}, gauges={}, histograms={})
+    with _lock:
+        for (name, label), count in _counts.items():
+            state["counters"].setdefault(name, {})[label] = count
+        for (name, label), value in _gauges.items():
+            state["gauges"].setdefault(name, {})[label] = value
+        for (name, label), histogram in _histograms.items():
+            state["histograms"].setdefault(name, {})[label] = _histogram_state(histogram)
+    return state
+
+
+def _histogram_state(histogram: _Histogram) -> HistogramState:
+    buckets: dict[str, int] = {}
+    total = 0
+    for bound, count in zip((*BUCKETS, math.inf), histogram.counts, strict=True):
+        total += count
+        buckets[_number(bound)] = total
+    return HistogramState(buckets=buckets, sum=histogram.sum, count=histogram.count)
+
+
+# Families: their help text and the name of their label.
+
+_KNOWN_FAMILIES = (
+    ("messages_published", "Messages put into rooms, by the edge they came from.", "source"),
+    ("messages_dropped", "Messages dropped or refused, by reason.", "reason"),
+    ("mqtt_messages_in", "Device messages the bridge handed on to rooms.", "reason"),
+    ("mqtt_messages_out", "Room messages the broker confirmed to the bridge.", "reason"),
+    ("mqtt_messages_not_published", "Room messages not published to MQTT, by reason.", "reason"),
+    ("mqtt_publish_timeouts", "Publications not confirmed within the publish timeout.", "reason"),
+    ("mqtt_connects", "Connections of the bridge to its broker.", "reason"),
+    ("mqtt_reconnect_attempts", "Failed broker connections, each followed by a retry.", "reason"),
+    ("mqtt_subscriptions_refused", "Subscriptions the broker refused.", "reason"),
+    ("mqtt_own_publications_skipped", "The bridge's own publications it ignored.", "reason"),
+    ("handoff_retries", "Retries of handing a device message on to the rooms.", "reason"),
+    ("payload_decode_failures", "Device payloads their codec could not decode.", "codec"),
+    ("duplicates_removed", "Redelivered messages sockets did not show twice.", "reason"),
+    ("ws_refused", "WebSocket connections refused, by reason.", "reason"),
+    ("ws_closed", "WebSocket connections closed by the gateway, by reason.", "reason"),
+    ("ws_errors", "Error frames sent to WebSocket clients, by code.", "code"),
+    ("ws_connections", "WebSocket connections open in this process.", "room"),
+    ("bridge_broker_connected", "1 while the bridge is connected to its broker, else 0.", "reason"),
+    ("bridge_heartbeat_failures", "Bridge heartbeats that could not be written.", "reason"),
+    ("metrics_remote_failures", "Remote metric states that could not be read.", "reason"),
+    (
+        "delivery_latency_seconds",
+        "Seconds from a message entering its room to its delivery to a socket.",
+        "reason",
+    ),
+    ("duplicates_removed", "Copies a socket dropped (redeliveries, welcome overlap).", "reason"),
+    ("presence_events", "Presence changes announced to rooms, by event.", "event"),
+    ("history_write_failures", "Batches of history that could not be written.", "reason"),
+    ("handoff_retries", "Device messages retried while the channel layer failed.", "reason"),
+)
+_families: dict[str, tuple[str, str]] = {
+    name: (text, label) for name, text, label in _KNOWN_FAMILIES
+}
+
+
+def describe(name: str, help_text: str, *, label: str = "reason") -> None:
+    """Document the metric family ``name``: its help text and what its label value means."""
+    _families[name] = (help_text, label)
+
+
+# The Prometheus text format, version 0.0.4.
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+class _Family:
+    __slots__ = ("help", "kind", "label", "name", "samples")
+
+    def __init__(self, name: str, kind: Kind, metric: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.help, self.label = _families.get(metric, (f"Gateway {kind} {metric}.", "reason"))
+        self.samples: list[str] = []
+
+
+def exposition(
+    extra_snapshots: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    *,
+    process: str | None = None,
+) -> str:
+    """This process's metrics, and those of ``extra_snapshots``, in the Prometheus text format.
+
+    Args:
+        extra_snapshots: ``(process label, exported state)`` of other processes.
+        process: the ``process`` label of this process's samples; none when None.
+    """
+    return render([(process, export_state()), *extra_snapshots])
+
+
+def render(sources: Iterable[tuple[str | None, Mapping[str, Any]]]) -> str:
+    """Exported states in the Prometheus text format, each source under its ``process`` label.
+
+    A family appears once, with the samples of every source. Entries that are not numbers (a
+    state from another version, say) are left out rather than break the page.
+    """
+    families: dict[str, _Family] = {}
+
+    def family(metric: str, kind: Kind) -> _Family | None:
+        name = PREFIX + _metric_name(metric)
+        if kind == "counter" and not name.endswith("_total"):
+            name += "_total"
+        found = families.setdefault(name, _Family(name, kind, metric))
+        return found if found.kind == kind else None  # a clash of kinds: the first one wins
+
+    for process, state in sources:
+        base = [("process", process)] if process is not None else []
+        scalars: tuple[tuple[Kind, str], ...] = (("counter", "counters"), ("gauge", "gauges"))
+        for kind, key in scalars:
+            for metric, by_label in _items(state.get(key)):
+                fam = family(metric, kind)
+                for label, value in _items(by_label):
+                    if fam is not None and _is_number(value):
+                        labels = _labels([*base, *_label(fam.label, label)])
+                        fam.samples.append(f"{fam.name}{labels} {_number(value)}")
+        for metric, by_label in _items(state.get("histograms")):
+            fam = family(metric, "histogram")
+            for label, series in _items(by_label):
+                if fam is not None:
+                    fam.samples.extend(
+                        _histogram_samples(fam, [*base, *_label(fam.label, label)], series)
+                    )
+    lines: list[str] = []
+    for name in sorted(families):
+        fam = families[name]
+        if not fam.samples:
+            continue
+        lines.append(f"# HELP {fam.name} {_escape_help(fam.help)}")
+        lines.append(f"# TYPE {fam.name} {fam.kind}")
+        lines.extend(fam.samples)
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _histogram_samples(fam: _Family, labels: list[tuple[str, str]], series: Any) -> list[str]:
+    if not isinstance(series, Mapping):
+        return []
+    total, count = series.get("sum"), series.get("count")
+    bounds: list[tuple[float, int]] = []
+    for le, cumulative in _items(series.get("buckets")):
+        try:
+            bound = float(le)
+        except ValueError:
+            return []
+        if not isinstance(cumulative, int) or isinstance(cumulative, bool):
+            return []
+        bounds.append((bound, cumulative))
+    bounds.sort()
+    if not _is_number(total) or not _is_number(count) or not bounds or bounds[-1][0] != math.inf:
+        return []
+    samples = [
+        f"{fam.name}_bucket{_labels([*labels, ('le', _number(bound))])} {cumulative}"
+        for bound, cumulative in bounds
+    ]
+    samples.append(f"{fam.name}_sum{_labels(labels)} {_number(total)}")
+    samples.append(f"{fam.name}_count{_labels(labels)} {_number(count)}")
+    return samples
+
+
+def _items(value: Any) -> list[tuple[str, Any]]:
+    if not isinstance(value, Mapping):
+        return []
+    return [(key, item) for key, item in value.items() if isinstance(key, str)]
+
+
+def _is_number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _label(name: str, value: str) -> list[tuple[str, str]]:
+    return [(name, value)] if value else []
+
+
+def _labels(pairs: list[tuple[str, str]]) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{name}="{_escape_label(value)}"' for name, value in pairs) + "}"
+
+
+def _metric_name(name: str) -> str:
+    # Names come from code, but a state read from elsewhere must not break the format.
+    return "".join(c if c.isascii() and (c.isalnum() or c in "_:") else "_" for c in name)
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")

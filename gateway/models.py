@@ -1,6 +1,10 @@
 """Rooms the gateway has seen."""
 
+from django.conf import settings
+from django.core.validators import RegexValidator
 from django.db import models
+
+from gateway.rooms import ROOM_PATTERN
 
 
 class Room(models.Model):
@@ -32,3 +36,138 @@ class RetainedState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.room} {self.topic}"
+
+
+class Message(models.Model):
+    """A message of a room's history; ``seq`` orders it within the room."""
+
+    room = models.CharField(max_length=64)
+    seq = models.BigIntegerField()
+    message_id = models.CharField(max_length=64)
+    envelope = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = (
+            models.UniqueConstraint(fields=("room", "seq"), name="one_message_per_seq"),
+            # A message redelivered after a crash is stored once.
+            models.UniqueConstraint(fields=("room", "message_id"), name="one_copy_per_message"),
+        )
+        ordering = ("room", "seq")
+
+    def __str__(self) -> str:
+        return f"{self.room} #{self.seq}"
+
+
+# Room access and API tokens.
+
+
+ACCESS_CHOICES = (("none", "none"), ("read", "read"), ("write", "write"))
+GRANT_CHOICES = (("read", "read"), ("write", "write"))
+
+# A policy or grant for a name that could never be a room would never apply: refuse it.
+_room_name = RegexValidator(
+    rf"\A{ROOM_PATTERN}\Z",
+    "Use 1-64 letters, digits, '_', '.' and '-', not starting with '.' or '-'.",
+)
+
+
+class RoomPolicy(models.Model):
+    """Who may read and write a room; a room without a policy is public and writable by all.
+
+    The rules are in `gateway.access`.
+    """
+
+    room = models.CharField(max_length=64, unique=True, validators=[_room_name])
+    private = models.BooleanField(
+        default=False, help_text="Only superusers and users or groups with a grant get in."
+    )
+    anonymous = models.CharField(
+        max_length=5,
+        choices=ACCESS_CHOICES,
+        default="write",
+        help_text="What visitors who are not logged in get (public rooms only).",
+    )
+    authenticated = models.CharField(
+        max_length=5,
+        choices=ACCESS_CHOICES,
+        default="write",
+        help_text="What any logged-in or token user gets (public rooms only); grants add to it.",
+    )
+
+    class Meta:
+        ordering = ("room",)
+        verbose_name_plural = "room policies"
+
+    def __str__(self) -> str:
+        if self.private:
+            return f"{self.room} (private)"
+        return f"{self.room} (anonymous {self.anonymous}, users {self.authenticated})"
+
+
+class RoomGrant(models.Model):
+    """Access to one room for one user or for every member of one group."""
+
+    room = models.CharField(max_length=64, validators=[_room_name])
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="room_grants",
+    )
+    group = models.ForeignKey(
+        "auth.Group",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="room_grants",
+    )
+    access = models.CharField(max_length=5, choices=GRANT_CHOICES, default="read")
+
+    class Meta:
+        constraints = (
+            models.CheckConstraint(
+                condition=(
+                    models.Q(user__isnull=False, group__isnull=True)
+                    | models.Q(user__isnull=True, group__isnull=False)
+                ),
+                name="grant_to_user_or_group",
+                violation_error_message="A grant names either a user or a group, not both.",
+            ),
+            models.UniqueConstraint(fields=("room", "user"), name="one_grant_per_room_user"),
+            models.UniqueConstraint(fields=("room", "group"), name="one_grant_per_room_group"),
+        )
+        ordering = ("room", "id")
+
+    def __str__(self) -> str:
+        who = f"user {self.user}" if self.user_id is not None else f"group {self.group}"
+        return f"{self.room}: {who} may {self.access}"
+
+
+class ApiToken(models.Model):
+    """A bearer token for programs; only its SHA-256 digest is stored, never the token."""
+
+    name = models.CharField(max_length=100, help_text="What the token is for.")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
+    prefix = models.CharField(
+        max_length=12, db_index=True, help_text="The token's first characters, to recognise it."
+    )
+    digest = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the token has not been revoked (its user may still be inactive)."""
+        return self.revoked_at is None

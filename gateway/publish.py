@@ -27,6 +27,7 @@ from gateway.events import (
     RoomErrorEvent,
     RoomMessageEvent,
 )
+from gateway.history import history_for
 from gateway.models import Room
 from gateway.rooms import group_name, validate_room
 
@@ -82,6 +83,8 @@ async def publish(
         gateway=gateway_settings().gateway_id,
     )
     await _record_room(room)
+    if live:
+        await history_for(layer).append(envelope)  # before the room sees it: see history.py
     if state:
         await retained.remember(envelope)
     if not live:

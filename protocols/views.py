@@ -1,6 +1,6 @@
-"""Pages: the index (rooms) and a room's live page; and the liveness probe."""
+"""Pages: the index (rooms) and a room's live page."""
 
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
@@ -27,9 +27,3 @@ def room(request: HttpRequest, room: str) -> HttpResponse:
     if not is_valid_room(room):
         raise Http404("no such room")
     return render(request, "protocols/room.html", {"room": room})
-
-
-@require_GET
-def healthz(request: HttpRequest) -> HttpResponse:
-    """Alive: the process answers HTTP."""
-    return JsonResponse({"status": "ok"})

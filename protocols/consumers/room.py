@@ -5,29 +5,45 @@ message of the room as an envelope frame. Bad frames get an error frame and the 
 open; a frame over the size limit closes the socket with 1009.
 """
 
+import asyncio
 import logging
 import secrets
+import time
 from collections import deque
+from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from gateway import metrics, retained
+from gateway.access import Access, aaccess_for, can_read, can_write
 from gateway.conf import gateway_settings
 from gateway.dispatch import DirectDispatchMixin
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError
 from gateway.events import RoomErrorEvent, RoomMessageEvent
+from gateway.history import history_for
 from gateway.jsonutil import dumps, parse_json
+from gateway.presence import PresenceEvent, presence_for
 from gateway.publish import publish
+from gateway.ratelimit import FloodGuard
 from gateway.rooms import group_name, is_valid_room
+from gateway.tokens import atoken_is_active
 
 logger = logging.getLogger(__name__)
 
 CLOSE_TOO_BIG = 1009
+CLOSE_POLICY = 1008  # flooding, too many sockets
+CLOSE_UNAUTHORISED = 4401  # an invalid or revoked token
+CLOSE_FORBIDDEN = 4403  # no read access to the room
+TOKEN_RECHECK_SECONDS = 5.0
+ACCESS_RECHECK_SECONDS = 5.0
 # How many recent message ids a socket remembers to drop redelivered copies. A copy arrives
 # right after a bridge restart, ahead of newer messages, so a short window is enough.
 DEDUPE_WINDOW = 256
+WELCOME_MESSAGES = 50  # recent messages in the welcome of a browser that joins afresh
 
 
 class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -40,6 +56,12 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         super().__init__(*args, **kwargs)
         self._recent: deque[str] = deque(maxlen=DEDUPE_WINDOW)
         self._recent_set: set[str] = set()
+        self._welcome_seq = 0
+        self._access: Access = "none"
+        self._access_checked = 0.0
+        self._claimed: str | None = None
+        self._token_watch: asyncio.Task[None] | None = None
+        self._flood = FloodGuard.for_websocket()
 
     async def connect(self) -> None:
         room = self.scope["url_route"]["kwargs"]["room"]
@@ -47,33 +69,120 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             metrics.inc("ws_refused", "invalid_room")
             await self.close()  # before accept(): the handshake is refused with 403
             return
+        subprotocol = self.scope.get("token_subprotocol")
+        refusal = await self._refusal(room)
+        if refusal is not None:
+            code, error, detail = refusal
+            metrics.inc("ws_refused", error)
+            # Accepted only to say why: a close code needs an open socket. No group joined.
+            await self.accept(subprotocol)
+            await self.send_error(error, detail)
+            await self.close(code=code)
+            return
+        since, since_error = _since(self.scope.get("query_string", b""))
         self.room, self.group = room, group_name(room)
         self.sender = self._sender_name()
+        # Join the group before reading history: a message is in the history before it is
+        # sent to the group, so every message is either in the welcome or arrives after it.
         await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
-        for state in await retained.states(room):
-            await self._forward(state)
+        await self.accept(subprotocol)
+        metrics.add_gauge("ws_connections", 1)
+        token_id = self.scope.get("api_token_id")
+        if token_id is not None:
+            self._token_watch = asyncio.create_task(self._watch_token(token_id))
+        await presence_for(self.channel_layer).join(
+            room, f"ws:{self.channel_name}", "browser", self.sender, hold=True
+        )
+        if since_error:
+            await self.send_error("invalid_since", since_error)
+        await self._welcome(room, since)
+
+    async def _welcome(self, room: str, since: int | None) -> None:
+        history = history_for(self.channel_layer)
+        if since is None:
+            messages, gap = await history.recent(room, WELCOME_MESSAGES), False
+        else:
+            missed = await history.missed(room, since)
+            messages, gap = missed.messages, missed.gap
+        for message in messages:
+            self._seen(message["id"])
+        # Every seq up to the highest one read was in the history when it was read (seq and
+        # window are written together), so live copies of those are in the welcome already.
+        self._welcome_seq = max((m.get("seq", 0) for m in messages), default=since or 0)
+        frame = {
+            "type": "welcome",
+            "room": room,
+            "seq": self._welcome_seq,
+            "gap": gap,
+            "messages": [_client_view(m) for m in messages],
+            "retained": [_client_view(s) for s in await retained.states(room)],
+            "presence": await presence_for(self.channel_layer).members(room),
+        }
+        await self.send(text_data=dumps(frame))
+
+    async def _refusal(self, room: str) -> tuple[int, str, str] | None:
+        """Why this socket may not join ``room`` (close code, error code, detail), if so."""
+        token_error = self.scope.get("token_error")
+        if token_error:
+            return CLOSE_UNAUTHORISED, "unauthorised", token_error
+        self._access = await aaccess_for(self.scope.get("user"), room)
+        self._access_checked = time.monotonic()
+        if not can_read(self._access):
+            return CLOSE_FORBIDDEN, "forbidden", f"you may not enter room {room}"
+        user_key = self._user_key()
+        if user_key is not None:
+            if not _sockets_per_user.claim(user_key, settings.WS_MAX_PER_USER):
+                return CLOSE_POLICY, "too_many_sockets", "close some of your other sockets first"
+            self._claimed = user_key
+        return None
 
     async def disconnect(self, code: int) -> None:
-        if self.group is not None:
+        if self._token_watch is not None:
+            self._token_watch.cancel()
+        if self._claimed is not None:
+            _sockets_per_user.release(self._claimed)
+        if self.group is not None and self.room is not None:
+            metrics.add_gauge("ws_connections", -1)
             await self.channel_layer.group_discard(self.group, self.channel_name)
+            await presence_for(self.channel_layer).leave(self.room, f"ws:{self.channel_name}")
+
+    async def _watch_token(self, token_id: int) -> None:
+        """Close the socket once its API token is revoked (checked every few seconds)."""
+        while True:
+            await asyncio.sleep(TOKEN_RECHECK_SECONDS)
+            try:
+                active = await atoken_is_active(token_id)
+            except Exception:
+                logger.exception("checking token %s failed; checking again", token_id)
+                continue
+            if not active:
+                metrics.inc("ws_closed", "token_revoked")
+                await self.send_error("unauthorised", "your token was revoked")
+                await self.close(code=CLOSE_UNAUTHORISED)
+                return
+
+    async def _may_write(self) -> bool:
+        """Write access to the room, checked again when the last check is a few seconds old."""
+        assert self.room is not None
+        if time.monotonic() - self._access_checked > ACCESS_RECHECK_SECONDS:
+            self._access = await aaccess_for(self.scope.get("user"), self.room)
+            self._access_checked = time.monotonic()
+        return can_write(self._access)
+
+    def _user_key(self) -> str | None:
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            return f"user:{user.pk}"
+        return None
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data is None:
-            await self.send_error("binary_frame", "frames must be JSON text, not binary")
+        if not await self._within_rate():
             return
-        limit = gateway_settings().max_frame_bytes
-        if len(text_data) > limit or len(text_data.encode("utf-8")) > limit:
-            metrics.inc("ws_closed", "frame_too_big")
-            await self.close(code=CLOSE_TOO_BIG)
+        frame = await self._frame(text_data)
+        if frame is None:
             return
-        try:
-            frame = parse_json(text_data)
-        except ValueError as exc:
-            await self.send_error("invalid_json", f"frames must be JSON: {exc}")
-            return
-        if not isinstance(frame, dict) or "message" not in frame:
-            await self.send_error("invalid_frame", 'send {"message": <any JSON value>}')
+        if not await self._may_write():
+            await self.send_error("forbidden", "you may read this room but not write to it")
             return
         assert self.room is not None
         try:
@@ -87,26 +196,70 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         except GatewayError as exc:
             await self.send_error(exc.code, str(exc))
 
+    async def _within_rate(self) -> bool:
+        """Count the frame against the rate limit: warn, then close a client that floods."""
+        verdict = self._flood.check()
+        if verdict == "close":
+            metrics.inc("ws_closed", "flood")
+            await self.close(code=CLOSE_POLICY)
+        elif verdict == "warn":
+            await self.send_error("rate_limited", "too many frames: slow down or be closed")
+        return verdict == "ok"
+
+    async def _frame(self, text_data: str | None) -> dict[str, Any] | None:
+        """The client's frame, or None once the problem with it has been answered."""
+        if text_data is None:
+            await self.send_error("binary_frame", "frames must be JSON text, not binary")
+            return None
+        limit = gateway_settings().max_frame_bytes
+        if len(text_data) > limit or len(text_data.encode("utf-8")) > limit:
+            metrics.inc("ws_closed", "frame_too_big")
+            await self.close(code=CLOSE_TOO_BIG)
+            return None
+        try:
+            frame = parse_json(text_data)
+        except ValueError as exc:
+            await self.send_error("invalid_json", f"frames must be JSON: {exc}")
+            return None
+        if not isinstance(frame, dict) or "message" not in frame:
+            await self.send_error("invalid_frame", 'send {"message": <any JSON value>}')
+            return None
+        return frame
+
     async def room_message(self, event: RoomMessageEvent) -> None:
         """A message in the room: forward it to this socket, once."""
         await self._forward(event["envelope"])
+
+    async def room_presence(self, event: PresenceEvent) -> None:
+        """Someone (a browser or a device) joined or left the room."""
+        if event["member"]["key"] == f"ws:{self.channel_name}":
+            return  # this socket's own join: its welcome lists it already
+        frame = {"type": "presence", "event": event["event"], "member": event["member"]}
+        await self.send(text_data=dumps(frame))
 
     async def room_error(self, event: RoomErrorEvent) -> None:
         """A message this socket sent could not be delivered to the broker."""
         await self.send_error(event["code"], event["detail"], id=event["id"])
 
     async def _forward(self, envelope: Envelope) -> None:
-        message_id = envelope["id"]
-        if message_id in self._recent_set:
-            metrics.inc("duplicates_removed")
+        # Not by the highest seq seen live: processes allocate seqs and deliver in their own
+        # order, so a smaller seq may arrive after a larger one.
+        if 0 < envelope.get("seq", 0) <= self._welcome_seq or not self._seen(envelope["id"]):
+            metrics.inc("duplicates_removed")  # in the welcome already, or a redelivery
             return
+        await self.send(text_data=dumps(_client_view(envelope)))
+        entered = datetime.fromisoformat(envelope["ts"]).timestamp()
+        metrics.observe("delivery_latency_seconds", max(0.0, time.time() - entered))
+
+    def _seen(self, message_id: str) -> bool:
+        """Remember ``message_id``; False if it was already remembered."""
+        if message_id in self._recent_set:
+            return False
         if len(self._recent) == DEDUPE_WINDOW:
             self._recent_set.discard(self._recent[0])
         self._recent.append(message_id)
         self._recent_set.add(message_id)
-        frame: dict[str, Any] = {"type": "message"}
-        frame.update((k, v) for k, v in envelope.items() if k != "gateway")
-        await self.send(text_data=dumps(frame))
+        return True
 
     async def send_error(self, code: str, detail: str, **extra: str) -> None:
         """Answer a bad frame (or report a failed delivery) without closing the socket."""
@@ -118,6 +271,50 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         if user is not None and user.is_authenticated:
             return str(user.get_username())
         return f"guest-{secrets.token_hex(3)}"
+
+
+def _client_view(envelope: Envelope) -> dict[str, Any]:
+    """The frame browsers get for a message: the envelope without the broker-side fields."""
+    frame: dict[str, Any] = {"type": "message"}
+    frame.update((k, v) for k, v in envelope.items() if k != "gateway")
+    return frame
+
+
+def _since(query_string: bytes) -> tuple[int | None, str | None]:
+    """The ``since`` query parameter (the last ``seq`` a client saw), or why it is unusable."""
+    values = parse_qs(query_string.decode("latin-1")).get("since")
+    if not values:
+        return None, None
+    try:
+        since = int(values[-1])
+    except ValueError:
+        return None, "since must be the last seq you received, a whole number"
+    if since < 0:
+        return None, "since must not be negative"
+    return since, None
+
+
+class _SocketCounter:
+    """Sockets per user in this process."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def claim(self, key: str, limit: int) -> bool:
+        if self._counts.get(key, 0) >= limit:
+            return False
+        self._counts[key] = self._counts.get(key, 0) + 1
+        return True
+
+    def release(self, key: str) -> None:
+        left = self._counts.get(key, 1) - 1
+        if left > 0:
+            self._counts[key] = left
+        else:
+            self._counts.pop(key, None)
+
+
+_sockets_per_user = _SocketCounter()
 
 
 class RefuseConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]

@@ -55,7 +55,7 @@ async def test_tls_and_a_password_carry_device_messages_into_rooms(
     tls = ssl.create_default_context(cafile=str(ca_path))
     try:
         async with (
-            ws_connect(gateway.ws, "vault") as browser,
+            ws_connect(gateway.ws, "strongroom") as browser,
             aiomqtt.Client(
                 "127.0.0.1",
                 broker.port,
@@ -64,7 +64,7 @@ async def test_tls_and_a_password_carry_device_messages_into_rooms(
                 tls_context=tls,
             ) as device,
         ):
-            await device.publish("rooms/vault/lock", b'{"locked": true}', qos=1)
+            await device.publish("rooms/strongroom/lock", b'{"locked": true}', qos=1)
             frame = await recv_json(browser)
             assert (frame["sender"], frame["message"]) == ("lock", {"locked": True})
     finally:

@@ -3,36 +3,78 @@
 import asyncio
 import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiomqtt
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 RECEIVE_TIMEOUT = 10.0
 
 
-def ws_connect(base: str, room: str, *, origin: str | None = None, **kwargs: Any) -> Any:
-    """Connect to a room the way a browser on the gateway's own page does (same Origin)."""
+@contextlib.asynccontextmanager
+async def ws_connect(
+    base: str, room: str, *, origin: str | None = None, since: int | None = None, **kwargs: Any
+) -> AsyncIterator[ClientConnection]:
+    """Join a room as a browser on the gateway's own page does (same Origin).
+
+    The welcome frame the gateway sends first is read and kept as ``ws.welcome``.
+    """
     origin = origin or base.replace("ws://", "http://", 1)
-    return connect(f"{base}/ws/rooms/{room}/", origin=origin, open_timeout=10, **kwargs)
+    query = f"?since={since}" if since is not None else ""
+    url = f"{base}/ws/rooms/{room}/{query}"
+    async with connect(url, origin=origin, open_timeout=10, **kwargs) as ws:  # type: ignore[arg-type]
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), RECEIVE_TIMEOUT))
+        assert welcome["type"] == "welcome", welcome
+        ws.welcome = welcome  # type: ignore[attr-defined]
+        yield ws
 
 
-async def recv_json(ws: ClientConnection, wait: float = RECEIVE_TIMEOUT) -> Any:
-    """The next frame, parsed."""
-    return json.loads(await asyncio.wait_for(ws.recv(), wait))
+async def recv_json(
+    ws: ClientConnection, wait: float = RECEIVE_TIMEOUT, *, presence: bool = False
+) -> Any:
+    """The next frame, parsed (skipping presence frames unless ``presence``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), max(0.0, deadline - loop.time())))
+        if presence or frame.get("type") != "presence":
+            return frame
 
 
-async def frames_within(ws: ClientConnection, seconds: float) -> list[Any]:
-    """Every frame that arrives within ``seconds``."""
+async def frames_within(
+    ws: ClientConnection, seconds: float, *, presence: bool = False
+) -> list[Any]:
+    """Every frame that arrives within ``seconds`` (presence frames only if ``presence``)."""
     frames: list[Any] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while (left := deadline - loop.time()) > 0:
         try:
-            frames.append(json.loads(await asyncio.wait_for(ws.recv(), left)))
+            frame = json.loads(await asyncio.wait_for(ws.recv(), left))
         except TimeoutError:
             break
+        if presence or frame.get("type") != "presence":
+            frames.append(frame)
     return frames
+
+
+async def read_until_closed(
+    ws: ClientConnection, wait: float = RECEIVE_TIMEOUT
+) -> tuple[list[Any], int | None]:
+    """Every frame until the server closes (presence frames left out), and its close code.
+
+    Fails if the server has not closed after ``wait`` seconds without a frame.
+    """
+    frames: list[Any] = []
+    try:
+        while True:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), wait))
+            if frame.get("type") != "presence":
+                frames.append(frame)
+    except ConnectionClosed as closed:
+        return frames, closed.rcvd.code if closed.rcvd else None
 
 
 def mqtt_client(port: int, **kwargs: Any) -> aiomqtt.Client:

@@ -45,13 +45,21 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 15.0) ->
     raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def http_get(url: str) -> tuple[int, str]:
-    """GET ``url`` (loopback only): the status and the body, 4xx and 5xx included."""
+def http_request(
+    method: str, url: str, *, body: bytes | None = None, headers: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """One HTTP request to a loopback URL: the status and the body, 4xx and 5xx included."""
+    request = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=10) as response:
             return int(response.status), response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """GET ``url`` (loopback only): the status and the body, 4xx and 5xx included."""
+    return http_request("GET", url)
 
 
 def binary(name: str) -> str:
@@ -257,6 +265,14 @@ def manage(
         timeout=timeout,
         check=False,
     )
+
+
+def django_shell(code: str, *, env: dict[str, str]) -> str:
+    """Run Python in ``manage.py shell`` against the gateway's database; its output."""
+    result = manage("shell", "--no-imports", "-c", code, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"manage.py shell failed:\n{result.stderr[-3000:]}")
+    return result.stdout.strip()
 
 
 @dataclass

@@ -25,13 +25,21 @@ def in_memory_layer(settings: Any) -> Iterator[None]:
     channel_layers.backends.clear()
 
 
-def communicator(room: str) -> WebsocketCommunicator:
-    return WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/rooms/{room}/")
+def communicator(room: str, query: str = "") -> WebsocketCommunicator:
+    return WebsocketCommunicator(URLRouter(websocket_urlpatterns), f"/ws/rooms/{room}/{query}")
+
+
+async def join(room: str, query: str = "") -> tuple[WebsocketCommunicator, dict[str, Any]]:
+    """A connected socket and the welcome frame it got."""
+    ws = communicator(room, query)
+    assert (await ws.connect())[0]
+    welcome = await ws.receive_json_from()
+    assert welcome["type"] == "welcome"
+    return ws, welcome
 
 
 async def test_a_configured_frame_limit_closes_with_1009() -> None:
-    ws = communicator("lab")
-    assert (await ws.connect())[0]
+    ws, _ = await join("lab")
     await ws.send_json_to({"message": "x" * 2000})
     assert len((await ws.receive_json_from())["message"]) == 2000
     before = metrics.get("ws_closed", "frame_too_big")
@@ -41,9 +49,7 @@ async def test_a_configured_frame_limit_closes_with_1009() -> None:
 
 
 async def test_a_browser_message_goes_to_the_room_and_to_the_bridge() -> None:
-    first, second = communicator("lab"), communicator("lab")
-    await first.connect()
-    await second.connect()
+    (first, _), (second, _) = await join("lab"), await join("lab")
     await first.send_json_to({"message": {"on": True}, "type": "bridge.shutdown"})
     frame: dict[str, Any] = await second.receive_json_from()
     assert frame["type"] == "message"
@@ -65,8 +71,7 @@ async def test_a_refused_room_never_joins_a_group() -> None:
 
 
 async def test_a_redelivered_message_reaches_a_socket_once() -> None:
-    ws = communicator("lab")
-    await ws.connect()
+    ws, _ = await join("lab")
     layer = get_channel_layer()
     envelope = {
         "id": "same-id",
@@ -87,3 +92,29 @@ async def test_a_redelivered_message_reaches_a_socket_once() -> None:
     assert (await ws.receive_json_from())["id"] == "next-id"
     assert await ws.receive_nothing(0.2)
     await ws.disconnect()
+
+
+async def test_a_fresh_join_gets_recent_messages_and_a_resume_gets_exactly_the_missed() -> None:
+    writer, _ = await join("hist")
+    for n in range(5):
+        await writer.send_json_to({"message": n})
+        await writer.receive_json_from()
+    _, welcome = await join("hist")
+    assert [m["message"] for m in welcome["messages"]] == [0, 1, 2, 3, 4]
+    seqs = [m["seq"] for m in welcome["messages"]]
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 5
+    assert welcome["seq"] == seqs[-1]
+    assert welcome["gap"] is False
+    _, resumed = await join("hist", f"?since={seqs[1]}")
+    assert [m["message"] for m in resumed["messages"]] == [2, 3, 4]
+    _, current = await join("hist", f"?since={seqs[-1]}")
+    assert current["messages"] == []
+
+
+async def test_a_bad_since_is_answered_and_the_join_goes_on() -> None:
+    ws = communicator("hist", "?since=yesterday")
+    assert (await ws.connect())[0]
+    error = await ws.receive_json_from()
+    assert (error["type"], error["code"]) == ("error", "invalid_since")
+    assert (await ws.receive_json_from())["type"] == "welcome"

@@ -21,6 +21,7 @@ from bridges.rules import (
     Inbound,
     Rule,
     RuleSet,
+    covers,
     load_rules,
     parse_rules,
 )
@@ -82,7 +83,13 @@ def test_default_rules_drop_topics_naming_no_valid_room(topic: str) -> None:
 
 def test_default_rules_subscribe_and_publish_as_before() -> None:
     assert parse_rules(DEFAULT_RULES_RAW) == DEFAULT_RULES
-    assert [rule.name for rule in DEFAULT_RULES.rules] == ["device-in", "room-in", "gateway-out"]
+    assert [rule.name for rule in DEFAULT_RULES.rules] == [
+        "device-status",
+        "device-in",
+        "room-in",
+        "gateway-out",
+    ]
+    # rooms/+/+/status is covered by rooms/+/+/#: one subscription, so one copy per message.
     assert DEFAULT_RULES.subscriptions() == [("rooms/+/+/#", 1), ("rooms/+", 1)]
     [(rule, topic)] = DEFAULT_RULES.outbound("kitchen")
     assert (rule.name, topic, rule.qos, rule.retain) == (
@@ -166,7 +173,7 @@ def test_overlapping_rules_deliver_to_each_room_once() -> None:
     assert rules.codec_for("s/1/temp") == "text"
     assert rules.codec_for("s/1") == "json"
     assert rules.codec_for("elsewhere") == "json"
-    assert rules.subscriptions() == [("s/+/+", 2), ("s/#", 0)]
+    assert rules.subscriptions() == [("s/#", 2)]  # s/+/+ is covered by s/#
 
 
 def test_out_rules_reverse_the_room_template() -> None:
@@ -494,13 +501,16 @@ def test_the_command_prints_the_rules_in_force() -> None:
     header, *rows = bridge_rules()
     assert header.split() == [
         "name", "direction", "subscription", "topic", "room", "sender", "publish_to",
-        "qos", "retain", "codec",
+        "qos", "retain", "codec", "presence",
     ]  # fmt: skip
     assert [row.split() for row in rows] == [
+        ["device-status", "in", "rooms/+/+/status", "rooms/{room}/{sender}/status", "{room}",
+         "{sender}", "-", "1", "no", "json", "yes"],
         ["device-in", "in", "rooms/+/+/#", "rooms/{room}/{sender}/#", "{room}", "{sender}", "-",
-         "1", "no", "json"],
-        ["room-in", "in", "rooms/+", "rooms/{room}", "{room}", "-", "-", "1", "no", "json"],
-        ["gateway-out", "out", "-", "-", "{room}", "-", "rooms/{room}/gateway", "1", "no", "json"],
+         "1", "no", "json", "no"],
+        ["room-in", "in", "rooms/+", "rooms/{room}", "{room}", "-", "-", "1", "no", "json", "no"],
+        ["gateway-out", "out", "-", "-", "{room}", "-", "rooms/{room}/gateway", "1", "no", "json",
+         "no"],
     ]  # fmt: skip
 
 
@@ -548,3 +558,32 @@ def test_the_command_routes_rooms() -> None:
 def test_the_command_refuses_bad_names(args: list[str], message: str) -> None:
     with pytest.raises(CommandError, match=re.escape(message)):
         bridge_rules(*args)
+
+
+@pytest.mark.parametrize(
+    ("wider", "narrower", "expected"),
+    [
+        ("a/#", "a", True),
+        ("a/#", "a/b/c", True),
+        ("a/+", "a/b", True),
+        ("a/+", "a/+", True),
+        ("+/+/#", "rooms/+/+/status", True),
+        ("a/+", "a/#", False),
+        ("a/b", "a/+", False),
+        ("a/+", "a/b/c", False),
+        ("a/b", "a/c", False),
+        ("#", "x/y", True),
+    ],
+)
+def test_covers_follows_mqtt_matching(wider: str, narrower: str, expected: bool) -> None:
+    assert covers(wider, narrower) is expected
+
+
+def test_a_covered_filter_gives_its_qos_to_the_wider_one() -> None:
+    rules = parse_rules(
+        [
+            {"name": "status", "topic": "d/{id}/status", "room": "r-{id}", "qos": 2},
+            {"name": "all", "topic": "d/#", "room": "all", "qos": 0},
+        ]
+    )
+    assert rules.subscriptions() == [("d/#", 2)]

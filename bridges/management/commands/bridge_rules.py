@@ -14,7 +14,7 @@ from gateway.errors import InvalidRoomError
 from gateway.rooms import validate_room
 
 COLUMNS: tuple[str, ...] = ("name", "direction", "subscription", "topic", "room", "sender")
-COLUMNS += ("publish_to", "qos", "retain", "codec")
+COLUMNS += ("publish_to", "qos", "retain", "codec", "presence")
 
 
 class Command(BaseCommand):
@@ -50,7 +50,8 @@ class Command(BaseCommand):
             found = rules.inbound(topic)
             for inbound in found:
                 sender = inbound.sender or "none"
-                line = f"room {inbound.room}, sender {sender} (codec {inbound.rule.codec})"
+                what = "presence of" if inbound.rule.presence else "sender"
+                line = f"room {inbound.room}, {what} {sender} (codec {inbound.rule.codec})"
                 self.stdout.write(f"  {inbound.rule.name}: {line}")
             if not found:
                 self.stdout.write("  no rule: dropped (counted)")
@@ -70,6 +71,7 @@ class Command(BaseCommand):
                 **{column: getattr(rule, column, None) for column in COLUMNS},
                 "subscription": rule.subscription() if rule.topic is not None else None,
                 "retain": "yes" if rule.retain else "no",
+                "presence": "yes" if rule.presence else "no",
             }
             rows.append(tuple("-" if values[c] is None else str(values[c]) for c in COLUMNS))
         widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]

@@ -1,0 +1,308 @@
+"""Room history: every message gets a ``seq`` that orders it within its room, and is kept.
+
+Two tiers. The recent window (the last `WINDOW` messages of each room) lives beside the channel
+layer: in Redis, a sorted set per room written by the same script that allocates the ``seq``;
+in a single process, a deque. It is written *before* the message is sent to the room, so a
+browser that joins (``group_add`` first, then reads the window) gets every message either from
+the window or live, and drops the overlap by ``seq``: no gap, no duplicate. The database keeps
+messages for longer (retention by count and age), written in batches off the hot path; a resume
+that reaches past the window reads it from there.
+
+If Redis loses the counter (a restart without persistence), it is seeded again above the
+highest ``seq`` in the database with a margin for batches not yet written, so ``seq`` never
+goes backwards.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Protocol, cast
+
+from channels.db import database_sync_to_async
+from channels.layers import BaseChannelLayer
+from django.db.models import Max, Min
+from django.utils import timezone
+
+from gateway import metrics
+from gateway.envelope import Envelope
+from gateway.jsonutil import dumps, parse_json
+from gateway.models import Message
+
+logger = logging.getLogger(__name__)
+
+WINDOW = 1000  # recent messages per room kept beside the channel layer
+SEED_MARGIN = 10_000  # seq headroom after a lost counter, above what the database holds
+FLUSH_SECONDS = 0.25
+FLUSH_ROWS = 500
+PRUNE_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    """What a reconnecting browser missed.
+
+    Attributes:
+        messages: the messages after the given ``seq``, in order (the newest ones if capped).
+        gap: history no longer reaches back that far, or more was missed than can be sent.
+    """
+
+    messages: list[Envelope]
+    gap: bool
+
+
+class Window(Protocol):
+    """The recent messages of each room, and the ``seq`` counters."""
+
+    async def append(self, envelope: Envelope) -> int | None: ...
+
+    async def seed(self, room: str, floor: int) -> None: ...
+
+    async def after(self, room: str, seq: int, limit: int) -> list[Envelope]: ...
+
+    async def oldest(self, room: str) -> int | None: ...
+
+
+_APPEND = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+local size = redis.call('ZCARD', KEYS[2])
+if size > tonumber(ARGV[2]) then
+  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, size - tonumber(ARGV[2]) - 1)
+end
+redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+return seq
+"""
+
+
+class RedisWindow:
+    """The window in Redis, on the channel layer's own connections."""
+
+    def __init__(self, layer: Any, *, prefix: str, window: int, ttl_seconds: int) -> None:
+        self.layer = layer
+        self.prefix = prefix
+        self.window = window
+        self.ttl = ttl_seconds
+
+    def _keys(self, room: str) -> tuple[Any, str, str]:
+        connection = self.layer.connection(self.layer.consistent_hash(room))
+        return connection, f"{self.prefix}seq:{room}", f"{self.prefix}window:{room}"
+
+    async def append(self, envelope: Envelope) -> int | None:
+        connection, counter, window = self._keys(envelope["room"])
+        member = dumps({k: v for k, v in envelope.items() if k != "seq"})
+        seq = await connection.eval(_APPEND, 2, counter, window, member, self.window, self.ttl)
+        return int(seq) if seq is not None else None
+
+    async def seed(self, room: str, floor: int) -> None:
+        connection, counter, _ = self._keys(room)
+        await connection.set(counter, floor, nx=True)
+
+    async def after(self, room: str, seq: int, limit: int) -> list[Envelope]:
+        connection, _, window = self._keys(room)
+        rows = await connection.zrangebyscore(
+            window, f"({seq}", "+inf", start=0, num=limit, withscores=True
+        )
+        return [_with_seq(parse_json(member), int(score)) for member, score in rows]
+
+    async def oldest(self, room: str) -> int | None:
+        connection, _, window = self._keys(room)
+        rows = await connection.zrange(window, 0, 0, withscores=True)
+        return int(rows[0][1]) if rows else None
+
+
+class LocalWindow:
+    """The window in this process, for a gateway that runs as one process."""
+
+    def __init__(self, *, window: int) -> None:
+        self.window = window
+        self._counters: dict[str, int] = {}
+        self._messages: dict[str, deque[Envelope]] = {}
+
+    async def append(self, envelope: Envelope) -> int | None:
+        room = envelope["room"]
+        if room not in self._counters:
+            return None
+        seq = self._counters[room] = self._counters[room] + 1
+        kept = self._messages.setdefault(room, deque(maxlen=self.window))
+        kept.append(_with_seq(dict(envelope), seq))
+        return seq
+
+    async def seed(self, room: str, floor: int) -> None:
+        self._counters.setdefault(room, floor)
+
+    async def after(self, room: str, seq: int, limit: int) -> list[Envelope]:
+        kept = self._messages.get(room, ())
+        return [m for m in kept if m["seq"] > seq][:limit]
+
+    async def oldest(self, room: str) -> int | None:
+        kept = self._messages.get(room)
+        return kept[0]["seq"] if kept else None
+
+
+def _with_seq(value: Any, seq: int) -> Envelope:
+    envelope = cast(Envelope, value)
+    envelope["seq"] = seq
+    return envelope
+
+
+class History:
+    """Allocates ``seq``, keeps the window, writes the database, answers resumes."""
+
+    def __init__(self, window: Window, *, max_messages: int, max_age: timedelta) -> None:
+        self.window = window
+        self.max_messages = max_messages
+        self.max_age = max_age
+        self._pending: list[Message] = []
+        self._touched: set[str] = set()
+        self._writer: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def append(self, envelope: Envelope) -> int:
+        """Give ``envelope`` the room's next ``seq`` and keep it; return the ``seq``."""
+        seq = await self.window.append(envelope)
+        if seq is None:  # no counter yet (first message, or Redis lost it)
+            floor = await database_sync_to_async(_highest_seq)(envelope["room"])
+            await self.window.seed(envelope["room"], floor + SEED_MARGIN if floor else 0)
+            seq = await self.window.append(envelope)
+            assert seq is not None
+        envelope["seq"] = seq
+        self._keep(envelope)
+        return seq
+
+    def _keep(self, envelope: Envelope) -> None:
+        self._pending.append(
+            Message(
+                room=envelope["room"],
+                seq=envelope["seq"],
+                message_id=envelope["id"],
+                envelope=dict(envelope),
+            )
+        )
+        self._touched.add(envelope["room"])
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write(), name="history")
+        if len(self._pending) >= FLUSH_ROWS:
+            self._wake.set()
+
+    async def missed(self, room: str, since: int, limit: int = WINDOW) -> Missed:
+        """The messages of ``room`` after ``since``, for a browser that reconnects."""
+        recent = await self.window.after(room, since, limit + 1)
+        oldest_recent = await self.window.oldest(room)
+        older: list[Envelope] = []
+        if oldest_recent is None or oldest_recent > since + 1:
+            older = await database_sync_to_async(_stored_after)(
+                room, since, oldest_recent, limit + 1
+            )
+        seen: set[str] = set()
+        messages: list[Envelope] = []
+        for message in [*older, *recent]:
+            if message["id"] not in seen:  # a crash redelivery kept twice in the window
+                seen.add(message["id"])
+                messages.append(message)
+        first_kept = await database_sync_to_async(_lowest_seq)(room)
+        if oldest_recent is not None and (first_kept is None or oldest_recent < first_kept):
+            first_kept = oldest_recent
+        gap = first_kept is not None and since + 1 < first_kept
+        if len(messages) > limit:  # too much to catch up on: the newest, and say so
+            return Missed(await self.recent(room, limit), gap=True)
+        return Missed(messages, gap)
+
+    async def recent(self, room: str, limit: int) -> list[Envelope]:
+        """The last ``limit`` messages of ``room``, oldest first."""
+        oldest = await self.window.oldest(room)
+        if oldest is None:
+            return cast(list[Envelope], await database_sync_to_async(_stored_last)(room, limit))
+        latest = await self.window.after(room, oldest - 1, WINDOW)
+        return latest[-limit:]
+
+    async def flush(self) -> None:
+        """Write what is pending to the database now."""
+        rows, self._pending = self._pending, []
+        if rows:
+            await database_sync_to_async(_write_rows)(rows)
+
+    async def _write(self) -> None:
+        last_prune = asyncio.get_running_loop().time()
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FLUSH_SECONDS)
+            self._wake.clear()
+            try:
+                await self.flush()
+                now = asyncio.get_running_loop().time()
+                if now - last_prune >= PRUNE_SECONDS:
+                    rooms, self._touched = self._touched, set()
+                    await database_sync_to_async(_prune)(rooms, self.max_messages, self.max_age)
+                    last_prune = now
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                metrics.inc("history_write_failures")
+                logger.exception("writing history failed; the recent window still has it")
+
+
+def _highest_seq(room: str) -> int:
+    return int(Message.objects.filter(room=room).aggregate(top=Max("seq"))["top"] or 0)
+
+
+def _lowest_seq(room: str) -> int | None:
+    low = Message.objects.filter(room=room).aggregate(low=Min("seq"))["low"]
+    return int(low) if low is not None else None
+
+
+def _stored_after(room: str, since: int, before: int | None, limit: int) -> list[Envelope]:
+    rows = Message.objects.filter(room=room, seq__gt=since)
+    if before is not None:
+        rows = rows.filter(seq__lt=before)
+    return [cast(Envelope, row.envelope) for row in rows.order_by("seq")[:limit]]
+
+
+def _stored_last(room: str, limit: int) -> list[Envelope]:
+    rows = Message.objects.filter(room=room).order_by("-seq")[:limit]
+    return [cast(Envelope, row.envelope) for row in reversed(rows)]
+
+
+def _write_rows(rows: list[Message]) -> None:
+    Message.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+def _prune(rooms: set[str], max_messages: int, max_age: timedelta) -> None:
+    Message.objects.filter(created_at__lt=timezone.now() - max_age).delete()
+    for room in rooms:
+        cutoff = (Message.objects.filter(room=room).order_by("-seq").values_list("seq", flat=True))[
+            max_messages : max_messages + 1
+        ]
+        if cutoff:
+            Message.objects.filter(room=room, seq__lte=cutoff[0]).delete()
+
+
+_histories: dict[tuple[int, int], History] = {}
+
+
+def history_for(layer: BaseChannelLayer) -> History:
+    """The history that goes with ``layer`` (one per layer and event loop)."""
+    from gateway.conf import gateway_settings
+
+    loop = asyncio.get_running_loop()
+    key = (id(layer), id(loop))
+    existing = _histories.get(key)
+    if existing is not None:
+        return existing
+    conf = gateway_settings()
+    window: Window
+    if hasattr(layer, "consistent_hash") and hasattr(layer, "connection"):
+        window = RedisWindow(
+            layer,
+            prefix=f"gateway:{conf.gateway_id}:",
+            window=WINDOW,
+            ttl_seconds=int(conf.history_max_age.total_seconds()),
+        )
+    else:
+        window = LocalWindow(window=WINDOW)
+    history = History(window, max_messages=conf.history_max_messages, max_age=conf.history_max_age)
+    _histories[key] = history
+    return history

@@ -1,0 +1,235 @@
+"""Presence: who is in a room right now, browsers and devices, across every gateway process.
+
+Each browser connection is a member of its room while its socket is open. Members live beside
+the channel layer (in Redis when there is one), each with an expiry that the process holding
+the socket pushes forward every third of `ttl`; a process that crashes stops doing so, and its
+members expire. Every process sweeps expired members and tells their rooms they left (Redis
+decides which process removed a member, so a leave is announced once).
+
+Devices are members while their status topic says ``online`` (a rule with ``"presence": true``,
+usually with the broker's last will saying ``offline`` when a device vanishes).
+"""
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, TypedDict, cast
+
+from channels.layers import BaseChannelLayer
+
+from gateway import metrics
+from gateway.envelope import utc_timestamp
+from gateway.jsonutil import dumps, parse_json
+from gateway.rooms import group_name
+
+logger = logging.getLogger(__name__)
+
+Kind = Literal["browser", "device"]
+DEVICE_TTL_SECONDS = 7 * 24 * 3600  # devices leave by their status topic, not by expiry
+ROOM_PRESENCE: Literal["room.presence"] = "room.presence"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One presence in a room: ``key`` is unique in the room (a connection, a device)."""
+
+    key: str
+    kind: Kind
+    name: str
+    since: str
+
+
+class PresenceEvent(TypedDict):
+    """Sent to a room's group when a member joins or leaves."""
+
+    type: Literal["room.presence"]
+    event: Literal["join", "leave"]
+    member: dict[str, str]
+
+
+class Store(Protocol):
+    """Where members are kept."""
+
+    async def add(self, room: str, member: Member, expires: float) -> bool: ...
+
+    async def remove(self, room: str, key: str) -> Member | None: ...
+
+    async def touch(self, room: str, keys: list[str], expires: float) -> None: ...
+
+    async def members(self, room: str, now: float) -> list[Member]: ...
+
+    async def expired(self, now: float) -> list[tuple[str, Member]]: ...
+
+
+class RedisStore:
+    """Members in Redis: a hash of members and a sorted set of expiries per room."""
+
+    def __init__(self, layer: Any, *, prefix: str) -> None:
+        self.layer = layer
+        self.prefix = prefix
+
+    def _connection(self, room: str) -> Any:
+        return self.layer.connection(self.layer.consistent_hash(room))
+
+    def _keys(self, room: str) -> tuple[str, str]:
+        return f"{self.prefix}members:{room}", f"{self.prefix}expiry:{room}"
+
+    async def add(self, room: str, member: Member, expires: float) -> bool:
+        members, expiry = self._keys(room)
+        connection = self._connection(room)
+        async with connection.pipeline(transaction=True) as pipe:
+            pipe.hset(members, member.key, dumps(asdict(member)))
+            pipe.zadd(expiry, {member.key: expires})
+            pipe.sadd(f"{self.prefix}rooms", room)
+            added, _, _ = await pipe.execute()
+        return bool(added)
+
+    async def remove(self, room: str, key: str) -> Member | None:
+        members, expiry = self._keys(room)
+        connection = self._connection(room)
+        async with connection.pipeline(transaction=True) as pipe:
+            pipe.hget(members, key)
+            pipe.hdel(members, key)
+            pipe.zrem(expiry, key)
+            raw, removed, _ = await pipe.execute()
+        if not removed or raw is None:
+            return None  # another process removed it first
+        return Member(**parse_json(raw))
+
+    async def touch(self, room: str, keys: list[str], expires: float) -> None:
+        if keys:
+            _, expiry = self._keys(room)
+            await self._connection(room).zadd(expiry, dict.fromkeys(keys, expires), xx=True)
+
+    async def members(self, room: str, now: float) -> list[Member]:
+        members, expiry = self._keys(room)
+        connection = self._connection(room)
+        live = await connection.zrangebyscore(expiry, now, "+inf")
+        if not live:
+            return []
+        raws = await connection.hmget(members, live)
+        return [Member(**parse_json(raw)) for raw in raws if raw is not None]
+
+    async def expired(self, now: float) -> list[tuple[str, Member]]:
+        gone: list[tuple[str, Member]] = []
+        any_connection = self.layer.connection(0)
+        for raw_room in await any_connection.smembers(f"{self.prefix}rooms"):
+            room = raw_room.decode() if isinstance(raw_room, bytes) else str(raw_room)
+            _, expiry = self._keys(room)
+            for key in await self._connection(room).zrangebyscore(expiry, "-inf", f"({now}"):
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                member = await self.remove(room, name)
+                if member is not None:
+                    gone.append((room, member))
+        return gone
+
+
+class LocalStore:
+    """Members in this process, for a gateway that runs as one process."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, dict[str, tuple[Member, float]]] = {}
+
+    async def add(self, room: str, member: Member, expires: float) -> bool:
+        members = self._rooms.setdefault(room, {})
+        added = member.key not in members
+        members[member.key] = (member, expires)
+        return added
+
+    async def remove(self, room: str, key: str) -> Member | None:
+        entry = self._rooms.get(room, {}).pop(key, None)
+        return entry[0] if entry else None
+
+    async def touch(self, room: str, keys: list[str], expires: float) -> None:
+        members = self._rooms.get(room, {})
+        for key in keys:
+            if key in members:
+                members[key] = (members[key][0], expires)
+
+    async def members(self, room: str, now: float) -> list[Member]:
+        return [m for m, expires in self._rooms.get(room, {}).values() if expires >= now]
+
+    async def expired(self, now: float) -> list[tuple[str, Member]]:
+        gone = [
+            (room, member)
+            for room, members in self._rooms.items()
+            for member, expires in members.values()
+            if expires < now
+        ]
+        for room, member in gone:
+            await self.remove(room, member.key)
+        return gone
+
+
+class Presence:
+    """Joins, leaves, refreshes and sweeps; tells rooms of every change."""
+
+    def __init__(self, store: Store, layer: BaseChannelLayer, *, ttl: float) -> None:
+        self.store = store
+        self.layer = layer
+        self.ttl = ttl
+        self._local: dict[str, set[str]] = {}  # room -> keys of members held by this process
+        self._keeper: asyncio.Task[None] | None = None
+
+    async def join(self, room: str, key: str, kind: Kind, name: str, *, hold: bool) -> None:
+        """``key`` is in ``room``; with ``hold``, this process keeps it alive until `leave`."""
+        ttl = self.ttl if hold else DEVICE_TTL_SECONDS
+        member = Member(key=key, kind=kind, name=name, since=utc_timestamp())
+        if await self.store.add(room, member, time.time() + ttl):
+            await self._announce(room, "join", member)
+        if hold:
+            self._local.setdefault(room, set()).add(key)
+            if self._keeper is None or self._keeper.done():
+                self._keeper = asyncio.get_running_loop().create_task(self._keep(), name="presence")
+
+    async def leave(self, room: str, key: str) -> None:
+        """``key`` left ``room``."""
+        self._local.get(room, set()).discard(key)
+        member = await self.store.remove(room, key)
+        if member is not None:
+            await self._announce(room, "leave", member)
+
+    async def members(self, room: str) -> list[dict[str, str]]:
+        """Who is in ``room`` now."""
+        return [asdict(m) for m in await self.store.members(room, time.time())]
+
+    async def _announce(self, room: str, event: Literal["join", "leave"], member: Member) -> None:
+        metrics.inc("presence_events", event)
+        payload = PresenceEvent(type=ROOM_PRESENCE, event=event, member=asdict(member))
+        await self.layer.group_send(group_name(room), cast(dict[str, Any], payload))
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(self.ttl / 3)
+            try:
+                expires = time.time() + self.ttl
+                for room, keys in list(self._local.items()):
+                    await self.store.touch(room, list(keys), expires)
+                for room, member in await self.store.expired(time.time()):
+                    await self._announce(room, "leave", member)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("refreshing presence failed; trying again")
+
+
+_presences: dict[tuple[int, int], Presence] = {}
+
+
+def presence_for(layer: BaseChannelLayer) -> Presence:
+    """The presence that goes with ``layer`` (one per layer and event loop)."""
+    from gateway.conf import gateway_settings
+
+    key = (id(layer), id(asyncio.get_running_loop()))
+    existing = _presences.get(key)
+    if existing is not None:
+        return existing
+    conf = gateway_settings()
+    store: Store
+    if hasattr(layer, "consistent_hash") and hasattr(layer, "connection"):
+        store = RedisStore(layer, prefix=f"gateway:{conf.gateway_id}:presence:")
+    else:
+        store = LocalStore()
+    presence = _presences[key] = Presence(store, layer, ttl=conf.presence_ttl)
+    return presence

@@ -1,0 +1,171 @@
+"""The HTTP API: post into rooms, read their history and presence, list them.
+
+Programs authenticate with ``Authorization: Bearer <token>`` (tokens are managed in Django's
+admin or with ``manage.py issue_token``); reading a public room needs no token. Every error is
+a JSON object ``{"error": <code>, "detail": <text>}`` with the matching status. The schema is
+served at ``/api/openapi.json``.
+"""
+
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+
+from gateway.access import aaccess_for, can_read, can_write, visible_rooms
+from gateway.conf import gateway_settings
+from gateway.errors import GatewayError
+from gateway.history import WINDOW, history_for
+from gateway.jsonutil import parse_json
+from gateway.models import Room
+from gateway.presence import presence_for
+from gateway.publish import publish
+from gateway.rooms import is_valid_room
+from protocols.auth import bearer_user
+from protocols.openapi import SCHEMA
+
+
+class Refusal(Exception):
+    """An answer other than success: its status, error code and detail."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.code, self.detail = status, code, detail
+
+    def response(self) -> JsonResponse:
+        return JsonResponse({"error": self.code, "detail": self.detail}, status=self.status)
+
+
+def answers_refusals(
+    view: Callable[..., Coroutine[Any, Any, HttpResponse]],
+) -> Callable[..., Coroutine[Any, Any, HttpResponse]]:
+    """Turn a `Refusal` raised by ``view`` into its JSON error response."""
+
+    @functools.wraps(view)
+    async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        try:
+            return await view(request, *args, **kwargs)
+        except Refusal as refusal:
+            return refusal.response()
+
+    return wrapper
+
+
+async def _caller(request: HttpRequest) -> tuple[Any, bool]:
+    """The user behind a request, and whether a token was given."""
+    if "Authorization" not in request.headers:
+        return await request.auser(), False
+    found = await sync_to_async(bearer_user)(request)
+    if found is None:
+        raise Refusal(401, "unauthorised", "invalid or revoked token")
+    return found[1], True
+
+
+def _valid_room(room: str) -> None:
+    if not is_valid_room(room):
+        raise Refusal(400, "invalid_room", f"{room[:80]!r} is not a room name")
+
+
+async def _readable_room(request: HttpRequest, room: str) -> None:
+    """Refuse unless the caller may read ``room`` and it exists."""
+    _valid_room(room)
+    user, _ = await _caller(request)
+    if not can_read(await aaccess_for(user, room)):
+        # The same answer whether the room exists or not: private rooms stay unlisted.
+        status = 403 if user.is_authenticated else 401
+        raise Refusal(status, "forbidden", f"no access to room {room}")
+    if not await Room.objects.filter(name=room).aexists():
+        raise Refusal(404, "unknown_room", f"room {room} has had no messages")
+
+
+def _body_message(request: HttpRequest) -> Any:
+    """The ``message`` of a JSON request body."""
+    if request.content_type != "application/json":
+        raise Refusal(415, "unsupported_media_type", "send application/json")
+    limit = gateway_settings().max_frame_bytes
+    if len(request.body) > limit:
+        raise Refusal(413, "too_large", f"bodies are limited to {limit} bytes")
+    try:
+        body = parse_json(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refusal(400, "invalid_json", f"the body must be JSON: {exc}") from exc
+    if not isinstance(body, dict) or "message" not in body:
+        raise Refusal(400, "invalid_body", 'send {"message": <any JSON value>}')
+    return body["message"]
+
+
+def _layer() -> Any:
+    layer = get_channel_layer()
+    assert layer is not None
+    return layer
+
+
+@csrf_exempt  # token-authenticated: no cookie, so nothing to forge
+@require_http_methods(["GET", "POST"])
+@answers_refusals
+async def messages(request: HttpRequest, room: str) -> HttpResponse:
+    """``GET``: a room's messages after ``since``; ``POST``: put a message into the room."""
+    if request.method == "POST":
+        return await _post_message(request, room)
+    await _readable_room(request, room)
+    try:
+        since = int(request.GET.get("since", "0"))
+        limit = int(request.GET.get("limit", "100"))
+    except ValueError as exc:
+        raise Refusal(400, "invalid_query", "since and limit must be whole numbers") from exc
+    if since < 0 or not 1 <= limit <= WINDOW:
+        raise Refusal(400, "invalid_query", f"since must be >= 0 and limit 1-{WINDOW}")
+    missed = await history_for(_layer()).missed(room, since, limit)
+    return JsonResponse({"room": room, "gap": missed.gap, "messages": missed.messages})
+
+
+async def _post_message(request: HttpRequest, room: str) -> HttpResponse:
+    _valid_room(room)
+    user, with_token = await _caller(request)
+    if not with_token:
+        raise Refusal(401, "unauthorised", "posting needs an Authorization: Bearer token")
+    message = _body_message(request)
+    if not can_write(await aaccess_for(user, room)):
+        raise Refusal(403, "forbidden", f"you may not write to room {room}")
+    try:
+        envelope = await publish(room, message, source="http", sender=str(user.get_username()))
+    except GatewayError as exc:
+        raise Refusal(400, exc.code, str(exc)) from exc
+    return JsonResponse({k: v for k, v in envelope.items() if k != "gateway"}, status=201)
+
+
+@require_GET
+@answers_refusals
+async def presence(request: HttpRequest, room: str) -> HttpResponse:
+    """Who is in a room now."""
+    await _readable_room(request, room)
+    return JsonResponse({"room": room, "presence": await presence_for(_layer()).members(room)})
+
+
+@require_GET
+@answers_refusals
+async def rooms(request: HttpRequest) -> HttpResponse:
+    """The rooms the caller may read."""
+    user, _ = await _caller(request)
+    names = await database_sync_to_async(_room_names)(user)
+    return JsonResponse({"rooms": [{"name": name} for name in names]})
+
+
+def _room_names(user: Any) -> list[str]:
+    return list(visible_rooms(user).order_by("name").values_list("name", flat=True)[:1000])
+
+
+@require_GET
+def openapi(request: HttpRequest) -> HttpResponse:
+    """The API's OpenAPI document."""
+    return JsonResponse(SCHEMA)
+
+
+async def not_found(request: HttpRequest) -> HttpResponse:
+    """Any other path under ``/api/``: a JSON 404, like every API error."""
+    return Refusal(404, "not_found", f"no API endpoint at {request.path[:200]}").response()

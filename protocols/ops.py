@@ -1,0 +1,169 @@
+"""Endpoints for operations: liveness (``/healthz``), readiness (``/readyz``), ``/metrics``.
+
+Readiness asks what a message needs to get through: the database, the channel layer, and a
+bridge connected to the broker. Each check has its own timeout and catches its own errors, so
+the answer is always 200 or 503 and comes within `CHECK_TIMEOUT_SECONDS`.
+
+``/metrics`` shows this process's metrics (``process="web"``) and those of every live bridge
+worker (``process="worker:<MQTT client id>"``), read from their heartbeats in Redis. Every web
+process shows the same worker series: aggregate them with ``max``, or scrape one web process.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+
+from asgiref.sync import sync_to_async
+from channels.layers import BaseChannelLayer, get_channel_layer
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from bridges.heartbeat import TTL_SECONDS, Heartbeat, key_pattern, parse_heartbeat, uses_redis
+from bridges.runtime import current_bridge
+from gateway import metrics
+from gateway.conf import gateway_settings
+from gateway.metrics import ExportedState
+
+logger = logging.getLogger(__name__)
+
+CHECK_TIMEOUT_SECONDS = 2.0
+LOCAL_PROCESS = "web"
+NO_BRIDGE = "no bridge connected to the broker"
+_SCAN_COUNT = 1000  # keys per SCAN round trip: the channel layer's keys share the database
+_REASON_LIMIT = 300
+
+
+class _NotReadyError(Exception):
+    """A check failed for a reason worth saying as it is."""
+
+
+@require_GET
+def healthz(request: HttpRequest) -> HttpResponse:
+    """Alive: the process answers HTTP."""
+    return JsonResponse({"status": "ok"})
+
+
+@never_cache
+@require_GET
+async def readyz(request: HttpRequest) -> HttpResponse:
+    """Ready: the database, the channel layer and a broker-connected bridge all answer."""
+    layer = get_channel_layer()
+    names = ("database", "channel_layer", "bridge")
+    results = await asyncio.gather(
+        _bounded(_check_database()),
+        _bounded(_check_channel_layer(layer)),
+        _bounded(_check_bridge(layer)),
+    )
+    ready = all(result == "ok" for result in results)
+    return JsonResponse(
+        {
+            "status": "ready" if ready else "unready",
+            "checks": dict(zip(names, results, strict=True)),
+        },
+        status=200 if ready else 503,
+    )
+
+
+@never_cache
+@require_GET
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    """This process's metrics and the bridge workers', in the Prometheus text format."""
+    extra = await _worker_states(get_channel_layer())
+    return HttpResponse(
+        metrics.exposition(extra, process=LOCAL_PROCESS), content_type=metrics.CONTENT_TYPE
+    )
+
+
+async def _bounded(check: Awaitable[None]) -> str:
+    """``"ok"``, or why not: the check's failure, or that it took too long."""
+    try:
+        await asyncio.wait_for(check, CHECK_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return f"timed out after {CHECK_TIMEOUT_SECONDS:g} s"
+    except _NotReadyError as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:_REASON_LIMIT]
+    return "ok"
+
+
+async def _check_database() -> None:
+    # Not thread-sensitive: a hung database must not block the one thread sync views share.
+    await sync_to_async(_select_one, thread_sensitive=False)()
+
+
+def _select_one() -> None:
+    connection = connections["default"]
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    finally:
+        connection.close()  # a pool thread must not keep a connection of its own
+
+
+async def _check_channel_layer(layer: BaseChannelLayer | None) -> None:
+    if layer is None:
+        raise _NotReadyError("no channel layer is configured")
+    if uses_redis(layer):
+        for index in range(layer.ring_size):
+            await layer.connection(index).ping()
+    # The in-memory layer lives in this process: it is up when the process is.
+
+
+async def _check_bridge(layer: BaseChannelLayer | None) -> None:
+    if uses_redis(layer):
+        beats = await _heartbeats(layer)
+        if any(beat.get("broker") == "connected" for beat in beats):
+            return
+        if not beats:
+            raise _NotReadyError(
+                f"{NO_BRIDGE}: no bridge worker reported in the last {TTL_SECONDS} s "
+                "(is runworker mqtt-bridge running?)"
+            )
+        states = "; ".join(
+            f"{beat['client_id']} is {beat.get('broker')} from {beat.get('broker_url')}"
+            for beat in beats
+        )
+        raise _NotReadyError(f"{NO_BRIDGE}: {states}"[:_REASON_LIMIT])
+    bridge = current_bridge()  # the in-memory layer: the bridge can only be in this process
+    if bridge is None:
+        raise _NotReadyError(f"{NO_BRIDGE}: no bridge runs in this process")
+    if not bridge.link.connected.is_set():
+        raise _NotReadyError(
+            f"{NO_BRIDGE}: {bridge.link.settings.client_id} is disconnected from "
+            f"{bridge.link.settings.describe()}"
+        )
+
+
+async def _heartbeats(layer: BaseChannelLayer) -> list[Heartbeat]:
+    """The heartbeats of this gateway's live bridge workers, by client id."""
+    client = layer.connection(0)
+    pattern = key_pattern(gateway_settings().gateway_id)
+    keys = sorted({key async for key in client.scan_iter(match=pattern, count=_SCAN_COUNT)})
+    if not keys:
+        return []
+    values = await client.mget(keys)
+    return [beat for raw in values if (beat := parse_heartbeat(raw)) is not None]
+
+
+async def _worker_states(layer: BaseChannelLayer | None) -> list[tuple[str, ExportedState]]:
+    """The metrics of the bridge workers, each with its process label; none without Redis."""
+    if not uses_redis(layer):
+        return []
+    try:
+        beats = await asyncio.wait_for(_heartbeats(layer), CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:  # this process's own metrics are still worth serving
+        metrics.inc("metrics_remote_failures", "redis")
+        logger.warning("bridge workers' metrics unavailable: %s: %s", type(exc).__name__, exc)
+        return []
+    local = current_bridge()
+    # rungateway with Redis: its own bridge's numbers are already this process's.
+    own = local.link.settings.client_id if local is not None else None
+    return [
+        (f"worker:{beat['client_id']}", beat["metrics"])
+        for beat in beats
+        if beat["client_id"] != own
+    ]

@@ -1,0 +1,252 @@
+"""Liveness, readiness and metrics of real processes, as probes and Prometheus see them."""
+
+import asyncio
+import http.client
+import json
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection
+
+from tests.conftest import start_gateway
+from tests.support.clients import mqtt_client, ws_connect
+from tests.support.processes import (
+    Gateway,
+    Mosquitto,
+    Process,
+    Redis,
+    free_port,
+    gateway_env,
+    http_get,
+    wait_for,
+)
+from tests.support.prometheus import SAMPLE_RE, parse_exposition, samples
+
+READY_WITHIN = 10.0  # the worker subscribed; its first heartbeat is due at once
+UNREADY_WITHIN = 15.0  # a heartbeat every 2 s says what changed
+RECONNECT_WITHIN = 30.0  # the bridge retries with jittered backoff capped at 10 s
+ANSWER_WITHIN = 5.0  # each check gives up after 2 s; the answer must never hang
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    server = Mosquitto(tmp_path_factory.mktemp("ops-broker")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    broker: Mosquitto,
+    redis_server: Redis,
+    database_url: str,
+) -> Iterator[Gateway]:
+    stack = start_gateway(
+        tmp_path_factory.mktemp("ops-gateway"), broker, redis_server, database_url
+    )
+    yield stack
+    stack.stop()
+
+
+def readiness(base: str) -> tuple[int, dict[str, Any], float]:
+    """``/readyz``'s status, body and how long it took to answer."""
+    started = time.monotonic()
+    status, body = http_get(f"{base}/readyz")
+    return status, json.loads(body), time.monotonic() - started
+
+
+def poll_readiness(
+    base: str,
+    status: int,
+    within: float,
+    condition: Callable[[dict[str, Any]], bool] = lambda _: True,
+) -> dict[str, Any]:
+    """Poll ``/readyz`` until it answers ``status`` with a body that meets ``condition``."""
+    deadline = time.monotonic() + within
+    last: tuple[int, dict[str, Any], float] | None = None
+    while time.monotonic() < deadline:
+        last = readiness(base)
+        assert last[2] < ANSWER_WITHIN, f"/readyz took {last[2]:.1f} s: {last[1]}"
+        if last[0] == status and condition(last[1]):
+            return last[1]
+        time.sleep(0.2)
+    pytest.fail(f"/readyz did not answer {status} within {within:.0f} s; last: {last}")
+
+
+def assert_ready(body: dict[str, Any]) -> None:
+    assert body == {
+        "status": "ready",
+        "checks": {"database": "ok", "channel_layer": "ok", "bridge": "ok"},
+    }
+
+
+def failing(body: dict[str, Any]) -> dict[str, str]:
+    """The checks that failed, with their reasons."""
+    return {name: reason for name, reason in body["checks"].items() if reason != "ok"}
+
+
+def scrape(base: str) -> tuple[str, str]:
+    """``/metrics``: its content type and its text."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        return response.headers["Content-Type"], response.read().decode()
+
+
+async def next_message(ws: ClientConnection, source: str, within: float = 10.0) -> dict[str, Any]:
+    """The next room message from ``source``, past welcomes and anything else."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (left := deadline - loop.time()) > 0:
+        try:
+            frame = json.loads(await asyncio.wait_for(ws.recv(), left))
+        except TimeoutError:
+            break
+        if frame.get("type") == "message" and frame.get("source") == source:
+            return dict(frame)
+    pytest.fail(f"no message from {source} within {within:.0f} s")
+
+
+def published(base: str, process: str, source: str) -> float:
+    """``gateway_messages_published_total`` of ``process`` for ``source`` (0 when absent)."""
+    found = samples(
+        parse_exposition(scrape(base)[1]),
+        "gateway_messages_published_total",
+        process=process,
+        source=source,
+    )
+    return sum(s.value for s in found)
+
+
+def test_healthz_is_alive_and_probes_are_get_only(gateway: Gateway) -> None:
+    assert http_get(f"{gateway.http}/healthz") == (200, '{"status": "ok"}')
+    for path in ("healthz", "readyz", "metrics"):
+        connection = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=10)
+        try:
+            connection.request("HEAD", f"/{path}")
+            response = connection.getresponse()
+            response.read()
+        finally:
+            connection.close()
+        assert (response.status, response.headers["Allow"]) == (405, "GET")
+
+
+def test_readyz_is_ready_once_the_worker_is_subscribed(gateway: Gateway) -> None:
+    assert_ready(poll_readiness(gateway.http, 200, READY_WITHIN))
+
+
+async def test_metrics_shows_the_workers_and_this_process_numbers(
+    gateway: Gateway, broker: Mosquitto
+) -> None:
+    worker = f"worker:{gateway.env['GATEWAY_ID']}-bridge-0"  # its MQTT client id
+    mqtt_before = await asyncio.to_thread(published, gateway.http, worker, "mqtt")
+    ws_before = await asyncio.to_thread(published, gateway.http, "web", "ws")
+    room = f"ops-{uuid.uuid4().hex[:8]}"
+    async with ws_connect(gateway.ws, room) as browser, mqtt_client(broker.port) as device:
+        await device.publish(f"rooms/{room}/sensor-1", b'{"t": 21.5}', qos=1)
+        assert (await next_message(browser, "mqtt"))["message"] == {"t": 21.5}
+        await browser.send(json.dumps({"message": "hi"}))
+        assert (await next_message(browser, "ws"))["message"] == "hi"
+
+    # The worker's numbers arrive with its next heartbeat.
+    def counted() -> bool:
+        return published(gateway.http, worker, "mqtt") >= mqtt_before + 1
+
+    await asyncio.to_thread(wait_for, counted, "the worker's mqtt count in /metrics", 10)
+    content_type, text = await asyncio.to_thread(scrape, gateway.http)
+    assert content_type == "text/plain; version=0.0.4; charset=utf-8"
+    for line in text.splitlines():
+        assert line.startswith(("# HELP ", "# TYPE ")) or SAMPLE_RE.match(line), line
+    families = parse_exposition(text)
+    ws_now = samples(families, "gateway_messages_published_total", process="web", source="ws")
+    assert sum(s.value for s in ws_now) >= ws_before + 1
+    # daphne publishes no device messages: that number is the worker's alone.
+    assert not samples(families, "gateway_messages_published_total", process="web", source="mqtt")
+    connected = samples(families, "gateway_bridge_broker_connected", process=worker)
+    assert [s.value for s in connected] == [1]
+
+
+def test_readyz_follows_the_broker_and_the_worker(
+    tmp_path: Path, redis_server: Redis, database_url: str
+) -> None:
+    broker = Mosquitto(tmp_path).start()
+    stack = start_gateway(tmp_path, broker, redis_server, database_url)
+    try:
+        assert_ready(poll_readiness(stack.http, 200, READY_WITHIN))
+        broker.stop()
+        body = poll_readiness(stack.http, 503, UNREADY_WITHIN, lambda b: "bridge" in failing(b))
+        assert body["status"] == "unready"
+        assert failing(body) == {"bridge": failing(body)["bridge"]}  # the rest is fine
+        assert failing(body)["bridge"].startswith("no bridge connected to the broker")
+        assert f"127.0.0.1:{broker.port}" in failing(body)["bridge"]
+        broker.start()  # the same port
+        assert_ready(poll_readiness(stack.http, 200, RECONNECT_WITHIN))
+        # A worker that stops says so at once, rather than when its heartbeat expires (10 s).
+        stack.worker.stop()
+        body = poll_readiness(stack.http, 503, 5, lambda b: "bridge" in failing(b))
+        assert "no bridge worker reported" in failing(body)["bridge"]
+    finally:
+        stack.stop()
+        broker.stop()
+
+
+def test_readyz_follows_redis(tmp_path: Path, database_url: str) -> None:
+    redis = Redis(tmp_path).start()  # its own: this test stops it
+    broker = Mosquitto(tmp_path).start()
+    stack = start_gateway(tmp_path, broker, redis, database_url)
+    try:
+        assert_ready(poll_readiness(stack.http, 200, READY_WITHIN))
+        redis.stop()
+        body = poll_readiness(
+            stack.http, 503, UNREADY_WITHIN, lambda b: "channel_layer" in failing(b)
+        )
+        assert body["status"] == "unready"
+        assert body["checks"]["database"] == "ok"
+        assert failing(body)["channel_layer"].startswith(("ConnectionError", "timed out"))
+        # Metrics still answer, with this process's own numbers.
+        _, text = scrape(stack.http)
+        parse_exposition(text)
+        redis.start()  # the same port
+        assert_ready(poll_readiness(stack.http, 200, RECONNECT_WITHIN))
+        assert stack.worker.alive()
+        assert stack.web.alive()
+    finally:
+        stack.stop()
+        broker.stop()
+        redis.stop()
+
+
+def test_rungateway_reports_its_in_process_bridge(tmp_path: Path, database_url: str) -> None:
+    broker = Mosquitto(tmp_path).start()
+    port = free_port()
+    env = gateway_env(MQTT_URL=broker.url, DATABASE_URL=database_url, GATEWAY_ID="gw-one")
+    argv = [sys.executable, "manage.py", "rungateway", "--port", str(port), "--no-migrate"]
+    gateway = Process("rungateway", argv, tmp_path / "rungateway.log", env=env).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        gateway.wait_log("subscribed to", timeout=30)
+        assert_ready(poll_readiness(base, 200, READY_WITHIN))
+
+        def gauge_set() -> bool:
+            families = parse_exposition(scrape(base)[1])
+            found = samples(families, "gateway_bridge_broker_connected", process="web")
+            return [s.value for s in found] == [1]
+
+        wait_for(gauge_set, "the in-process bridge's gauge in /metrics", 10)
+        assert "worker:" not in scrape(base)[1]  # no Redis, no workers
+        broker.stop()
+        body = poll_readiness(base, 503, UNREADY_WITHIN, lambda b: "bridge" in failing(b))
+        assert failing(body) == {
+            "bridge": f"no bridge connected to the broker: gw-one-bridge is disconnected from "
+            f"mqtt://127.0.0.1:{broker.port} (MQTT 5)"
+        }
+        broker.start()
+        assert_ready(poll_readiness(base, 200, RECONNECT_WITHIN))
+    finally:
+        gateway.stop()
+        broker.stop()
