@@ -7,7 +7,7 @@ PORT ?= 8000
 MQTT_PORT ?= 1883
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck format system-deps install install-test clean
+.PHONY: run test lint typecheck format system-deps install install-test screenshots clean
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: install-test system-deps lint typecheck
 
 system-deps:
 	sh scripts/system-deps.sh
+
+## Refresh the README's screenshots (the page tests take them).
+screenshots: install-test system-deps
+	SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest tests/e2e/test_pages.py
 
 lint: install-test
 	$(VENV)/bin/ruff check .

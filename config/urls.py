@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from protocols import api, ops, views
 
@@ -15,5 +15,6 @@ urlpatterns = [
     re_path(r"^api/rooms/(?P<room>.+)/messages\Z", api.messages, name="api-messages"),
     re_path(r"^api/rooms/(?P<room>.+)/presence\Z", api.presence, name="api-presence"),
     re_path(r"^api/", api.not_found),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -8,12 +8,15 @@ served at ``/api/openapi.json``.
 
 import functools
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
+from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -22,12 +25,14 @@ from gateway.conf import gateway_settings
 from gateway.errors import GatewayError
 from gateway.history import WINDOW, history_for
 from gateway.jsonutil import parse_json
-from gateway.models import Room
+from gateway.models import Message, Room
 from gateway.presence import presence_for
 from gateway.publish import publish
 from gateway.rooms import is_valid_room
 from protocols.auth import bearer_user
 from protocols.openapi import SCHEMA
+
+MINUTE = timedelta(minutes=1)
 
 
 class Refusal(Exception):
@@ -152,12 +157,28 @@ async def presence(request: HttpRequest, room: str) -> HttpResponse:
 async def rooms(request: HttpRequest) -> HttpResponse:
     """The rooms the caller may read."""
     user, _ = await _caller(request)
-    names = await database_sync_to_async(_room_names)(user)
-    return JsonResponse({"rooms": [{"name": name} for name in names]})
+    names, rates = await database_sync_to_async(_rooms_and_rates)(user)
+    presence = presence_for(_layer())
+    listed = []
+    for name in names:
+        kinds = [m["kind"] for m in await presence.members(name)]
+        listed.append(
+            {
+                "name": name,
+                "people": kinds.count("browser"),
+                "devices": kinds.count("device"),
+                "messages_per_minute": rates.get(name, 0),
+            }
+        )
+    return JsonResponse({"rooms": listed})
 
 
-def _room_names(user: Any) -> list[str]:
-    return list(visible_rooms(user).order_by("name").values_list("name", flat=True)[:1000])
+def _rooms_and_rates(user: Any) -> tuple[list[str], dict[str, int]]:
+    """The rooms ``user`` may read (at most 200), and their messages in the last minute."""
+    names = list(visible_rooms(user).order_by("name").values_list("name", flat=True)[:200])
+    recent = Message.objects.filter(room__in=names, created_at__gte=timezone.now() - MINUTE)
+    rates = {row["room"]: row["n"] for row in recent.values("room").annotate(n=Count("id"))}
+    return names, rates
 
 
 @require_GET

@@ -89,7 +89,18 @@ SCHEMA: dict[str, Any] = {
                                     "type": "array",
                                     "items": {
                                         "type": "object",
-                                        "properties": {"name": {"type": "string"}},
+                                        "required": [
+                                            "name",
+                                            "people",
+                                            "devices",
+                                            "messages_per_minute",
+                                        ],
+                                        "properties": {
+                                            "name": {"type": "string"},
+                                            "people": {"type": "integer"},
+                                            "devices": {"type": "integer"},
+                                            "messages_per_minute": {"type": "integer"},
+                                        },
                                     },
                                 }
                             },

@@ -1,11 +1,12 @@
 #!/bin/sh
-# Makes sure the real servers the tests start are installed: Mosquitto and Redis.
+# Makes sure what the tests start is installed: Mosquitto, Redis and Chromium (for the pages).
 # Installs Debian's packages when they are missing and this machine can; otherwise says what to do.
 set -eu
 
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$missing redis-server"
+[ -x /usr/bin/chromium ] || missing="$missing chromium"
 [ -z "$missing" ] && exit 0
 
 echo "Installing the test servers:$missing"
@@ -20,5 +21,5 @@ if command -v apt-get >/dev/null 2>&1; then
 fi
 echo "The tests need$missing. Install them, e.g.:" >&2
 echo "  Debian/Ubuntu: sudo apt-get install$missing" >&2
-echo "  macOS:         brew install mosquitto redis" >&2
+echo "  macOS:         brew install mosquitto redis chromium" >&2
 exit 1

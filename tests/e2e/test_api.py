@@ -137,6 +137,20 @@ async def test_a_posted_message_reaches_browsers_mqtt_and_history(
     assert [m["id"] for m in page["messages"]] == [posted["id"]]
 
 
+async def test_the_room_list_counts_people_devices_and_messages(
+    gateway: Gateway, broker: Mosquitto, tokens: dict[str, str]
+) -> None:
+    async with ws_connect(gateway.ws, "counted"), ws_connect(gateway.ws, "counted"):
+        async with mqtt_client(broker.port) as device:
+            await device.publish("rooms/counted/pump-1/status", b"online", qos=1)
+            for n in range(3):
+                await device.publish("rooms/counted/pump-1", b"%d" % n, qos=1)
+        await asyncio.sleep(1.5)  # history is written a quarter of a second behind
+        _, listing = await asyncio.to_thread(call, gateway, "GET", "/api/rooms/")
+    (room,) = [r for r in listing["rooms"] if r["name"] == "counted"]
+    assert (room["people"], room["devices"], room["messages_per_minute"]) == (2, 1, 3)
+
+
 def test_rooms_and_presence_follow_access(gateway: Gateway, tokens: dict[str, str]) -> None:
     _, anonymous = call(gateway, "GET", "/api/rooms/")
     _, reader = call(gateway, "GET", "/api/rooms/", token=tokens["reader"])
