@@ -5,8 +5,8 @@ layer: in Redis, a sorted set per room written by the same script that allocates
 in a single process, a deque. It is written *before* the message is sent to the room, so a
 browser that joins (``group_add`` first, then reads the window) gets every message either from
 the window or live, and drops the overlap by ``seq``: no gap, no duplicate. The database keeps
-messages for longer (retention by count and age), written in batches off the hot path; a resume
-that reaches past the window reads it from there.
+messages for longer (retention by count and age), written off the hot path in batches that
+grow with the load; a resume that reaches past the window reads it from there.
 
 If Redis loses the counter (a restart without persistence), it is seeded again above the
 highest ``seq`` in the database with a margin for batches not yet written, so ``seq`` never
@@ -35,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 WINDOW = 1000  # recent messages per room kept beside the channel layer
 SEED_MARGIN = 10_000  # seq headroom after a lost counter, above what the database holds
-FLUSH_SECONDS = 0.25
-FLUSH_ROWS = 500
 PRUNE_SECONDS = 60.0
 
 
@@ -185,8 +183,7 @@ class History:
         self._touched.add(envelope["room"])
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write(), name="history")
-        if len(self._pending) >= FLUSH_ROWS:
-            self._wake.set()
+        self._wake.set()
 
     async def missed(self, room: str, since: int, limit: int = WINDOW) -> Missed:
         """The messages of ``room`` after ``since``, for a browser that reconnects."""
@@ -226,10 +223,12 @@ class History:
             await database_sync_to_async(_write_rows)(rows)
 
     async def _write(self) -> None:
+        # Writes as soon as something is pending; what arrives during a write waits for the
+        # next one, so batches grow with the load and a quiet room's message is written at once.
         last_prune = asyncio.get_running_loop().time()
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), FLUSH_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), PRUNE_SECONDS)
             self._wake.clear()
             try:
                 await self.flush()

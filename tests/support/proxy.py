@@ -38,8 +38,10 @@ class Proxy:
 
     def stop(self) -> None:
         self._run(self._close_all(stop_listening=True))
+        self._run(self._cancel_tasks())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+        self._loop.close()
 
     def cut(self, *, block: bool = True) -> None:
         """Drop every open link (as a pulled cable would); with ``block``, refuse new ones."""
@@ -49,6 +51,12 @@ class Proxy:
     def unblock(self) -> None:
         """Let new links through again."""
         self.blocked = False
+
+    async def _cancel_tasks(self) -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _close_all(self, *, stop_listening: bool = False) -> None:
         if stop_listening and self._server is not None:

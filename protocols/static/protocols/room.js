@@ -1,192 +1,232 @@
-// Gateway room: live log over a WebSocket shared with MQTT devices and the HTTP API.
-"use strict";
+// Gateway room: a live page over one WebSocket shared with MQTT devices and the HTTP API.
+// Chat log on the left; connection, presence, device values and a chart on the right.
+import { el, toMillis } from "./dom.js";
+import { DevicePanel, deviceName, numericFields } from "./devices.js";
+import { Log } from "./log.js";
+import { LineChart } from "./plot.js";
+import { PresenceList } from "./presence.js";
 
-(() => {
-  const MAX_ENTRIES = 500;
-  const MAX_SEEN = 1000;
-  const BACKOFF_MIN = 500;
-  const BACKOFF_MAX = 10000;
-  const REFUSED = new Set([1008, 4400, 4401, 4403]);
-  const SOURCES = { ws: "browser", mqtt: "device", http: "api" };
-  const STATUS_TEXT = { connecting: "connecting…", open: "connected", closed: "reconnecting…" };
+const BACKOFF_MIN = 500;
+const BACKOFF_MAX = 10_000;
+const CONNECT_TIMEOUT = 15_000;
+// Close codes after which reconnecting would only be refused again.
+const FINAL = {
+  4401: "sign-in or token not accepted",
+  4403: "no access to this room",
+  1008: "too many connections or messages",
+  1009: "a message was too big",
+};
 
-  const room = JSON.parse(document.getElementById("room-data").textContent);
-  const statusEl = document.getElementById("status");
-  const log = document.getElementById("log");
-  const form = document.getElementById("send");
-  const input = document.getElementById("message");
-  const button = form.querySelector("button[type=submit]");
+const room = JSON.parse(document.getElementById("room-data").textContent);
+const page = document.getElementById("room");
+const statusEl = document.getElementById("status");
+const form = document.getElementById("send");
+const input = document.getElementById("message");
+const sendButton = form.querySelector("button[type=submit]");
 
-  const seen = new Set();
-  const state = { socket: null };
-  let delay = BACKOFF_MIN;
-  let retryTimer = null;
-  let stopped = false;
+const log = new Log(document.getElementById("log"), { max: 500, jump: document.getElementById("jump") });
+const devices = new DevicePanel(document.getElementById("devices"), document.getElementById("devices-empty"));
+const presence = new PresenceList(document.getElementById("presence"), document.getElementById("presence-count"));
+const chart = new LineChart(document.getElementById("chart"), document.getElementById("chart-legend"));
 
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const url = `${scheme}//${location.host}/ws/rooms/${encodeURIComponent(room)}/`;
+const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+const baseUrl = `${scheme}//${location.host}/ws/rooms/${encodeURIComponent(room)}/`;
 
-  function el(tag, className, text) {
-    const node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
+let socket = null; // the current socket (kept after it closes, for inspection)
+let lastSeq = null; // highest seq seen: where a reconnect resumes
+const RESUME_OVERLAP = 20;
+let delay = BACKOFF_MIN;
+let retryTimer = null;
+let countdown = null;
+let connectTimer = null;
+let stopped = false; // refused, or the page is going away
+let refocus = false;
 
-  function setStatus(key, text) {
-    statusEl.dataset.state = key;
-    statusEl.textContent = text ?? STATUS_TEXT[key];
-    button.disabled = key !== "open";
-  }
-
-  function atBottom() {
-    return log.scrollHeight - log.scrollTop - log.clientHeight < 8;
-  }
-
-  function append(li) {
-    const stick = atBottom();
-    log.append(li);
-    while (log.childElementCount > MAX_ENTRIES) log.firstElementChild.remove();
-    if (stick) log.scrollTop = log.scrollHeight;
-  }
-
-  function pad(n) {
-    return String(n).padStart(2, "0");
-  }
-
-  function timeEl(ts) {
-    // ts may be epoch seconds, epoch milliseconds or an ISO string; default now.
-    let date;
-    if (typeof ts === "number") date = new Date(ts < 1e12 ? ts * 1000 : ts);
-    else date = ts ? new Date(ts) : new Date();
-    if (Number.isNaN(date.getTime())) return el("time", "time", "--:--:--");
-    const node = el("time", "time", `${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`);
-    node.dateTime = date.toISOString();
-    return node;
-  }
-
-  function remember(id) {
-    seen.add(id);
-    if (seen.size > MAX_SEEN) seen.delete(seen.values().next().value);
-  }
-
-  function base64Length(text) {
-    const clean = String(text).replace(/\s/g, "");
-    const padding = clean.endsWith("==") ? 2 : clean.endsWith("=") ? 1 : 0;
-    return Math.max(0, Math.floor((clean.length * 3) / 4) - padding);
-  }
-
-  function renderBody(frame) {
-    const body = el("span", "body");
-    if (frame.encoding === "base64") {
-      body.classList.add("binary");
-      body.append(el("span", "note", `(binary, ${base64Length(frame.message)} bytes)`), " ");
-      body.append(el("code", null, String(frame.message)));
-    } else if (typeof frame.message === "string") {
-      body.textContent = frame.message;
-    } else {
-      body.classList.add("json");
-      body.textContent = JSON.stringify(frame.message);
-    }
-    return body;
-  }
-
-  function showMessage(frame) {
-    if (frame.id != null) {
-      if (seen.has(frame.id)) return;
-      remember(frame.id);
-    }
-    const source = String(frame.source ?? "");
-    const li = el("li", "entry");
-    if (frame.id != null) li.dataset.id = String(frame.id);
-    li.dataset.source = source;
-    const who = frame.sender ?? frame.topic ?? "";
-    li.append(
-      timeEl(frame.ts),
-      el("span", `badge badge-${source || "unknown"}`, SOURCES[source] ?? (source || "?")),
-      el("span", frame.sender == null ? "sender topic" : "sender", String(who)),
-      renderBody(frame),
-    );
-    append(li);
-  }
-
-  function showNotice(text, className = "notice") {
-    const li = el("li", className);
-    li.append(timeEl(), el("span", "body", text));
-    append(li);
-  }
-
-  function onFrame(event) {
-    let frame;
-    try {
-      frame = JSON.parse(event.data);
-    } catch {
-      showNotice("Received a frame that is not JSON.", "error");
-      return;
-    }
-    if (frame?.type === "message") showMessage(frame);
-    else if (frame?.type === "error") {
-      showNotice(`Error ${frame.code ?? ""}: ${frame.detail ?? ""}`.trim(), "error");
-    }
-  }
-
-  function connect() {
-    retryTimer = null;
-    setStatus("connecting");
-    const socket = new WebSocket(url);
-    state.socket = socket;
-    socket.addEventListener("open", () => {
-      delay = BACKOFF_MIN;
-      setStatus("open");
-    });
-    socket.addEventListener("message", onFrame);
-    socket.addEventListener("close", (event) => {
-      if (state.socket !== socket) return;
-      if (REFUSED.has(event.code)) {
-        stopped = true;
-        setStatus("closed", "refused");
-        statusEl.classList.add("refused");
-        showNotice(`The room refused the connection (code ${event.code}${event.reason ? `: ${event.reason}` : ""}).`, "error");
-        return;
-      }
-      if (stopped) return;
-      setStatus("closed");
-      const wait = Math.round(delay / 2 + Math.random() * (delay / 2));
-      delay = Math.min(delay * 2, BACKOFF_MAX);
-      retryTimer = setTimeout(connect, wait);
-    });
-  }
-
-  form.addEventListener("submit", (event) => {
-    event.preventDefault();
-    const text = input.value;
-    if (!text.trim()) return;
-    const socket = state.socket;
-    if (!socket || socket.readyState !== WebSocket.OPEN) return;
-    let message;
-    try {
-      message = JSON.parse(text);
-    } catch {
-      message = text;
-    }
-    socket.send(JSON.stringify({ message }));
-    input.value = "";
+function setStatus(state, text) {
+  statusEl.dataset.state = state;
+  statusEl.textContent = text;
+  const open = state === "open";
+  if (!open && document.activeElement === input) refocus = true;
+  input.disabled = !open;
+  sendButton.disabled = !open;
+  if (open && refocus) {
+    refocus = false;
     input.focus();
-  });
+  }
+}
 
-  window.addEventListener("pagehide", () => {
-    stopped = true;
-    clearTimeout(retryTimer);
-    state.socket?.close(1000);
-  });
+function seeSeq(seq) {
+  if (typeof seq === "number" && Number.isFinite(seq) && (lastSeq === null || seq > lastSeq)) lastSeq = seq;
+}
 
-  window.addEventListener("pageshow", (event) => {
-    if (!event.persisted || !stopped || statusEl.classList.contains("refused")) return;
-    stopped = false;
-    delay = BACKOFF_MIN;
-    connect();
-  });
+/** A message frame, live or from a welcome: log, device panel, chart. */
+function onMessage(frame, live) {
+  seeSeq(frame.seq);
+  if (!log.message(frame)) return; // shown already
+  if (frame.source !== "mqtt") return;
+  devices.update(frame);
+  const at = toMillis(frame.ts);
+  const t = Number.isNaN(at) ? Date.now() + chart.skew : at;
+  if (live && !Number.isNaN(at)) chart.skew = at - Date.now();
+  const name = deviceName(frame);
+  for (const [field, value] of numericFields(frame.message)) chart.add(`${name}.${field}`, t, value);
+}
 
-  window.gatewayRoom = state;
+function onWelcome(frame) {
+  delay = BACKOFF_MIN; // a healthy connection: the next failure starts the backoff afresh
+  if (frame.gap) log.gap();
+  const retained = Array.isArray(frame.retained) ? frame.retained : [];
+  devices.refresh(retained.filter((m) => m && typeof m === "object"));
+  for (const message of Array.isArray(frame.messages) ? frame.messages : []) {
+    if (message && typeof message === "object") onMessage(message, false);
+  }
+  seeSeq(frame.seq);
+  if (lastSeq === null) lastSeq = 0; // an empty room: resume from its beginning
+  presence.reset(Array.isArray(frame.presence) ? frame.presence : []);
+}
+
+function onFrame(event) {
+  let frame;
+  try {
+    frame = JSON.parse(event.data);
+  } catch {
+    log.notice("The gateway sent a frame that is not JSON.");
+    return;
+  }
+  if (!frame || typeof frame !== "object") return;
+  switch (frame.type) {
+    case "welcome":
+      onWelcome(frame);
+      break;
+    case "message":
+      onMessage(frame, true);
+      break;
+    case "presence":
+      if (frame.event === "join") presence.join(frame.member);
+      else if (frame.event === "leave") presence.leave(frame.member);
+      break;
+    case "error":
+      log.error(frame);
+      break;
+    default:
+      break; // newer gateways may add frame types: ignore what we do not know
+  }
+}
+
+function refused(code, reason) {
+  stopped = true;
+  const why = FINAL[code] + (reason ? ` (${reason})` : "");
+  setStatus("closed", `refused: ${why}`);
+  statusEl.dataset.code = String(code);
+  statusEl.classList.add("refused");
+  let extra = null;
+  if ((code === 4401 || code === 4403) && page.dataset.signedIn !== "true" && page.dataset.loginUrl) {
+    extra = el("a", "login", "Log in");
+    extra.href = page.dataset.loginUrl;
+  }
+  log.notice(`The gateway closed the connection: ${why}. Not reconnecting; reload the page to try again.`,
+    "notice refused", extra);
+}
+
+function scheduleRetry() {
+  const wait = Math.random() * delay; // full jitter
+  delay = Math.min(delay * 2, BACKOFF_MAX);
+  const at = Date.now() + wait;
+  const tick = () => {
+    const seconds = Math.max(1, Math.ceil((at - Date.now()) / 1000));
+    setStatus("closed", `reconnecting in ${seconds} s…`);
+  };
+  tick();
+  clearInterval(countdown);
+  countdown = setInterval(tick, 250);
+  clearTimeout(retryTimer);
+  retryTimer = setTimeout(connect, wait);
+}
+
+function connect() {
+  clearTimeout(retryTimer);
+  clearInterval(countdown);
+  retryTimer = null;
+  if (stopped) return;
+  setStatus("connecting", "connecting…");
+  // Several gateway processes can deliver a room's messages a few seqs out of order, so a
+  // resume asks for a little overlap; messages already shown are skipped by id.
+  const since = lastSeq === null ? null : Math.max(0, lastSeq - RESUME_OVERLAP);
+  const url = since === null ? baseUrl : `${baseUrl}?since=${encodeURIComponent(since)}`;
+  let ws;
+  try {
+    ws = new WebSocket(url);
+  } catch (error) {
+    log.notice(`Could not open a connection: ${error.message}`);
+    scheduleRetry();
+    return;
+  }
+  socket = ws;
+  clearTimeout(connectTimer);
+  // A handshake that hangs (a sleeping laptop, a silent proxy) is given up and retried.
+  connectTimer = setTimeout(() => ws.readyState === WebSocket.CONNECTING && ws.close(), CONNECT_TIMEOUT);
+  ws.addEventListener("open", () => {
+    clearTimeout(connectTimer);
+    if (socket === ws) setStatus("open", "live");
+  });
+  ws.addEventListener("message", (event) => {
+    if (socket === ws) onFrame(event);
+  });
+  ws.addEventListener("close", (event) => {
+    clearTimeout(connectTimer);
+    if (socket !== ws || stopped) return;
+    if (event.code in FINAL) refused(event.code, event.reason);
+    else scheduleRetry();
+  });
+}
+
+form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const text = input.value;
+  if (!text.trim() || !socket || socket.readyState !== WebSocket.OPEN) return;
+  let message;
+  try {
+    message = JSON.parse(text);
+  } catch {
+    message = text;
+  }
+  socket.send(JSON.stringify({ message }));
+  input.value = "";
+  input.focus();
+});
+
+// Back online: do not wait out the backoff.
+window.addEventListener("online", () => {
+  if (retryTimer !== null && !stopped) connect();
+});
+
+window.addEventListener("pagehide", () => {
+  if (statusEl.classList.contains("refused")) return;
+  stopped = true;
+  clearTimeout(retryTimer);
+  clearInterval(countdown);
+  retryTimer = null;
+  socket?.close(1000);
+});
+
+// Restored from the back/forward cache: resume where we were.
+window.addEventListener("pageshow", (event) => {
+  if (!event.persisted || statusEl.classList.contains("refused")) return;
+  stopped = false;
+  delay = BACKOFF_MIN;
   connect();
-})();
+});
+
+window.gatewayRoom = {
+  get socket() {
+    return socket;
+  },
+  get lastSeq() {
+    return lastSeq;
+  },
+  get shown() {
+    return log.shown;
+  },
+};
+
+connect();

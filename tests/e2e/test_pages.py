@@ -1,0 +1,144 @@
+"""The pages in a real headless Chromium, against real daphne, worker, Redis and Mosquitto.
+
+The browser reaches daphne through a proxy of our own, so a test can cut its socket.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, expect
+
+from tests.conftest import start_gateway
+from tests.support.browser import chromium, screenshot_dir
+from tests.support.devices import Device
+from tests.support.processes import Gateway, Mosquitto, Redis
+from tests.support.proxy import Proxy
+
+
+@pytest.fixture
+def gateway(
+    tmp_path: Path, mosquitto: Mosquitto, redis_server: Redis, database_url: str
+) -> Iterator[Gateway]:
+    stack = start_gateway(tmp_path, mosquitto, redis_server, database_url)
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture
+def proxy(gateway: Gateway) -> Iterator[Proxy]:
+    link = Proxy(gateway.port).start()
+    yield link
+    link.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with chromium() as running:
+        yield running
+
+
+async def open_room(browser: Browser, proxy: Proxy, room: str) -> Page:
+    page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
+    page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
+    await page.goto(f"http://127.0.0.1:{proxy.port}/rooms/{room}/")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=10_000)
+    return page
+
+
+async def texts(page: Page) -> list[str]:
+    return await page.locator("#log li.message .text").all_inner_texts()
+
+
+async def test_a_message_typed_in_one_browser_appears_in_the_other(
+    browser: Browser, proxy: Proxy
+) -> None:
+    alice, bob = (
+        await open_room(browser, proxy, "page-porch"),
+        await open_room(browser, proxy, "page-porch"),
+    )
+    await alice.fill("#message", "the parcel is here")
+    await alice.press("#message", "Enter")
+    line = bob.locator("#log li.message", has_text="the parcel is here")
+    await expect(line).to_have_count(1, timeout=10_000)
+    await expect(line.locator(".badge")).to_have_text("browser")
+    await expect(bob.locator("#presence li[data-kind='browser']")).to_have_count(2)
+
+
+async def test_a_device_fills_the_panel_and_the_chart_live(
+    browser: Browser, proxy: Proxy, mosquitto: Mosquitto
+) -> None:
+    page = await open_room(browser, proxy, "page-greenhouse")
+    series = page.locator("#chart-legend li[data-series='sensor-1.temp']")
+    row = page.locator("#devices tr[data-topic='rooms/page-greenhouse/sensor-1']")
+    with Device(mosquitto.port, "greenhouse-sensor") as device:
+        for n in range(5):
+            device.publish(
+                "rooms/page-greenhouse/sensor-1", json.dumps({"temp": 21.5 + n}).encode()
+            )
+            await asyncio.sleep(0.2)
+        await expect(row.locator(".value")).to_contain_text("25.5", timeout=10_000)
+        await expect(series).to_have_attribute("data-points", "5", timeout=10_000)
+        await expect(series.locator(".latest")).to_contain_text("25.5")
+        for n in range(5, 10):
+            device.publish(
+                "rooms/page-greenhouse/sensor-1", json.dumps({"temp": 21.5 + n}).encode()
+            )
+            await asyncio.sleep(0.2)
+        await expect(series).to_have_attribute("data-points", "10", timeout=10_000)
+        await expect(row.locator(".value")).to_contain_text("30.5")
+    assert await page.locator("#chart").evaluate("c => c.width > 0 && c.height > 0")
+    await page.screenshot(path=str(screenshot_dir() / "room.png"))
+
+
+async def test_a_cut_socket_reconnects_and_shows_every_missed_message_once_in_order(
+    browser: Browser, proxy: Proxy, mosquitto: Mosquitto
+) -> None:
+    page = await open_room(browser, proxy, "page-meter")
+    with Device(mosquitto.port, "meter-device") as device:
+        sending = asyncio.create_task(
+            asyncio.to_thread(device.publish_sequence, "rooms/page-meter/m", 80, 10.0)
+        )
+        await asyncio.sleep(2)
+        proxy.cut(block=True)  # the network goes away for three seconds
+        await expect(page.locator("#status")).not_to_have_attribute("data-state", "open")
+        await asyncio.sleep(3)
+        proxy.unblock()
+        await sending
+    await expect(page.locator("#log li.message")).to_have_count(80, timeout=20_000)
+    seqs = [json.loads(text)["seq"] for text in await texts(page)]
+    assert seqs == list(range(80))
+    assert proxy.connections >= 2  # it did reconnect
+
+
+async def test_markup_in_messages_shows_as_text_and_runs_nothing(
+    browser: Browser, proxy: Proxy, mosquitto: Mosquitto
+) -> None:
+    page = await open_room(browser, proxy, "page-mailbox")
+    evil = "<img src=x onerror=alert(1)>"
+    with Device(mosquitto.port, "evil-device") as device:
+        device.publish("rooms/page-mailbox/<b>bold</b>", evil.encode())
+    await page.fill("#message", evil)
+    await page.press("#message", "Enter")
+    await expect(page.locator("#log li.message .text", has_text=evil)).to_have_count(2)
+    assert await page.locator("#log img, #devices img").count() == 0
+    await expect(page.locator("#devices td.value")).to_have_text(evil)
+
+
+async def test_the_index_lists_rooms_with_live_counts(
+    browser: Browser, proxy: Proxy, mosquitto: Mosquitto
+) -> None:
+    room = await open_room(browser, proxy, "page-kitchen")
+    with Device(mosquitto.port, "kitchen-fridge") as device:
+        device.publish("rooms/page-kitchen/fridge/status", b"online", retain=True)
+        device.publish("rooms/page-kitchen/fridge", b'{"temp": 4.5}')
+    await expect(room.locator("#presence li[data-kind='device']")).to_have_count(1)
+    await expect(room.locator("#log li.message")).to_have_count(1)  # the room is recorded
+    index = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
+    await index.goto(f"http://127.0.0.1:{proxy.port}/")
+    kitchen = index.locator("#rooms li[data-room='page-kitchen']")
+    await expect(kitchen.locator(".people")).to_have_attribute("data-count", "1", timeout=15_000)
+    await expect(kitchen.locator(".devices")).to_have_attribute("data-count", "1")
+    await index.screenshot(path=str(screenshot_dir() / "index.png"))
