@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridges.client import (
+    SESSION_EXPIRY_SECONDS,
     Incoming,
     MqttLink,
     PublishRefusedError,
@@ -43,6 +44,7 @@ from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError
 from gateway.events import ROOM_ERROR, RoomErrorEvent
+from gateway.layers import per_layer, uses_redis
 from gateway.presence import presence_for
 from gateway.publish import publish
 
@@ -126,6 +128,10 @@ class Bridge:
             metrics.inc("mqtt_own_publications_skipped")
             return
         message_id = self._identity(message) if message.qos > 0 else None
+        delivered = self._delivered()
+        if message_id is not None and await delivered.seen(message_id):
+            metrics.inc("duplicates_removed", "redelivery")  # handed on before a crash
+            return
         for target in targets:
             online = device_status(decoded.message) if target.rule.presence else None
             if online is not None and target.sender is not None:
@@ -152,6 +158,14 @@ class Bridge:
                 metrics.dropped(exc.code, f"topic {message.topic!r}: {exc}")
                 continue
             metrics.inc("mqtt_messages_in")
+        if message_id is not None:
+            # Marked after the hand-off: a crash in between gives a copy, never a loss.
+            await self._hand_on(partial(delivered.mark, message_id))
+
+    def _delivered(self) -> "Delivered":
+        layer = get_channel_layer()
+        assert layer is not None
+        return per_layer(_delivered, layer, lambda: Delivered(layer, self.gateway_id))
 
     async def _hand_on(self, attempt_once: Callable[[], Awaitable[Any]]) -> None:
         """Run a hand-off, retrying it for as long as its failure is a passing one."""
@@ -245,6 +259,39 @@ class Bridge:
             event = RoomErrorEvent(type=ROOM_ERROR, code=code, detail=detail, id=message_id)
             await layer.send(channel, event)
 
+
+class Delivered:
+    """Ids of QoS 1 and 2 messages already handed on, kept for a broker session's lifetime.
+
+    After a crash the broker redelivers what the bridge had not acknowledged, seconds later and
+    possibly by way of a restarted worker; the copy carries the same id and is dropped here, so
+    however long the restart took, browsers see the message once. Kept in Redis when the layer
+    is Redis (workers share it), else in this process.
+    """
+
+    LOCAL_LIMIT = 100_000
+
+    def __init__(self, layer: Any, gateway_id: str) -> None:
+        self.layer = layer if uses_redis(layer) else None
+        self.prefix = f"gateway:{gateway_id}:delivered:"
+        self._local: dict[str, None] = {}
+
+    async def seen(self, message_id: str) -> bool:
+        if self.layer is not None:
+            return bool(await self.layer.connection(0).exists(self.prefix + message_id))
+        return message_id in self._local
+
+    async def mark(self, message_id: str) -> None:
+        if self.layer is not None:
+            key = self.prefix + message_id
+            await self.layer.connection(0).set(key, 1, ex=SESSION_EXPIRY_SECONDS)
+            return
+        self._local[message_id] = None
+        if len(self._local) > self.LOCAL_LIMIT:
+            del self._local[next(iter(self._local))]
+
+
+_delivered: dict[tuple[int, int], Delivered] = {}
 
 _ONLINE = {"online", "on", "up", "connected", "true", "1", "yes"}
 _OFFLINE = {"offline", "off", "down", "disconnected", "false", "0", "no"}

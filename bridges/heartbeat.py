@@ -1,10 +1,8 @@
 """The bridge's heartbeat: its broker state and metrics, for daphne's ``/readyz`` and ``/metrics``.
 
-A bridge worker is a process of its own, so the web processes learn about it through Redis:
-every `INTERVAL_SECONDS` the heartbeat writes ``gateway:bridge:<GATEWAY_ID>:<client id>`` with
-the broker state and the worker's metrics, expiring after `TTL_SECONDS`, so a worker that died
-disappears on its own. With the in-memory channel layer (``rungateway``) the bridge runs in the
-web process itself, which reads it from `bridges.runtime`; the heartbeat then only keeps the
+Every `INTERVAL_SECONDS` the heartbeat writes the record `gateway.bridge_state` describes. With
+the in-memory channel layer (``rungateway``) the bridge runs in the web process, which sees it
+through `gateway.bridge_state.local_bridge`; the heartbeat then only keeps the
 ``bridge_broker_connected`` gauge current.
 """
 
@@ -13,51 +11,19 @@ import contextlib
 import json
 import logging
 import time
-from typing import Any, TypedDict
 
 from channels.layers import BaseChannelLayer
-from channels_redis.core import RedisChannelLayer
 
 from bridges.bridge import Bridge
 from gateway import metrics
-from gateway.conf import gateway_settings
-from gateway.metrics import ExportedState
+from gateway.bridge_state import TTL_SECONDS, Heartbeat, heartbeat_key
+from gateway.layers import uses_redis
 
 logger = logging.getLogger(__name__)
 
 INTERVAL_SECONDS = 2.0
-TTL_SECONDS = 10  # several missed beats: the worker is gone, not just slow
-KEY_PREFIX = "gateway:bridge:"
 WRITE_TIMEOUT_SECONDS = 5.0  # a stalled Redis must not stall the beats that follow
 DELETE_TIMEOUT_SECONDS = 1.0
-
-
-class Heartbeat(TypedDict):
-    """What a bridge worker says about itself in Redis."""
-
-    client_id: str
-    broker: str  # "connected" or "disconnected"
-    broker_url: str
-    ts: float
-    metrics: ExportedState
-
-
-def key_pattern(gateway_id: str) -> str:
-    """The Redis key pattern of every bridge heartbeat of ``gateway_id``.
-
-    Gateway ids cannot hold glob characters (``*?[]``), so no escaping is needed.
-    """
-    return f"{KEY_PREFIX}{gateway_id}:*"
-
-
-def heartbeat_key(bridge: Bridge) -> str:
-    """The Redis key of ``bridge``'s heartbeat."""
-    return f"{KEY_PREFIX}{gateway_settings().gateway_id}:{bridge.link.settings.client_id}"
-
-
-def uses_redis(layer: BaseChannelLayer | None) -> bool:
-    """Whether ``layer`` is the Redis channel layer, which heartbeats go through."""
-    return isinstance(layer, RedisChannelLayer)
 
 
 def beat(bridge: Bridge) -> Heartbeat:
@@ -77,7 +43,7 @@ async def run_heartbeat(
     bridge: Bridge, layer: BaseChannelLayer, interval: float = INTERVAL_SECONDS
 ) -> None:
     """Beat every ``interval`` seconds until cancelled; a failed beat is logged, never fatal."""
-    key = heartbeat_key(bridge)
+    key = heartbeat_key(bridge.link.settings.client_id)
     failing = False
     while True:
         try:
@@ -126,23 +92,11 @@ async def stop_heartbeat(
         return
     try:
         await asyncio.wait_for(
-            layer.connection(0).delete(heartbeat_key(bridge)), DELETE_TIMEOUT_SECONDS
+            layer.connection(0).delete(heartbeat_key(bridge.link.settings.client_id)),
+            DELETE_TIMEOUT_SECONDS,
         )
     except Exception as exc:  # the key expires anyway
         logger.warning("could not remove the bridge heartbeat: %s", _describe(exc))
-
-
-def parse_heartbeat(raw: Any) -> Heartbeat | None:
-    """A heartbeat read back from Redis, or None when it is not one."""
-    try:
-        value = json.loads(raw)
-    except (TypeError, ValueError):
-        return None
-    if not isinstance(value, dict) or not isinstance(value.get("client_id"), str):
-        return None
-    if not isinstance(value.get("metrics"), dict):
-        value["metrics"] = {}
-    return value  # type: ignore[return-value]
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ from bridges.bridge import Bridge
 from bridges.heartbeat import start_heartbeat, stop_heartbeat
 from bridges.runtime import set_bridge
 from gateway import metrics
+from gateway.bridge_state import LocalBridge, set_local_bridge
 from gateway.events import BRIDGE_CHANNEL
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,14 @@ async def serve_bridge(
 ) -> None:
     """Connect ``bridge`` to its broker, serve the bridge channel, and return after ``stop``."""
     set_bridge(bridge)
+    link = bridge.link
+    set_local_bridge(
+        LocalBridge(
+            client_id=link.settings.client_id,
+            broker_url=link.settings.describe(),
+            is_connected=link.connected.is_set,
+        )
+    )
     await bridge.start()
     worker = SupervisedWorker(
         application=application,
@@ -76,4 +85,5 @@ async def serve_bridge(
         worker.cancel_instances()
         await bridge.stop()
         set_bridge(None)
+        set_local_bridge(None)
         logger.info("bridge stopped")

@@ -5,10 +5,12 @@ Every variable is documented in the README. A value that is wrong stops start-up
 """
 
 import logging
+import os
 import secrets
+import tempfile
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -94,9 +96,16 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": _read("DATABASE_URL", env.db_url, f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-}
+_database = cast(
+    dict[str, Any], _read("DATABASE_URL", env.db_url, f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+)
+DATABASES = {"default": _database}
+if _database["ENGINE"].endswith("sqlite3"):
+    # Tests on a file, not SQLite's shared in-memory cache: there, a second thread's write
+    # fails at once with "table is locked" instead of waiting its turn.
+    _database["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"gateway-test-{os.getpid()}.sqlite3")
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL: str | None = _read("REDIS_URL", env.str, None) or None

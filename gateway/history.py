@@ -27,8 +27,10 @@ from django.db.models import Max, Min
 from django.utils import timezone
 
 from gateway import metrics
+from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.jsonutil import dumps, parse_json
+from gateway.layers import per_layer, uses_redis
 from gateway.models import Message
 
 logger = logging.getLogger(__name__)
@@ -158,6 +160,7 @@ class History:
         self._touched: set[str] = set()
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._flushing = asyncio.Lock()
 
     async def append(self, envelope: Envelope) -> int:
         """Give ``envelope`` the room's next ``seq`` and keep it; return the ``seq``."""
@@ -217,10 +220,19 @@ class History:
         return latest[-limit:]
 
     async def flush(self) -> None:
-        """Write what is pending to the database now."""
-        rows, self._pending = self._pending, []
-        if rows:
-            await database_sync_to_async(_write_rows)(rows)
+        """Write what is pending to the database now (one write at a time)."""
+        async with self._flushing:
+            rows, self._pending = self._pending, []
+            if rows:
+                await database_sync_to_async(_write_rows)(rows)
+
+    async def close(self) -> None:
+        """Stop the writer, and write what is still pending."""
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+            self._writer = None
+        await self.flush()
 
     async def _write(self) -> None:
         # Writes as soon as something is pending; what arrives during a write waits for the
@@ -282,18 +294,22 @@ def _prune(rooms: set[str], max_messages: int, max_age: timedelta) -> None:
 _histories: dict[tuple[int, int], History] = {}
 
 
+async def close_histories() -> None:
+    """Close every history of this process (their writers stop, pending rows are written)."""
+    for kept in list(_histories.values()):
+        await kept.close()
+    _histories.clear()
+
+
 def history_for(layer: BaseChannelLayer) -> History:
     """The history that goes with ``layer`` (one per layer and event loop)."""
-    from gateway.conf import gateway_settings
+    return per_layer(_histories, layer, lambda: _make_history(layer))
 
-    loop = asyncio.get_running_loop()
-    key = (id(layer), id(loop))
-    existing = _histories.get(key)
-    if existing is not None:
-        return existing
+
+def _make_history(layer: BaseChannelLayer) -> History:
     conf = gateway_settings()
     window: Window
-    if hasattr(layer, "consistent_hash") and hasattr(layer, "connection"):
+    if uses_redis(layer):
         window = RedisWindow(
             layer,
             prefix=f"gateway:{conf.gateway_id}:",
@@ -302,6 +318,4 @@ def history_for(layer: BaseChannelLayer) -> History:
         )
     else:
         window = LocalWindow(window=WINDOW)
-    history = History(window, max_messages=conf.history_max_messages, max_age=conf.history_max_age)
-    _histories[key] = history
-    return history
+    return History(window, max_messages=conf.history_max_messages, max_age=conf.history_max_age)

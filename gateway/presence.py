@@ -19,8 +19,10 @@ from typing import Any, Literal, Protocol, TypedDict, cast
 from channels.layers import BaseChannelLayer
 
 from gateway import metrics
+from gateway.conf import gateway_settings
 from gateway.envelope import utc_timestamp
 from gateway.jsonutil import dumps, parse_json
+from gateway.layers import per_layer, uses_redis
 from gateway.rooms import group_name
 
 logger = logging.getLogger(__name__)
@@ -219,17 +221,14 @@ _presences: dict[tuple[int, int], Presence] = {}
 
 def presence_for(layer: BaseChannelLayer) -> Presence:
     """The presence that goes with ``layer`` (one per layer and event loop)."""
-    from gateway.conf import gateway_settings
+    return per_layer(_presences, layer, lambda: _make_presence(layer))
 
-    key = (id(layer), id(asyncio.get_running_loop()))
-    existing = _presences.get(key)
-    if existing is not None:
-        return existing
+
+def _make_presence(layer: BaseChannelLayer) -> Presence:
     conf = gateway_settings()
     store: Store
-    if hasattr(layer, "consistent_hash") and hasattr(layer, "connection"):
+    if uses_redis(layer):
         store = RedisStore(layer, prefix=f"gateway:{conf.gateway_id}:presence:")
     else:
         store = LocalStore()
-    presence = _presences[key] = Presence(store, layer, ttl=conf.presence_ttl)
-    return presence
+    return Presence(store, layer, ttl=conf.presence_ttl)

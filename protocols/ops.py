@@ -20,10 +20,9 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from bridges.heartbeat import TTL_SECONDS, Heartbeat, key_pattern, parse_heartbeat, uses_redis
-from bridges.runtime import current_bridge
 from gateway import metrics
-from gateway.conf import gateway_settings
+from gateway.bridge_state import TTL_SECONDS, local_bridge, read_heartbeats
+from gateway.layers import uses_redis
 from gateway.metrics import ExportedState
 
 logger = logging.getLogger(__name__)
@@ -115,7 +114,7 @@ async def _check_channel_layer(layer: BaseChannelLayer | None) -> None:
 
 async def _check_bridge(layer: BaseChannelLayer | None) -> None:
     if uses_redis(layer):
-        beats = await _heartbeats(layer)
+        beats = await read_heartbeats(layer)
         if any(beat.get("broker") == "connected" for beat in beats):
             return
         if not beats:
@@ -128,25 +127,13 @@ async def _check_bridge(layer: BaseChannelLayer | None) -> None:
             for beat in beats
         )
         raise _NotReadyError(f"{NO_BRIDGE}: {states}"[:_REASON_LIMIT])
-    bridge = current_bridge()  # the in-memory layer: the bridge can only be in this process
+    bridge = local_bridge()  # the in-memory layer: the bridge can only be in this process
     if bridge is None:
         raise _NotReadyError(f"{NO_BRIDGE}: no bridge runs in this process")
-    if not bridge.link.connected.is_set():
+    if not bridge.is_connected():
         raise _NotReadyError(
-            f"{NO_BRIDGE}: {bridge.link.settings.client_id} is disconnected from "
-            f"{bridge.link.settings.describe()}"
+            f"{NO_BRIDGE}: {bridge.client_id} is disconnected from {bridge.broker_url}"
         )
-
-
-async def _heartbeats(layer: BaseChannelLayer) -> list[Heartbeat]:
-    """The heartbeats of this gateway's live bridge workers, by client id."""
-    client = layer.connection(0)
-    pattern = key_pattern(gateway_settings().gateway_id)
-    keys = sorted({key async for key in client.scan_iter(match=pattern, count=_SCAN_COUNT)})
-    if not keys:
-        return []
-    values = await client.mget(keys)
-    return [beat for raw in values if (beat := parse_heartbeat(raw)) is not None]
 
 
 async def _worker_states(layer: BaseChannelLayer | None) -> list[tuple[str, ExportedState]]:
@@ -154,14 +141,14 @@ async def _worker_states(layer: BaseChannelLayer | None) -> list[tuple[str, Expo
     if not uses_redis(layer):
         return []
     try:
-        beats = await asyncio.wait_for(_heartbeats(layer), CHECK_TIMEOUT_SECONDS)
+        beats = await asyncio.wait_for(read_heartbeats(layer), CHECK_TIMEOUT_SECONDS)
     except Exception as exc:  # this process's own metrics are still worth serving
         metrics.inc("metrics_remote_failures", "redis")
         logger.warning("bridge workers' metrics unavailable: %s: %s", type(exc).__name__, exc)
         return []
-    local = current_bridge()
+    local = local_bridge()
     # rungateway with Redis: its own bridge's numbers are already this process's.
-    own = local.link.settings.client_id if local is not None else None
+    own = local.client_id if local is not None else None
     return [
         (f"worker:{beat['client_id']}", beat["metrics"])
         for beat in beats

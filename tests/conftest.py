@@ -36,6 +36,27 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     return url
 
 
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
+    """A broker shared by the tests of a module (each uses its own rooms)."""
+    server = Mosquitto(tmp_path_factory.mktemp("broker")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(
+    tmp_path_factory: pytest.TempPathFactory,
+    broker: Mosquitto,
+    redis_server: Redis,
+    database_url: str,
+) -> Iterator[Gateway]:
+    """daphne and a bridge worker on `broker`, shared by the tests of a module."""
+    stack = start_gateway(tmp_path_factory.mktemp("gateway"), broker, redis_server, database_url)
+    yield stack
+    stack.stop()
+
+
 def start_gateway(
     workdir: Path,
     broker: Mosquitto,

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,9 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 
-from tests.conftest import start_gateway
 from tests.support.clients import mqtt_client, mqtt_messages_within, recv_json, ws_connect
-from tests.support.processes import Gateway, Mosquitto, Redis, django_shell, http_request
+from tests.support.processes import Gateway, Mosquitto, django_shell, http_request
 
 SETUP = """
 from django.contrib.auth import get_user_model
@@ -28,25 +26,6 @@ RoomPolicy.objects.get_or_create(room="vault", defaults={"private": True})
 RoomGrant.objects.get_or_create(room="vault", user=reader, defaults={"access": "read"})
 print(issue_token(writer, "api")[1], issue_token(reader, "api")[1])
 """
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path_factory.mktemp("api-broker")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory,
-    broker: Mosquitto,
-    redis_server: Redis,
-    database_url: str,
-) -> Iterator[Gateway]:
-    stack = start_gateway(tmp_path_factory.mktemp("api"), broker, redis_server, database_url)
-    yield stack
-    stack.stop()
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,10 @@
 
 import asyncio
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import start_gateway
 from tests.support.clients import frames_within, recv_json, ws_connect
 from tests.support.devices import Device
-from tests.support.processes import Gateway, Mosquitto, Redis
-
-
-@pytest.fixture
-def gateway(
-    tmp_path: Path, mosquitto: Mosquitto, redis_server: Redis, database_url: str
-) -> Iterator[Gateway]:
-    stack = start_gateway(tmp_path, mosquitto, redis_server, database_url)
-    yield stack
-    stack.stop()
+from tests.support.processes import Gateway, Mosquitto
 
 
 def seqs_of(frames: list[dict[str, object]]) -> list[int]:
@@ -37,9 +23,9 @@ async def receive_until(ws: object, count: int) -> list[dict[str, object]]:
 
 
 async def test_a_browser_away_for_200_messages_gets_exactly_those_then_live(
-    gateway: Gateway, mosquitto: Mosquitto
+    gateway: Gateway, broker: Mosquitto
 ) -> None:
-    with Device(mosquitto.port, "meter") as device:
+    with Device(broker.port, "meter") as device:
         async with ws_connect(gateway.ws, "plant") as watcher:
             async with ws_connect(gateway.ws, "plant") as away:
                 await asyncio.to_thread(device.publish_sequence, "rooms/plant/meter", 20, 40.0)

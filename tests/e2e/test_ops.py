@@ -7,7 +7,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,27 +32,6 @@ READY_WITHIN = 10.0  # the worker subscribed; its first heartbeat is due at once
 UNREADY_WITHIN = 15.0  # a heartbeat every 2 s says what changed
 RECONNECT_WITHIN = 30.0  # the bridge retries with jittered backoff capped at 10 s
 ANSWER_WITHIN = 5.0  # each check gives up after 2 s; the answer must never hang
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path_factory.mktemp("ops-broker")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory,
-    broker: Mosquitto,
-    redis_server: Redis,
-    database_url: str,
-) -> Iterator[Gateway]:
-    stack = start_gateway(
-        tmp_path_factory.mktemp("ops-gateway"), broker, redis_server, database_url
-    )
-    yield stack
-    stack.stop()
 
 
 def readiness(base: str) -> tuple[int, dict[str, Any], float]:

@@ -6,25 +6,14 @@ The browser reaches daphne through a proxy of our own, so a test can cut its soc
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, expect
 
-from tests.conftest import start_gateway
 from tests.support.browser import chromium, screenshot_dir
 from tests.support.devices import Device
-from tests.support.processes import Gateway, Mosquitto, Redis
+from tests.support.processes import Gateway, Mosquitto
 from tests.support.proxy import Proxy
-
-
-@pytest.fixture
-def gateway(
-    tmp_path: Path, mosquitto: Mosquitto, redis_server: Redis, database_url: str
-) -> Iterator[Gateway]:
-    stack = start_gateway(tmp_path, mosquitto, redis_server, database_url)
-    yield stack
-    stack.stop()
 
 
 @pytest.fixture
@@ -68,12 +57,12 @@ async def test_a_message_typed_in_one_browser_appears_in_the_other(
 
 
 async def test_a_device_fills_the_panel_and_the_chart_live(
-    browser: Browser, proxy: Proxy, mosquitto: Mosquitto
+    browser: Browser, proxy: Proxy, broker: Mosquitto
 ) -> None:
     page = await open_room(browser, proxy, "page-greenhouse")
     series = page.locator("#chart-legend li[data-series='sensor-1.temp']")
     row = page.locator("#devices tr[data-topic='rooms/page-greenhouse/sensor-1']")
-    with Device(mosquitto.port, "greenhouse-sensor") as device:
+    with Device(broker.port, "greenhouse-sensor") as device:
         for n in range(5):
             device.publish(
                 "rooms/page-greenhouse/sensor-1", json.dumps({"temp": 21.5 + n}).encode()
@@ -94,10 +83,10 @@ async def test_a_device_fills_the_panel_and_the_chart_live(
 
 
 async def test_a_cut_socket_reconnects_and_shows_every_missed_message_once_in_order(
-    browser: Browser, proxy: Proxy, mosquitto: Mosquitto
+    browser: Browser, proxy: Proxy, broker: Mosquitto
 ) -> None:
     page = await open_room(browser, proxy, "page-meter")
-    with Device(mosquitto.port, "meter-device") as device:
+    with Device(broker.port, "meter-device") as device:
         sending = asyncio.create_task(
             asyncio.to_thread(device.publish_sequence, "rooms/page-meter/m", 80, 10.0)
         )
@@ -114,11 +103,11 @@ async def test_a_cut_socket_reconnects_and_shows_every_missed_message_once_in_or
 
 
 async def test_markup_in_messages_shows_as_text_and_runs_nothing(
-    browser: Browser, proxy: Proxy, mosquitto: Mosquitto
+    browser: Browser, proxy: Proxy, broker: Mosquitto
 ) -> None:
     page = await open_room(browser, proxy, "page-mailbox")
     evil = "<img src=x onerror=alert(1)>"
-    with Device(mosquitto.port, "evil-device") as device:
+    with Device(broker.port, "evil-device") as device:
         device.publish("rooms/page-mailbox/<b>bold</b>", evil.encode())
     await page.fill("#message", evil)
     await page.press("#message", "Enter")
@@ -128,10 +117,10 @@ async def test_markup_in_messages_shows_as_text_and_runs_nothing(
 
 
 async def test_the_index_lists_rooms_with_live_counts(
-    browser: Browser, proxy: Proxy, mosquitto: Mosquitto
+    browser: Browser, proxy: Proxy, broker: Mosquitto
 ) -> None:
     room = await open_room(browser, proxy, "page-kitchen")
-    with Device(mosquitto.port, "kitchen-fridge") as device:
+    with Device(broker.port, "kitchen-fridge") as device:
         device.publish("rooms/page-kitchen/fridge/status", b"online", retain=True)
         device.publish("rooms/page-kitchen/fridge", b'{"temp": 4.5}')
     await expect(room.locator("#presence li[data-kind='device']")).to_have_count(1)

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,25 +18,6 @@ from tests.support.clients import (
 from tests.support.processes import Gateway, Mosquitto, Redis, gateway_env, manage
 
 QUIET = 1.0  # seconds in which nothing more may arrive
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path_factory.mktemp("broker")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory,
-    broker: Mosquitto,
-    redis_server: Redis,
-    database_url: str,
-) -> Iterator[Gateway]:
-    stack = start_gateway(tmp_path_factory.mktemp("gateway"), broker, redis_server, database_url)
-    yield stack
-    stack.stop()
 
 
 async def test_device_message_reaches_every_browser_in_its_room_and_no_other(

@@ -1,6 +1,6 @@
 """The room consumer at the ASGI level, on the in-memory channel layer."""
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -11,17 +11,19 @@ from channels.testing import WebsocketCommunicator
 from gateway import metrics
 from gateway.conf import GatewaySettings
 from gateway.events import BRIDGE_CHANNEL
+from gateway.history import close_histories
 from protocols.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(autouse=True)
-def in_memory_layer(settings: Any) -> Iterator[None]:
+async def in_memory_layer(settings: Any) -> AsyncIterator[None]:
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
     settings.GATEWAY = GatewaySettings(gateway_id="unit", max_frame_bytes=2048)
     channel_layers.backends.clear()
     yield
+    await close_histories()  # their writers must not outlive the test's database
     channel_layers.backends.clear()
 
 
