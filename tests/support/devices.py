@@ -20,6 +20,7 @@ class Device:
         )
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.port = port
+        self.published = 0
         self.acked = 0
         self._lock = threading.Lock()
         self.client.on_publish = self._on_publish
@@ -36,6 +37,8 @@ class Device:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        # Like a device that finishes its sends before it hangs up.
+        self.wait_acked(self.published, timeout=10)
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -53,6 +56,7 @@ class Device:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             properties.ContentType = content_type
         self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
+        self.published += 1
 
     def publish_sequence(self, topic: str, count: int, rate: float, start: int = 0) -> None:
         """``count`` JSON messages ``{"seq": n}`` at ``rate`` per second (blocking)."""
