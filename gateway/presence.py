@@ -46,6 +46,7 @@ class PresenceEvent(TypedDict):
     """Sent to a room's group when a member joins or leaves."""
 
     type: Literal["room.presence"]
+    room: str
     event: Literal["join", "leave"]
     member: dict[str, str]
 
@@ -198,7 +199,7 @@ class Presence:
 
     async def _announce(self, room: str, event: Literal["join", "leave"], member: Member) -> None:
         metrics.inc("presence_events", event)
-        payload = PresenceEvent(type=ROOM_PRESENCE, event=event, member=asdict(member))
+        payload = PresenceEvent(type=ROOM_PRESENCE, room=room, event=event, member=asdict(member))
         await self.layer.group_send(group_name(room), cast(dict[str, Any], payload))
 
     async def _keep(self) -> None:

@@ -9,8 +9,6 @@ import asyncio
 import logging
 import secrets
 import time
-from collections import deque
-from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -21,16 +19,16 @@ from gateway import metrics, retained
 from gateway.access import Access, aaccess_for, can_read, can_write
 from gateway.conf import gateway_settings
 from gateway.dispatch import DirectDispatchMixin
-from gateway.envelope import Envelope
 from gateway.errors import GatewayError
-from gateway.events import RoomErrorEvent, RoomMessageEvent
+from gateway.events import RoomErrorEvent
 from gateway.history import history_for
 from gateway.jsonutil import dumps, parse_json
-from gateway.presence import PresenceEvent, presence_for
+from gateway.presence import presence_for
 from gateway.publish import publish
 from gateway.ratelimit import FloodGuard
-from gateway.rooms import group_name, is_valid_room
+from gateway.rooms import is_valid_room
 from gateway.tokens import atoken_is_active
+from protocols.fanout import Subscriber, client_view, hub_for, outlet_for
 
 logger = logging.getLogger(__name__)
 
@@ -40,23 +38,21 @@ CLOSE_UNAUTHORISED = 4401  # an invalid or revoked token
 CLOSE_FORBIDDEN = 4403  # no read access to the room
 TOKEN_RECHECK_SECONDS = 5.0
 ACCESS_RECHECK_SECONDS = 5.0
-# How many recent message ids a socket remembers to drop redelivered copies. A copy arrives
-# right after a bridge restart, ahead of newer messages, so a short window is enough.
-DEDUPE_WINDOW = 256
 WELCOME_MESSAGES = 50  # recent messages in the welcome of a browser that joins afresh
 
 
 class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]
-    """One browser (or program) in one room."""
+    """One browser (or program) in one room.
+
+    The room's messages and presence reach the socket through this process's fan-out hub
+    (`protocols.fanout`), not through a group membership of its own.
+    """
 
     room: str | None = None
-    group: str | None = None
+    subscriber: Subscriber | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._recent: deque[str] = deque(maxlen=DEDUPE_WINDOW)
-        self._recent_set: set[str] = set()
-        self._welcome_seq = 0
         self._access: Access = "none"
         self._access_checked = 0.0
         self._claimed: str | None = None
@@ -80,18 +76,20 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             await self.close(code=code)
             return
         since, since_error = _since(self.scope.get("query_string", b""))
-        self.room, self.group = room, group_name(room)
+        self.room = room
         self.sender = self._sender_name()
-        # Join the group before reading history: a message is in the history before it is
-        # sent to the group, so every message is either in the welcome or arrives after it.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        # Join before reading history: a message is in the history before it is sent to the
+        # room, so every message is either in the welcome or arrives after it (held until the
+        # welcome is out).
+        self.subscriber = Subscriber(self._presence_key(), outlet_for(self.base_send))
+        await hub_for(self.channel_layer).join(room, self.subscriber)
         await self.accept(subprotocol)
         metrics.add_gauge("ws_connections", 1)
         token_id = self.scope.get("api_token_id")
         if token_id is not None:
             self._token_watch = asyncio.create_task(self._watch_token(token_id))
         await presence_for(self.channel_layer).join(
-            room, f"ws:{self.channel_name}", "browser", self.sender, hold=True
+            room, self._presence_key(), "browser", self.sender, hold=True
         )
         if since_error:
             await self.send_error("invalid_since", since_error)
@@ -104,21 +102,21 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         else:
             missed = await history.missed(room, since)
             messages, gap = missed.messages, missed.gap
-        for message in messages:
-            self._seen(message["id"])
         # Every seq up to the highest one read was in the history when it was read (seq and
         # window are written together), so live copies of those are in the welcome already.
-        self._welcome_seq = max((m.get("seq", 0) for m in messages), default=since or 0)
+        watermark = max((m.get("seq", 0) for m in messages), default=since or 0)
         frame = {
             "type": "welcome",
             "room": room,
-            "seq": self._welcome_seq,
+            "seq": watermark,
             "gap": gap,
-            "messages": [_client_view(m) for m in messages],
-            "retained": [_client_view(s) for s in await retained.states(room)],
+            "messages": [client_view(m) for m in messages],
+            "retained": [client_view(s) for s in await retained.states(room)],
             "presence": await presence_for(self.channel_layer).members(room),
         }
         await self.send(text_data=dumps(frame))
+        assert self.subscriber is not None
+        self.subscriber.ready(watermark)
 
     async def _refusal(self, room: str) -> tuple[int, str, str] | None:
         """Why this socket may not join ``room`` (close code, error code, detail), if so."""
@@ -141,10 +139,10 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             self._token_watch.cancel()
         if self._claimed is not None:
             _sockets_per_user.release(self._claimed)
-        if self.group is not None and self.room is not None:
+        if self.subscriber is not None and self.room is not None:
             metrics.add_gauge("ws_connections", -1)
-            await self.channel_layer.group_discard(self.group, self.channel_name)
-            await presence_for(self.channel_layer).leave(self.room, f"ws:{self.channel_name}")
+            await hub_for(self.channel_layer).leave(self.room, self.subscriber)
+            await presence_for(self.channel_layer).leave(self.room, self._presence_key())
 
     async def _watch_token(self, token_id: int) -> None:
         """Close the socket once its API token is revoked (checked every few seconds)."""
@@ -168,6 +166,9 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             self._access = await aaccess_for(self.scope.get("user"), self.room)
             self._access_checked = time.monotonic()
         return can_write(self._access)
+
+    def _presence_key(self) -> str:
+        return f"ws:{self.channel_name}"
 
     def _user_key(self) -> str | None:
         user = self.scope.get("user")
@@ -226,40 +227,9 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             return None
         return frame
 
-    async def room_message(self, event: RoomMessageEvent) -> None:
-        """A message in the room: forward it to this socket, once."""
-        await self._forward(event["envelope"])
-
-    async def room_presence(self, event: PresenceEvent) -> None:
-        """Someone (a browser or a device) joined or left the room."""
-        if event["member"]["key"] == f"ws:{self.channel_name}":
-            return  # this socket's own join: its welcome lists it already
-        frame = {"type": "presence", "event": event["event"], "member": event["member"]}
-        await self.send(text_data=dumps(frame))
-
     async def room_error(self, event: RoomErrorEvent) -> None:
         """A message this socket sent could not be delivered to the broker."""
         await self.send_error(event["code"], event["detail"], id=event["id"])
-
-    async def _forward(self, envelope: Envelope) -> None:
-        # Not by the highest seq seen live: processes allocate seqs and deliver in their own
-        # order, so a smaller seq may arrive after a larger one.
-        if 0 < envelope.get("seq", 0) <= self._welcome_seq or not self._seen(envelope["id"]):
-            metrics.inc("duplicates_removed")  # in the welcome already, or a redelivery
-            return
-        await self.send(text_data=dumps(_client_view(envelope)))
-        entered = datetime.fromisoformat(envelope["ts"]).timestamp()
-        metrics.observe("delivery_latency_seconds", max(0.0, time.time() - entered))
-
-    def _seen(self, message_id: str) -> bool:
-        """Remember ``message_id``; False if it was already remembered."""
-        if message_id in self._recent_set:
-            return False
-        if len(self._recent) == DEDUPE_WINDOW:
-            self._recent_set.discard(self._recent[0])
-        self._recent.append(message_id)
-        self._recent_set.add(message_id)
-        return True
 
     async def send_error(self, code: str, detail: str, **extra: str) -> None:
         """Answer a bad frame (or report a failed delivery) without closing the socket."""
@@ -271,13 +241,6 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         if user is not None and user.is_authenticated:
             return str(user.get_username())
         return f"guest-{secrets.token_hex(3)}"
-
-
-def _client_view(envelope: Envelope) -> dict[str, Any]:
-    """The frame browsers get for a message: the envelope without the broker-side fields."""
-    frame: dict[str, Any] = {"type": "message"}
-    frame.update((k, v) for k, v in envelope.items() if k != "gateway")
-    return frame
 
 
 def _since(query_string: bytes) -> tuple[int | None, str | None]:

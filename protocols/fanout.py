@@ -1,0 +1,382 @@
+"""Fan-out inside one ASGI server process: one channel-layer delivery per room, not per socket.
+
+Channels' usual pattern puts every socket in its room's group, so a message to a room of 100
+sockets is 100 channel-layer messages, each serialised, queued in Redis, read back and
+dispatched to a consumer that encodes the same JSON again. Here each process has one hub: the
+hub's channel is the one member of each room group that has a socket in this process, and the
+hub encodes each message once and writes the frame to every local socket of the room. On
+daphne the frame is framed once, too (autobahn's prepared messages) and written straight to
+each connection.
+
+A socket that joins is held (its frames queued) until its welcome frame is out, and then gets
+only what is newer than the welcome, so that a message is either in the welcome or arrives
+after it, never both and never neither.
+
+A socket that stops reading is not allowed to grow the server's memory: once more than
+`SEND_BACKLOG_BYTES` wait for it beyond the transport's own buffer it is closed with 1013 (try
+again later), and the frames it missed are counted. Its client resumes from its last ``seq``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, Protocol
+
+from channels.layers import BaseChannelLayer
+
+from gateway import metrics
+from gateway.envelope import Envelope
+from gateway.events import ROOM_MESSAGE
+from gateway.jsonutil import dumps
+from gateway.layers import per_layer
+from gateway.presence import ROOM_PRESENCE
+from gateway.rooms import group_name
+
+logger = logging.getLogger(__name__)
+
+CLOSE_SLOW = 1013  # "try again later": the client was not reading
+# Bytes a socket may have waiting beyond the transport's own buffer (64 KiB) before it counts
+# as not reading. Sized for a burst: 1 MiB is a few thousand typical frames.
+SEND_BACKLOG_BYTES = 1 << 20
+PENDING_FRAMES = 10_000  # frames held for a socket while its welcome is being prepared
+DEDUPE_WINDOW = 256  # recent ids per room: a redelivered copy comes soon after the original
+RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0)  # waits between attempts when the layer fails
+RENEW_FRACTION = 0.25  # renew group memberships every quarter of the layer's group expiry
+
+
+class Frame:
+    """One server frame, encoded once for every socket that gets it."""
+
+    __slots__ = ("_prepared", "data", "text")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.data = text.encode("utf-8")
+        self._prepared: tuple[Any, Any] | None = None
+
+    def prepared(self, factory: Any) -> Any:
+        """The frame as autobahn's ``factory`` frames it (done once per factory)."""
+        if self._prepared is None or self._prepared[0] is not factory:
+            self._prepared = (factory, factory.prepareMessage(self.data))
+        return self._prepared[1]
+
+
+class Outlet(Protocol):
+    """Where a socket's frames go."""
+
+    def write(self, frame: Frame) -> bool:
+        """Send ``frame``; False when the socket is closed or too far behind."""
+
+    def close(self, code: int) -> None:
+        """Close the socket with ``code``."""
+
+
+class DaphneOutlet:
+    """Writes prepared frames straight to a daphne (autobahn) connection.
+
+    It is the connection's push producer, so the transport tells it when its buffer fills
+    (``pauseProducing``) and drains (``resumeProducing``).
+    """
+
+    __slots__ = ("backlog", "paused", "protocol")
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+        self.paused = False
+        self.backlog = 0
+        protocol.registerProducer(self, True)
+
+    def pauseProducing(self) -> None:  # Twisted's IPushProducer
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused, self.backlog = False, 0
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def write(self, frame: Frame) -> bool:
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return False
+        if self.paused:
+            self.backlog += len(frame.data)
+            if self.backlog > SEND_BACKLOG_BYTES:
+                return False
+        protocol.sendPreparedMessage(frame.prepared(protocol.factory))
+        return True
+
+    def close(self, code: int) -> None:
+        if self.protocol.state == self.protocol.STATE_OPEN:
+            self.protocol.serverClose(code=code)
+
+
+class AsgiOutlet:
+    """Sends frames through the ASGI ``send`` callable (any ASGI server), in order."""
+
+    __slots__ = ("_drainer", "_queue", "_queued_bytes", "_send", "closed")
+
+    def __init__(self, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self._send = send
+        self._queue: deque[Frame] = deque()
+        self._queued_bytes = 0
+        self._drainer: asyncio.Task[None] | None = None
+        self.closed = False
+
+    def write(self, frame: Frame) -> bool:
+        if self.closed:
+            return False
+        if self._queued_bytes + len(frame.data) > SEND_BACKLOG_BYTES:
+            return False
+        self._queue.append(frame)
+        self._queued_bytes += len(frame.data)
+        if self._drainer is None:
+            self._drainer = asyncio.get_running_loop().create_task(self._drain())
+        return True
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                frame = self._queue.popleft()
+                self._queued_bytes -= len(frame.data)
+                await self._send({"type": "websocket.send", "text": frame.text})
+        except Exception:  # the socket went away while frames were queued
+            self.closed = True
+            self._queue.clear()
+        finally:
+            self._drainer = None
+
+    def close(self, code: int) -> None:
+        if not self.closed:
+            self.closed = True
+            self._queue.clear()
+            send = self._send({"type": "websocket.close", "code": code})
+            asyncio.get_running_loop().create_task(_quietly(send))
+
+
+async def _quietly(awaitable: Awaitable[None]) -> None:
+    with contextlib.suppress(Exception):
+        await awaitable
+
+
+def outlet_for(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Outlet:
+    """The fastest outlet the server behind ``send`` allows."""
+    protocol = _daphne_protocol(send)
+    if protocol is not None:
+        return DaphneOutlet(protocol)
+    return AsgiOutlet(send)
+
+
+def _daphne_protocol(send: Any) -> Any:
+    """daphne's connection behind an ASGI ``send``, if daphne serves it.
+
+    daphne hands each application ``partial(server.handle_reply, protocol)``.
+    """
+    try:
+        from daphne.ws_protocol import WebSocketProtocol
+    except ImportError:  # pragma: no cover - daphne is a dependency
+        return None
+    args = getattr(send, "args", ())
+    if args and isinstance(args[0], WebSocketProtocol):
+        return args[0]
+    return None
+
+
+class Subscriber:
+    """One socket in a room, as the hub sees it."""
+
+    __slots__ = ("gone", "key", "outlet", "pending", "watermark")
+
+    def __init__(self, key: str, outlet: Outlet) -> None:
+        self.key = key  # its presence key: its own join is not announced to it
+        self.outlet = outlet
+        self.watermark = 0  # the seq of its welcome: older messages were in it
+        self.pending: list[tuple[int, Frame]] | None = []  # until its welcome is out
+        self.gone = False
+
+    def deliver(self, frame: Frame, seq: int) -> None:
+        if self.gone:
+            metrics.inc("messages_dropped", "slow_consumer")
+            return
+        if self.pending is not None:
+            if len(self.pending) >= PENDING_FRAMES:
+                self._too_slow()
+                return
+            self.pending.append((seq, frame))
+        elif 0 < seq <= self.watermark:
+            metrics.inc("duplicates_removed")  # in its welcome already
+        elif not self.outlet.write(frame):
+            self._too_slow()
+
+    def ready(self, watermark: int) -> None:
+        """Its welcome (with every message up to ``watermark``) is out: send what waited."""
+        self.watermark = watermark
+        pending, self.pending = self.pending or [], None
+        for seq, frame in pending:
+            self.deliver(frame, seq)
+
+    def _too_slow(self) -> None:
+        self.gone = True
+        metrics.inc("ws_closed", "slow_consumer")
+        metrics.inc("messages_dropped", "slow_consumer")
+        logger.warning("closing socket %s: it stopped reading (1013)", self.key)
+        self.outlet.close(CLOSE_SLOW)
+
+
+class RoomHub:
+    """This process's member of every room group it has sockets for."""
+
+    def __init__(self, layer: BaseChannelLayer) -> None:
+        self.layer = layer
+        self.channel: str | None = None
+        self.rooms: dict[str, dict[str, Subscriber]] = {}
+        self._groups: set[str] = set()  # rooms whose group the hub's channel is in
+        self._membership = asyncio.Lock()
+        self._seen: dict[str, tuple[deque[str], set[str]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._renewer: asyncio.Task[None] | None = None
+
+    async def join(self, room: str, subscriber: Subscriber) -> None:
+        """Add ``subscriber`` to ``room``; the room's messages reach it from now on."""
+        self.rooms.setdefault(room, {})[subscriber.key] = subscriber
+        if room in self._groups:
+            return
+        async with self._membership:
+            await self._start()
+            if room not in self._groups and room in self.rooms:
+                assert self.channel is not None
+                await self.layer.group_add(group_name(room), self.channel)
+                self._groups.add(room)
+                metrics.set_gauge("fanout_rooms", len(self._groups))
+
+    async def leave(self, room: str, subscriber: Subscriber) -> None:
+        """Remove ``subscriber``; the last one out takes the hub out of the room's group."""
+        subscriber.gone = True
+        members = self.rooms.get(room)
+        if members is None or members.get(subscriber.key) is not subscriber:
+            return
+        del members[subscriber.key]
+        if members:
+            return
+        del self.rooms[room]
+        self._seen.pop(room, None)
+        async with self._membership:
+            if room in self._groups and room not in self.rooms:
+                assert self.channel is not None
+                self._groups.discard(room)
+                metrics.set_gauge("fanout_rooms", len(self._groups))
+                await self.layer.group_discard(group_name(room), self.channel)
+
+    async def _start(self) -> None:
+        if self.channel is None:
+            self.channel = await self.layer.new_channel()
+        loop = asyncio.get_running_loop()
+        if self._reader is None or self._reader.done():
+            self._reader = loop.create_task(self._read(), name="fanout-reader")
+        if self._renewer is None or self._renewer.done():
+            self._renewer = loop.create_task(self._renew(), name="fanout-renew")
+
+    async def _read(self) -> None:
+        assert self.channel is not None
+        failures = 0
+        while True:
+            try:
+                event = await self.layer.receive(self.channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                failures += 1
+                logger.exception("the channel layer failed; reading again in %.1f s", delay)
+                await asyncio.sleep(delay)
+                await self._rejoin()
+                continue
+            failures = 0
+            try:
+                self.dispatch(event)
+            except Exception:
+                metrics.inc("messages_dropped", "fanout_error")
+                logger.exception("could not fan out an event of type %r", event.get("type"))
+
+    def dispatch(self, event: dict[str, Any]) -> None:
+        """Write ``event`` to the sockets of its room in this process."""
+        kind = event.get("type")
+        if kind == ROOM_MESSAGE:
+            self._message(event["envelope"])
+        elif kind == ROOM_PRESENCE:
+            self._presence(event)
+        else:
+            metrics.inc("messages_dropped", "unknown_event")
+            logger.warning("fan-out got an event it does not know: %r", kind)
+
+    def _message(self, envelope: Envelope) -> None:
+        room = envelope["room"]
+        members = self.rooms.get(room)
+        if not members:
+            return
+        if not self._first_sight(room, envelope["id"]):
+            metrics.inc("duplicates_removed")
+            return
+        frame = Frame(dumps(client_view(envelope)))
+        seq = envelope.get("seq", 0)
+        for subscriber in list(members.values()):
+            subscriber.deliver(frame, seq)
+        entered = datetime.fromisoformat(envelope["ts"]).timestamp()
+        metrics.observe("delivery_latency_seconds", max(0.0, time.time() - entered))
+        metrics.inc("frames_fanned_out", amount=len(members))
+
+    def _presence(self, event: dict[str, Any]) -> None:
+        members = self.rooms.get(event.get("room", ""))
+        if not members:
+            return
+        member = event["member"]
+        frame = Frame(dumps({"type": "presence", "event": event["event"], "member": member}))
+        for subscriber in list(members.values()):
+            if subscriber.key != member["key"]:  # its own join is in its welcome
+                subscriber.deliver(frame, 0)
+
+    def _first_sight(self, room: str, message_id: str) -> bool:
+        recent, ids = self._seen.setdefault(room, (deque(maxlen=DEDUPE_WINDOW), set()))
+        if message_id in ids:
+            return False
+        if len(recent) == DEDUPE_WINDOW:
+            ids.discard(recent[0])
+        recent.append(message_id)
+        ids.add(message_id)
+        return True
+
+    async def _rejoin(self) -> None:
+        """Add the hub's channel to its groups again (after the layer failed or to renew)."""
+        async with self._membership:
+            assert self.channel is not None
+            for room in list(self._groups):
+                try:
+                    await self.layer.group_add(group_name(room), self.channel)
+                except Exception:
+                    logger.warning("could not renew room %s's group yet", room)
+                    return
+
+    async def _renew(self) -> None:
+        expiry = getattr(self.layer, "group_expiry", 86400)
+        while True:
+            await asyncio.sleep(max(1.0, expiry * RENEW_FRACTION))
+            await self._rejoin()
+
+
+def client_view(envelope: Envelope) -> dict[str, Any]:
+    """The frame browsers get for a message: the envelope without the broker-side fields."""
+    frame: dict[str, Any] = {"type": "message"}
+    frame.update((k, v) for k, v in envelope.items() if k != "gateway")
+    return frame
+
+
+_hubs: dict[tuple[int, int], RoomHub] = {}
+
+
+def hub_for(layer: BaseChannelLayer) -> RoomHub:
+    """This process's hub for ``layer`` (one per layer and event loop)."""
+    return per_layer(_hubs, layer, lambda: RoomHub(layer))
