@@ -20,7 +20,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from channels.layers import get_channel_layer
 from django.conf import settings
@@ -44,11 +44,12 @@ from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError
 from gateway.events import ROOM_ERROR, RoomErrorEvent
-from gateway.layers import per_layer, uses_redis
+from gateway.layers import per_layer, redis_connection, uses_redis
 from gateway.presence import presence_for
-from gateway.publish import publish
+from gateway.publish import Entry, publish_many
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Failures that pass: the message is retried, not dropped.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -109,70 +110,102 @@ class Bridge:
 
     # Broker -> rooms.
 
-    async def handle_inbound(self, message: Incoming) -> None:
-        """Deliver one device message to its rooms, or count why not."""
+    async def handle_inbound(self, messages: list[Incoming]) -> None:
+        """Deliver device messages (those that arrived together) to their rooms, in order.
+
+        Each message is handed on or counted as dropped; a passing failure (Redis, the
+        database) is retried until it succeeds, so the broker's acknowledgement, which follows,
+        never covers a message that went nowhere.
+        """
+        delivered = self._delivered()
+        ids = [self._identity(m) if m.qos > 0 else None for m in messages]
+        asked = [message_id for message_id in ids if message_id is not None]
+        known = await self._hand_on(partial(delivered.seen, asked)) if asked else set()
+        entries: list[Entry] = []
+        for message, message_id in zip(messages, ids, strict=True):
+            if message_id is not None and message_id in known:
+                metrics.inc("duplicates_removed", "redelivery")  # handed on before a crash
+                continue
+            if message_id is not None:
+                known.add(message_id)  # a second copy in the same burst
+            for step in self._steps(message, message_id):
+                if isinstance(step, Entry):
+                    entries.append(step)
+                    continue
+                await self._enter(entries)  # what came before it goes first
+                entries = []
+                await self._hand_on(step)
+        await self._enter(entries)
+        if asked:
+            # Marked after the hand-off: a crash in between gives a copy, never a loss.
+            await self._hand_on(partial(delivered.mark, asked))
+
+    def _steps(
+        self, message: Incoming, message_id: str | None
+    ) -> list["Entry | Callable[[], Awaitable[Any]]"]:
+        """What one device message asks for: room entries, or presence and state changes."""
         if message.origin == self.gateway_id:
             metrics.inc("mqtt_own_publications_skipped")
-            return
+            return []
         targets = self.rules.inbound(message.topic)
         if not targets:
             metrics.dropped("no_rule", f"topic {message.topic!r} matches no rule or no valid room")
-            return
-        if message.retain and not message.payload:
-            for target in targets:  # an empty retained message clears the state
-                await self._hand_on(partial(retained.forget, target.room, message.topic))
-            return
+            return []
+        if message.retain and not message.payload:  # an empty retained message clears the state
+            return [partial(retained.forget, target.room, message.topic) for target in targets]
         codec = codec_for_content_type(message.content_type) or get_codec(targets[0].rule.codec)
-        decoded = codec.decode(message.payload)
+        try:
+            decoded = codec.decode(message.payload)
+        except Exception as exc:
+            metrics.dropped("undecodable", f"topic {message.topic!r}: {exc}")
+            return []
         if self._is_own_envelope(decoded):
             metrics.inc("mqtt_own_publications_skipped")
-            return
-        message_id = self._identity(message) if message.qos > 0 else None
-        delivered = self._delivered()
-        if message_id is not None and await delivered.seen(message_id):
-            metrics.inc("duplicates_removed", "redelivery")  # handed on before a crash
-            return
+            return []
+        steps: list[Entry | Callable[[], Awaitable[Any]]] = []
         for target in targets:
             online = device_status(decoded.message) if target.rule.presence else None
             if online is not None and target.sender is not None:
-                await self._hand_on(
+                steps.append(
                     partial(self._device_presence, target.room, target.sender, online=online)
                 )
                 continue
-            try:
-                await self._hand_on(
-                    partial(
-                        publish,
-                        target.room,
-                        decoded.message,
-                        source="mqtt",
-                        sender=target.sender,
-                        topic=message.topic,
-                        base64=decoded.base64,
-                        message_id=message_id,
-                        state=message.retain,
-                        live=not message.snapshot,
-                    )
+            steps.append(
+                Entry(
+                    room=target.room,
+                    message=decoded.message,
+                    source="mqtt",
+                    sender=target.sender,
+                    topic=message.topic,
+                    base64=decoded.base64,
+                    message_id=message_id,
+                    state=message.retain,
+                    live=not message.snapshot,
                 )
-            except GatewayError as exc:
-                metrics.dropped(exc.code, f"topic {message.topic!r}: {exc}")
-                continue
-            metrics.inc("mqtt_messages_in")
-        if message_id is not None:
-            # Marked after the hand-off: a crash in between gives a copy, never a loss.
-            await self._hand_on(partial(delivered.mark, message_id))
+            )
+        return steps
+
+    async def _enter(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        results = await self._hand_on(partial(publish_many, entries))
+        for entry, result in zip(entries, results, strict=True):
+            if isinstance(result, GatewayError):
+                metrics.dropped(result.code, f"topic {entry.topic!r}: {result}")
+            else:
+                metrics.inc("mqtt_messages_in")
 
     def _delivered(self) -> "Delivered":
         layer = get_channel_layer()
         assert layer is not None
         return per_layer(_delivered, layer, lambda: Delivered(layer, self.gateway_id))
 
-    async def _hand_on(self, attempt_once: Callable[[], Awaitable[Any]]) -> None:
+    async def _hand_on(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run a hand-off, retrying it for as long as its failure is a passing one."""
         attempt = 0
         while True:
             try:
-                await attempt_once()
+                return await attempt_once()
             except TRANSIENT_ERRORS as exc:
                 if self._stopping:  # not handed on: the broker gives it to the next session
                     raise RedeliverError(str(exc)) from exc
@@ -181,8 +214,6 @@ class Bridge:
                 metrics.inc("handoff_retries")
                 logger.warning("handing on failed (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-            else:
-                return
 
     async def _device_presence(self, room: str, device: str, *, online: bool) -> None:
         layer = get_channel_layer()
@@ -276,19 +307,28 @@ class Delivered:
         self.prefix = f"gateway:{gateway_id}:delivered:"
         self._local: dict[str, None] = {}
 
-    async def seen(self, message_id: str) -> bool:
-        if self.layer is not None:
-            return bool(await self.layer.connection(0).exists(self.prefix + message_id))
-        return message_id in self._local
+    async def seen(self, message_ids: list[str]) -> set[str]:
+        """Which of ``message_ids`` were handed on already."""
+        if self.layer is None:
+            return {message_id for message_id in message_ids if message_id in self._local}
+        pipeline = redis_connection(self.layer).pipeline(transaction=False)
+        for message_id in message_ids:
+            pipeline.exists(self.prefix + message_id)
+        found = await pipeline.execute()
+        return {message_id for message_id, hit in zip(message_ids, found, strict=True) if hit}
 
-    async def mark(self, message_id: str) -> None:
-        if self.layer is not None:
-            key = self.prefix + message_id
-            await self.layer.connection(0).set(key, 1, ex=SESSION_EXPIRY_SECONDS)
+    async def mark(self, message_ids: list[str]) -> None:
+        """Remember that ``message_ids`` were handed on."""
+        if self.layer is None:
+            for message_id in message_ids:
+                self._local[message_id] = None
+            while len(self._local) > self.LOCAL_LIMIT:
+                del self._local[next(iter(self._local))]
             return
-        self._local[message_id] = None
-        if len(self._local) > self.LOCAL_LIMIT:
-            del self._local[next(iter(self._local))]
+        pipeline = redis_connection(self.layer).pipeline(transaction=False)
+        for message_id in message_ids:
+            pipeline.set(self.prefix + message_id, 1, ex=SESSION_EXPIRY_SECONDS)
+        await pipeline.execute()
 
 
 _delivered: dict[tuple[int, int], Delivered] = {}

@@ -15,7 +15,6 @@ Subscription identifiers tell the two apart. With MQTT 3.1.1 a plain subscriptio
 """
 
 import asyncio
-import concurrent.futures
 import logging
 import random
 import ssl
@@ -42,6 +41,7 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 10.0
 # Publications paho keeps while the broker is away; past that a publish is refused at once.
 MAX_QUEUED_PUBLICATIONS = 10_000
+BATCH_MESSAGES = 256  # messages handed on together at most
 ORIGIN_PROPERTY = "gateway"
 _LIVE, _SNAPSHOT = 1, 2  # subscription identifiers
 
@@ -85,7 +85,8 @@ class Incoming:
     content_type: str | None
 
 
-Handler = Callable[[Incoming], Awaitable[None]]
+# Takes the messages that arrived together, in order; they are acknowledged when it returns.
+Handler = Callable[[list[Incoming]], Awaitable[None]]
 
 
 class MqttLink:
@@ -106,7 +107,13 @@ class MqttLink:
         self._handler = handler
         self._origin = origin
         self._shared_group = shared_group if self.is_v5 else None
-        self._queue: asyncio.Queue[tuple[paho.MQTTMessage, Incoming]] = asyncio.Queue(queue_size)
+        # Bounded by `_slots`: the network thread takes a slot before queueing, and waits for one.
+        self._queue: asyncio.Queue[tuple[paho.MQTTMessage, Incoming]] = asyncio.Queue()
+        self._slots = threading.Semaphore(queue_size)
+        # Messages the network thread passed on that the loop has not queued yet: the loop is
+        # woken once for a burst, not once per message.
+        self._inbox: list[tuple[paho.MQTTMessage, Incoming]] = []
+        self._inbox_lock = threading.Lock()
         self._stopping = threading.Event()  # no more connects
         self._draining = threading.Event()  # take no new messages
         self.connected = asyncio.Event()
@@ -345,14 +352,20 @@ class MqttLink:
             return
         if loop is None or loop.is_closed() or self._draining.is_set():
             return  # not acknowledged: the broker redelivers it to the next session
-        future = asyncio.run_coroutine_threadsafe(self._queue.put((message, incoming)), loop)
-        while not self._draining.is_set():
-            try:
-                future.result(timeout=0.5)
-            except concurrent.futures.TimeoutError:
-                continue  # the queue is full: hold the broker back rather than drop
-            return
-        future.cancel()
+        while not self._slots.acquire(timeout=0.5):  # the queue is full: hold the broker back
+            if self._draining.is_set():
+                return
+        with self._inbox_lock:
+            self._inbox.append((message, incoming))
+            if len(self._inbox) > 1:
+                return  # the loop has been woken for this burst already
+        loop.call_soon_threadsafe(self._take_inbox)
+
+    def _take_inbox(self) -> None:
+        with self._inbox_lock:
+            arrived, self._inbox = self._inbox, []
+        for item in arrived:
+            self._queue.put_nowait(item)
 
     def _describe(self, message: paho.MQTTMessage) -> Incoming | None:
         origin = content_type = None
@@ -387,17 +400,23 @@ class MqttLink:
 
     async def _consume(self) -> None:
         while True:
-            message, incoming = await self._queue.get()
+            # Whatever has arrived goes on together: one hand-off for a burst, not one each.
+            batch = [await self._queue.get()]
+            while len(batch) < BATCH_MESSAGES and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            acknowledge = True
             try:
-                await self._handler(incoming)
+                await self._handler([incoming for _, incoming in batch])
             except asyncio.CancelledError:
                 raise
             except RedeliverError:
-                self._queue.task_done()
-                continue
+                acknowledge = False  # the broker gives them to the next session
             except Exception:
-                metrics.dropped("handler_error", f"topic {incoming.topic}")
-                logger.exception("handling a message from %s failed", incoming.topic)
-            # Acknowledged only now that it was handed on (or counted as dropped).
-            self._client.ack(message.mid, message.qos)
-            self._queue.task_done()
+                for _, incoming in batch:
+                    metrics.dropped("handler_error", f"topic {incoming.topic}")
+                logger.exception("handling %d messages from the broker failed", len(batch))
+            for message, _ in batch:
+                if acknowledge:  # only now that it was handed on (or counted as dropped)
+                    self._client.ack(message.mid, message.qos)
+                self._queue.task_done()
+                self._slots.release()

@@ -17,7 +17,7 @@ from channels.layers import BaseChannelLayer
 from bridges.bridge import Bridge
 from gateway import metrics
 from gateway.bridge_state import TTL_SECONDS, Heartbeat, heartbeat_key
-from gateway.layers import uses_redis
+from gateway.layers import redis_connection, uses_redis
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ async def run_heartbeat(
             record = beat(bridge)
             if uses_redis(layer):
                 # The layer's client for this loop: no second Redis configuration to keep.
-                write = layer.connection(0).set(key, json.dumps(record), ex=TTL_SECONDS)
+                write = redis_connection(layer).set(key, json.dumps(record), ex=TTL_SECONDS)
                 await asyncio.wait_for(write, WRITE_TIMEOUT_SECONDS)
             if failing:
                 logger.info("bridge heartbeat written again")
@@ -92,7 +92,7 @@ async def stop_heartbeat(
         return
     try:
         await asyncio.wait_for(
-            layer.connection(0).delete(heartbeat_key(bridge.link.settings.client_id)),
+            redis_connection(layer).delete(heartbeat_key(bridge.link.settings.client_id)),
             DELETE_TIMEOUT_SECONDS,
         )
     except Exception as exc:  # the key expires anyway

@@ -112,11 +112,23 @@ REDIS_URL: str | None = _read("REDIS_URL", env.str, None) or None
 CHANNEL_CAPACITY: int = _read("CHANNEL_CAPACITY", env.int, 1000)
 if not 10 <= CHANNEL_CAPACITY <= 1_000_000:
     raise ImproperlyConfigured(f"CHANNEL_CAPACITY={CHANNEL_CAPACITY} is out of range (10-1000000)")
-if REDIS_URL:
-    if not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
-        raise ImproperlyConfigured(
-            f"REDIS_URL={REDIS_URL!r} is invalid: use redis://host:port/db or rediss://"
-        )
+if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+    raise ImproperlyConfigured(
+        f"REDIS_URL={REDIS_URL!r} is invalid: use redis://host:port/db or rediss://"
+    )
+# Which channels-redis layer: "core" (lists in Redis: capacity, drops counted) or "pubsub"
+# (Redis pub/sub: fewer round trips, but nothing waits for a reader that is not there).
+CHANNEL_LAYER: str = _read("CHANNEL_LAYER", env.str, "core")
+if CHANNEL_LAYER not in ("core", "pubsub"):
+    raise ImproperlyConfigured(f"CHANNEL_LAYER={CHANNEL_LAYER!r} is invalid: use core or pubsub")
+if REDIS_URL and CHANNEL_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_connect_timeout": 5}]},
+        }
+    }
+elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",

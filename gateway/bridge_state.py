@@ -14,6 +14,7 @@ from typing import Any, TypedDict
 from channels.layers import BaseChannelLayer
 
 from gateway.conf import gateway_settings
+from gateway.layers import redis_connection
 from gateway.metrics import ExportedState
 
 TTL_SECONDS = 10  # several missed beats: the worker is gone, not just slow
@@ -59,7 +60,7 @@ def parse_heartbeat(raw: Any) -> Heartbeat | None:
 
 async def read_heartbeats(layer: BaseChannelLayer) -> list[Heartbeat]:
     """The heartbeats of this gateway's live bridge workers, by client id."""
-    client = layer.connection(0)
+    client = redis_connection(layer)
     keys = sorted({key async for key in client.scan_iter(match=key_pattern(), count=SCAN_COUNT)})
     if not keys:
         return []

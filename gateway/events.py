@@ -9,7 +9,7 @@ from typing import Literal, NotRequired, TypedDict
 
 from gateway.envelope import Envelope
 
-ROOM_MESSAGE: Literal["room.message"] = "room.message"
+ROOM_MESSAGES: Literal["room.messages"] = "room.messages"
 MQTT_PUBLISH: Literal["mqtt.publish"] = "mqtt.publish"
 ROOM_ERROR: Literal["room.error"] = "room.error"
 
@@ -17,11 +17,14 @@ ROOM_ERROR: Literal["room.error"] = "room.error"
 BRIDGE_CHANNEL = "mqtt-bridge"
 
 
-class RoomMessageEvent(TypedDict):
-    """Sent to a room's group; each room consumer forwards it to its socket."""
+class RoomMessagesEvent(TypedDict):
+    """Sent to a room's group: messages in ``seq`` order, one or several that entered together.
 
-    type: Literal["room.message"]
-    envelope: Envelope
+    Each process's fan-out hub writes them to its sockets in the room.
+    """
+
+    type: Literal["room.messages"]
+    envelopes: list[Envelope]
 
 
 class MqttPublishEvent(TypedDict):

@@ -17,12 +17,14 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol, cast
 
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer
+from django.db import connection, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
 
@@ -30,7 +32,7 @@ from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.jsonutil import dumps, parse_json
-from gateway.layers import per_layer, uses_redis
+from gateway.layers import per_layer, redis_connection, uses_redis
 from gateway.models import Message
 
 logger = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ class Missed:
 class Window(Protocol):
     """The recent messages of each room, and the ``seq`` counters."""
 
-    async def append(self, envelope: Envelope) -> int | None: ...
+    async def append(self, envelopes: Sequence[Envelope]) -> list[int | None]:
+        """Give each envelope its room's next seq, in order (None: the room has no counter)."""
 
     async def seed(self, room: str, floor: int) -> None: ...
 
@@ -88,14 +91,25 @@ class RedisWindow:
         self.ttl = ttl_seconds
 
     def _keys(self, room: str) -> tuple[Any, str, str]:
-        connection = self.layer.connection(self.layer.consistent_hash(room))
+        connection = redis_connection(self.layer, room)
         return connection, f"{self.prefix}seq:{room}", f"{self.prefix}window:{room}"
 
-    async def append(self, envelope: Envelope) -> int | None:
-        connection, counter, window = self._keys(envelope["room"])
-        member = dumps({k: v for k, v in envelope.items() if k != "seq"})
-        seq = await connection.eval(_APPEND, 2, counter, window, member, self.window, self.ttl)
-        return int(seq) if seq is not None else None
+    async def append(self, envelopes: Sequence[Envelope]) -> list[int | None]:
+        # One round trip per connection, the envelopes in order: seqs follow arrival.
+        pipelines: dict[int, tuple[Any, list[int]]] = {}
+        for position, envelope in enumerate(envelopes):
+            connection, counter, window = self._keys(envelope["room"])
+            pipeline, positions = pipelines.setdefault(
+                id(connection), (connection.pipeline(transaction=False), [])
+            )
+            member = dumps({k: v for k, v in envelope.items() if k != "seq"})
+            pipeline.eval(_APPEND, 2, counter, window, member, self.window, self.ttl)
+            positions.append(position)
+        seqs: list[int | None] = [None] * len(envelopes)
+        for pipeline, positions in pipelines.values():
+            for position, seq in zip(positions, await pipeline.execute(), strict=True):
+                seqs[position] = int(seq) if seq is not None else None
+        return seqs
 
     async def seed(self, room: str, floor: int) -> None:
         connection, counter, _ = self._keys(room)
@@ -122,7 +136,10 @@ class LocalWindow:
         self._counters: dict[str, int] = {}
         self._messages: dict[str, deque[Envelope]] = {}
 
-    async def append(self, envelope: Envelope) -> int | None:
+    async def append(self, envelopes: Sequence[Envelope]) -> list[int | None]:
+        return [self._append(envelope) for envelope in envelopes]
+
+    def _append(self, envelope: Envelope) -> int | None:
         room = envelope["room"]
         if room not in self._counters:
             return None
@@ -156,33 +173,27 @@ class History:
         self.window = window
         self.max_messages = max_messages
         self.max_age = max_age
-        self._pending: list[Message] = []
+        self._pending: list[Envelope] = []
         self._touched: set[str] = set()
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
 
-    async def append(self, envelope: Envelope) -> int:
-        """Give ``envelope`` the room's next ``seq`` and keep it; return the ``seq``."""
-        seq = await self.window.append(envelope)
-        if seq is None:  # no counter yet (first message, or Redis lost it)
-            floor = await database_sync_to_async(_highest_seq)(envelope["room"])
-            await self.window.seed(envelope["room"], floor + SEED_MARGIN if floor else 0)
-            seq = await self.window.append(envelope)
-            assert seq is not None
-        envelope["seq"] = seq
-        self._keep(envelope)
-        return seq
+    async def append(self, envelopes: Sequence[Envelope]) -> None:
+        """Give each envelope its room's next ``seq`` (in order) and keep it."""
+        seqs = await self.window.append(envelopes) if envelopes else []
+        for envelope, given in zip(envelopes, seqs, strict=True):
+            seq = given
+            if seq is None:  # no counter yet (first message, or Redis lost it)
+                floor = await database_sync_to_async(_highest_seq)(envelope["room"])
+                await self.window.seed(envelope["room"], floor + SEED_MARGIN if floor else 0)
+                [seq] = await self.window.append([envelope])
+                assert seq is not None
+            envelope["seq"] = seq
+            self._keep(envelope)
 
     def _keep(self, envelope: Envelope) -> None:
-        self._pending.append(
-            Message(
-                room=envelope["room"],
-                seq=envelope["seq"],
-                message_id=envelope["id"],
-                envelope=dict(envelope),
-            )
-        )
+        self._pending.append(envelope)
         self._touched.add(envelope["room"])
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._write(), name="history")
@@ -277,8 +288,18 @@ def _stored_last(room: str, limit: int) -> list[Envelope]:
     return [cast(Envelope, row.envelope) for row in reversed(rows)]
 
 
-def _write_rows(rows: list[Message]) -> None:
-    Message.objects.bulk_create(rows, ignore_conflicts=True)
+def _write_rows(envelopes: list[Envelope]) -> None:
+    # Plain SQL: the ORM's bulk_create costs several times more per row, and at thousands of
+    # messages a second this thread competes with the event loop for the interpreter.
+    table = connection.ops.quote_name(Message._meta.db_table)
+    sql = (
+        f"INSERT INTO {table} (room, seq, message_id, envelope, created_at) "  # noqa: S608
+        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+    )
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    rows = [(e["room"], e["seq"], e["id"], dumps(e), now) for e in envelopes]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.executemany(sql, rows)
 
 
 def _prune(rooms: set[str], max_messages: int, max_age: timedelta) -> None:

@@ -2,17 +2,25 @@
 
 import asyncio
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from channels.layers import BaseChannelLayer
 from channels_redis.core import RedisChannelLayer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from channels_redis.utils import create_pool, decode_hosts
+from redis.asyncio import Redis
 
 T = TypeVar("T")
 
 
 def uses_redis(layer: BaseChannelLayer | None) -> bool:
-    """Whether ``layer`` is the Redis channel layer (shared by processes), not the in-memory one."""
-    return isinstance(layer, RedisChannelLayer)
+    """Whether ``layer`` is a Redis channel layer (shared by processes), not the in-memory one."""
+    return isinstance(layer, RedisChannelLayer | RedisPubSubChannelLayer)
+
+
+def every_reader_gets_each_message(layer: BaseChannelLayer | None) -> bool:
+    """Whether each reader of a named channel gets its own copy (the pub/sub layer does)."""
+    return isinstance(layer, RedisPubSubChannelLayer)
 
 
 def per_layer(cache: dict[tuple[int, int], T], layer: BaseChannelLayer, make: Callable[[], T]) -> T:
@@ -26,3 +34,23 @@ def per_layer(cache: dict[tuple[int, int], T], layer: BaseChannelLayer, make: Ca
     if found is None:
         found = cache[key] = make()
     return found
+
+
+_clients: dict[tuple[int, int], Any] = {}
+
+
+def redis_connection(layer: BaseChannelLayer, key: str | None = None) -> Any:
+    """A Redis client beside ``layer`` for the gateway's own keys (history, presence, ...).
+
+    With the core layer, the layer's own connection for the shard ``key`` hashes to. The
+    pub/sub layer keeps its connections to itself, so the gateway opens one client per event
+    loop to its first host.
+    """
+    if isinstance(layer, RedisChannelLayer):
+        return layer.connection(layer.consistent_hash(key) if key is not None else 0)
+    return per_layer(_clients, layer, lambda: _pubsub_client(layer))
+
+
+def _pubsub_client(layer: Any) -> Redis:
+    hosts = decode_hosts(getattr(layer, "_kwargs", {}).get("hosts"))
+    return Redis(connection_pool=create_pool(hosts[0]))

@@ -15,6 +15,7 @@ import threading
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from typing import Any, Literal, TypedDict, TypeGuard
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,11 @@ def dropped(reason: str, detail: str) -> None:
     logger.warning("message dropped (%s): %s", reason, detail)
 
 
+# How many messages the channel-layer event being sent carries (set around a group_send), so
+# that a dropped event counts as the messages it held.
+MESSAGES_PER_EVENT: ContextVar[int] = ContextVar("messages_per_event", default=1)
+
+
 class ChannelLayerDropCounter(logging.Filter):
     """Counts the messages channels-redis drops when a channel is over capacity.
 
@@ -95,11 +101,12 @@ class ChannelLayerDropCounter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         counted = getattr(record, "gateway_counted", False)  # a second copy of this filter
         if not counted and self.OVER_CAPACITY in str(record.msg) and isinstance(record.args, tuple):
-            dropped_count = record.args[0]
-            if isinstance(dropped_count, int):
-                inc("messages_dropped", "channel_full", dropped_count)
+            full_channels = record.args[0]
+            if isinstance(full_channels, int):
+                lost = full_channels * MESSAGES_PER_EVENT.get()
+                inc("messages_dropped", "channel_full", lost)
                 record.levelno, record.levelname = logging.WARNING, "WARNING"
-                record.msg = "message dropped (channel_full): " + str(record.msg)
+                record.msg = f"message dropped (channel_full): {lost} messages; " + str(record.msg)
                 record.gateway_counted = True
         return True
 

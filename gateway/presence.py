@@ -22,7 +22,7 @@ from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import utc_timestamp
 from gateway.jsonutil import dumps, parse_json
-from gateway.layers import per_layer, uses_redis
+from gateway.layers import per_layer, redis_connection, uses_redis
 from gateway.rooms import group_name
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class RedisStore:
         self.prefix = prefix
 
     def _connection(self, room: str) -> Any:
-        return self.layer.connection(self.layer.consistent_hash(room))
+        return redis_connection(self.layer, room)
 
     def _keys(self, room: str) -> tuple[str, str]:
         return f"{self.prefix}members:{room}", f"{self.prefix}expiry:{room}"
@@ -116,7 +116,7 @@ class RedisStore:
 
     async def expired(self, now: float) -> list[tuple[str, Member]]:
         gone: list[tuple[str, Member]] = []
-        any_connection = self.layer.connection(0)
+        any_connection = redis_connection(self.layer)
         for raw_room in await any_connection.smembers(f"{self.prefix}rooms"):
             room = raw_room.decode() if isinstance(raw_room, bytes) else str(raw_room)
             _, expiry = self._keys(room)

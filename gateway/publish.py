@@ -1,13 +1,21 @@
 """The one path every message takes into a room, whatever edge it came from.
 
-`publish` validates the room, stamps the envelope (id, time, gateway), records the room, sends
-the envelope to the room's group and, unless it came from MQTT, to the bridge worker. Messages
-from MQTT are never sent back to the bridge: that is the first half of loop prevention (the
-bridge ignores its own publications for the second).
+`publish_many` validates each message's room, stamps its envelope (id, time, gateway), records
+the room, appends the envelopes to the history (which gives each its ``seq``), sends them to
+their rooms' groups and, unless they came from MQTT, to the bridge worker. Messages from MQTT are
+never sent back to the bridge: that is the first half of loop prevention (the bridge ignores its
+own publications for the second). `publish` is the same path for one message.
+
+Messages that enter together (a burst from the broker) travel together: one history round trip
+for all of them and one channel-layer event per room, so a busy room costs the channel layer a
+few events a second, not one per message.
 """
 
+import asyncio
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -17,15 +25,15 @@ from channels.layers import BaseChannelLayer, get_channel_layer
 from gateway import metrics, retained
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope, Source, new_envelope
-from gateway.errors import InvalidMessageError
+from gateway.errors import GatewayError, InvalidMessageError
 from gateway.events import (
     BRIDGE_CHANNEL,
     MQTT_PUBLISH,
     ROOM_ERROR,
-    ROOM_MESSAGE,
+    ROOM_MESSAGES,
     MqttPublishEvent,
     RoomErrorEvent,
-    RoomMessageEvent,
+    RoomMessagesEvent,
 )
 from gateway.history import history_for
 from gateway.models import Room
@@ -33,8 +41,35 @@ from gateway.rooms import group_name, validate_room
 
 logger = logging.getLogger(__name__)
 
+# Envelopes per channel-layer event at most, which bounds an event's size.
+EVENT_ENVELOPES = 64
+
 # Rooms this process has already recorded, so the database is touched once per room.
 _known_rooms: set[str] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One message on its way into a room.
+
+    Attributes:
+        message_id: the envelope's id; a redelivered message must keep the id of its first
+            delivery so that browsers can drop the copy. Fresh when None.
+        state: keep the message as the room's state for its topic (a retained message).
+        live: send it to the browsers in the room now (False for state learnt at start-up).
+        reply_channel: the sender's channel, told if the message cannot reach the broker.
+    """
+
+    room: str
+    message: Any
+    source: Source
+    sender: str | None
+    topic: str | None = None
+    base64: bool = False
+    message_id: str | None = None
+    state: bool = False
+    live: bool = True
+    reply_channel: str | None = None
 
 
 async def publish(
@@ -43,71 +78,111 @@ async def publish(
     *,
     source: Source,
     sender: str | None,
-    topic: str | None = None,
-    base64: bool = False,
-    message_id: str | None = None,
-    state: bool = False,
-    live: bool = True,
-    reply_channel: str | None = None,
     layer: BaseChannelLayer | None = None,
+    **options: Any,
 ) -> Envelope:
     """Put ``message`` into ``room`` and return the envelope it travels in.
 
-    Args:
-        message_id: the envelope's id; a redelivered message must keep the id of its first
-            delivery so that browsers can drop the copy. Fresh when None.
-        state: keep the message as the room's state for its topic (a retained message).
-        live: send it to the browsers in the room now (False for state learnt at start-up).
-        reply_channel: the sender's channel, told if the message cannot reach the broker.
+    ``options`` are the other fields of `Entry`.
 
     Raises:
         InvalidRoomError: the room name breaks the rules.
         InvalidMessageError: the message is not JSON-serialisable.
     """
-    validate_room(room)
-    try:
-        json.dumps(message)
-    except (TypeError, ValueError) as exc:
-        raise InvalidMessageError(f"message is not JSON-serialisable: {exc}") from exc
+    entry = Entry(room=room, message=message, source=source, sender=sender, **options)
+    [result] = await publish_many([entry], layer=layer)
+    if isinstance(result, GatewayError):
+        raise result
+    return result
+
+
+async def publish_many(
+    entries: Sequence[Entry], *, layer: BaseChannelLayer | None = None
+) -> list[Envelope | GatewayError]:
+    """Put each entry into its room, in order; per entry, its envelope or why it was refused."""
     layer = layer or get_channel_layer()
     if layer is None:
         raise InvalidMessageError("no channel layer is configured")
-    envelope = new_envelope(
-        room=room,
-        message=message,
-        source=source,
-        sender=sender,
-        topic=topic,
-        base64=base64,
-        message_id=message_id,
+    results = [_envelope(entry) for entry in entries]
+    accepted = [
+        (entry, result)
+        for entry, result in zip(entries, results, strict=True)
+        if not isinstance(result, GatewayError)
+    ]
+    for room in dict.fromkeys(envelope["room"] for _, envelope in accepted):
+        await _record_room(room)
+    live = [envelope for entry, envelope in accepted if entry.live]
+    await history_for(layer).append(live)  # before the room sees them: see history.py
+    for entry, envelope in accepted:
+        if entry.state:
+            await retained.remember(envelope)
+    await _send_to_rooms(layer, live)
+    for entry, envelope in accepted:
+        if entry.live and entry.source != "mqtt":
+            await _send_to_bridge(layer, envelope, entry.reply_channel)
+        if entry.live:
+            metrics.inc("messages_published", entry.source)
+    return results
+
+
+def _envelope(entry: Entry) -> Envelope | GatewayError:
+    try:
+        validate_room(entry.room)
+        json.dumps(entry.message)
+    except GatewayError as exc:
+        return exc
+    except (TypeError, ValueError) as exc:
+        return InvalidMessageError(f"message is not JSON-serialisable: {exc}")
+    return new_envelope(
+        room=entry.room,
+        message=entry.message,
+        source=entry.source,
+        sender=entry.sender,
+        topic=entry.topic,
+        base64=entry.base64,
+        message_id=entry.message_id,
         gateway=gateway_settings().gateway_id,
     )
-    await _record_room(room)
-    if live:
-        await history_for(layer).append(envelope)  # before the room sees it: see history.py
-    if state:
-        await retained.remember(envelope)
-    if not live:
-        return envelope
-    await layer.group_send(group_name(room), RoomMessageEvent(type=ROOM_MESSAGE, envelope=envelope))
-    if source != "mqtt":
-        event = MqttPublishEvent(type=MQTT_PUBLISH, envelope=envelope)
-        if reply_channel:
-            event["reply_channel"] = reply_channel
-        try:
-            await layer.send(BRIDGE_CHANNEL, event)
-        except ChannelFull:
-            detail = "the MQTT bridge is not keeping up (or not running); not sent to devices"
-            metrics.dropped("bridge_channel_full", f"room {room}: {detail}")
-            if reply_channel:
-                await layer.send(
-                    reply_channel,
-                    RoomErrorEvent(
-                        type=ROOM_ERROR, code="bridge_unavailable", detail=detail, id=envelope["id"]
-                    ),
+
+
+async def _send_to_rooms(layer: BaseChannelLayer, envelopes: list[Envelope]) -> None:
+    """One event per room (per `EVENT_ENVELOPES`), the rooms at once, each room in order."""
+    by_room: dict[str, list[Envelope]] = {}
+    for envelope in envelopes:
+        by_room.setdefault(envelope["room"], []).append(envelope)
+
+    async def send_room(room: str, batch: list[Envelope]) -> None:
+        for start in range(0, len(batch), EVENT_ENVELOPES):
+            chunk = batch[start : start + EVENT_ENVELOPES]
+            carried = metrics.MESSAGES_PER_EVENT.set(len(chunk))  # a drop counts them all
+            try:
+                await layer.group_send(
+                    group_name(room), RoomMessagesEvent(type=ROOM_MESSAGES, envelopes=chunk)
                 )
-    metrics.inc("messages_published", source)
-    return envelope
+            finally:
+                metrics.MESSAGES_PER_EVENT.reset(carried)
+
+    await asyncio.gather(*(send_room(room, batch) for room, batch in by_room.items()))
+
+
+async def _send_to_bridge(
+    layer: BaseChannelLayer, envelope: Envelope, reply_channel: str | None
+) -> None:
+    event = MqttPublishEvent(type=MQTT_PUBLISH, envelope=envelope)
+    if reply_channel:
+        event["reply_channel"] = reply_channel
+    try:
+        await layer.send(BRIDGE_CHANNEL, event)
+    except ChannelFull:
+        detail = "the MQTT bridge is not keeping up (or not running); not sent to devices"
+        metrics.dropped("bridge_channel_full", f"room {envelope['room']}: {detail}")
+        if reply_channel:
+            await layer.send(
+                reply_channel,
+                RoomErrorEvent(
+                    type=ROOM_ERROR, code="bridge_unavailable", detail=detail, id=envelope["id"]
+                ),
+            )
 
 
 async def _record_room(room: str) -> None:

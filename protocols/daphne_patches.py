@@ -39,7 +39,7 @@ def hold_to_limit(limit: int) -> None:
 
 
 # Codes RFC 6455 lets a server send that autobahn refuses to applications.
-PROTOCOL_CLOSE_CODES = frozenset({1001, 1003, 1007, 1008, 1009, 1011})
+PROTOCOL_CLOSE_CODES = frozenset({1001, 1003, 1007, 1008, 1009, 1011, 1012, 1013})
 
 
 def allow_protocol_close_codes() -> None:

@@ -13,7 +13,7 @@ only what is newer than the welcome, so that a message is either in the welcome 
 after it, never both and never neither.
 
 A socket that stops reading is not allowed to grow the server's memory: once more than
-`SEND_BACKLOG_BYTES` wait for it beyond the transport's own buffer it is closed with 1013 (try
+`SEND_BACKLOG_BYTES` wait for it in the server it is closed with 1013 (try
 again later), and the frames it missed are counted. Its client resumes from its last ``seq``.
 """
 
@@ -30,7 +30,7 @@ from channels.layers import BaseChannelLayer
 
 from gateway import metrics
 from gateway.envelope import Envelope
-from gateway.events import ROOM_MESSAGE
+from gateway.events import ROOM_MESSAGES
 from gateway.jsonutil import dumps
 from gateway.layers import per_layer
 from gateway.presence import ROOM_PRESENCE
@@ -39,7 +39,7 @@ from gateway.rooms import group_name
 logger = logging.getLogger(__name__)
 
 CLOSE_SLOW = 1013  # "try again later": the client was not reading
-# Bytes a socket may have waiting beyond the transport's own buffer (64 KiB) before it counts
+# Bytes a socket may have waiting in the server (beyond the kernel's buffers) before it counts
 # as not reading. Sized for a burst: 1 MiB is a few thousand typical frames.
 SEND_BACKLOG_BYTES = 1 << 20
 PENDING_FRAMES = 10_000  # frames held for a socket while its welcome is being prepared
@@ -78,41 +78,33 @@ class Outlet(Protocol):
 class DaphneOutlet:
     """Writes prepared frames straight to a daphne (autobahn) connection.
 
-    It is the connection's push producer, so the transport tells it when its buffer fills
-    (``pauseProducing``) and drains (``resumeProducing``).
+    Twisted buffers what the kernel does not take yet; the bytes in that buffer tell how far
+    behind the client is (the transport's producer slot is taken by daphne's HTTP channel).
     """
 
-    __slots__ = ("backlog", "paused", "protocol")
+    __slots__ = ("protocol",)
 
     def __init__(self, protocol: Any) -> None:
         self.protocol = protocol
-        self.paused = False
-        self.backlog = 0
-        protocol.registerProducer(self, True)
-
-    def pauseProducing(self) -> None:  # Twisted's IPushProducer
-        self.paused = True
-
-    def resumeProducing(self) -> None:
-        self.paused, self.backlog = False, 0
-
-    def stopProducing(self) -> None:
-        self.paused = True
 
     def write(self, frame: Frame) -> bool:
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
             return False
-        if self.paused:
-            self.backlog += len(frame.data)
-            if self.backlog > SEND_BACKLOG_BYTES:
-                return False
+        if _buffered(protocol.transport) > SEND_BACKLOG_BYTES:
+            return False
         protocol.sendPreparedMessage(frame.prepared(protocol.factory))
         return True
 
     def close(self, code: int) -> None:
         if self.protocol.state == self.protocol.STATE_OPEN:
             self.protocol.serverClose(code=code)
+
+
+def _buffered(transport: Any) -> int:
+    """Bytes a Twisted transport holds that the kernel has not taken yet."""
+    data = getattr(transport, "dataBuffer", b"")
+    return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
 
 
 class AsgiOutlet:
@@ -174,15 +166,19 @@ def outlet_for(send: Callable[[dict[str, Any]], Awaitable[None]]) -> Outlet:
 def _daphne_protocol(send: Any) -> Any:
     """daphne's connection behind an ASGI ``send``, if daphne serves it.
 
-    daphne hands each application ``partial(server.handle_reply, protocol)``.
+    daphne hands each application ``partial(server.handle_reply, protocol)``; Channels'
+    session middleware wraps it in a method of an object that keeps it as ``real_send``
+    (and adds nothing for WebSocket frames).
     """
-    try:
-        from daphne.ws_protocol import WebSocketProtocol
-    except ImportError:  # pragma: no cover - daphne is a dependency
-        return None
-    args = getattr(send, "args", ())
-    if args and isinstance(args[0], WebSocketProtocol):
-        return args[0]
+    from daphne.ws_protocol import WebSocketProtocol
+
+    for _ in range(4):
+        args = getattr(send, "args", ())
+        if args and isinstance(args[0], WebSocketProtocol):
+            return args[0]
+        send = getattr(getattr(send, "__self__", None), "real_send", None)
+        if send is None:
+            break
     return None
 
 
@@ -224,7 +220,10 @@ class Subscriber:
         metrics.inc("ws_closed", "slow_consumer")
         metrics.inc("messages_dropped", "slow_consumer")
         logger.warning("closing socket %s: it stopped reading (1013)", self.key)
-        self.outlet.close(CLOSE_SLOW)
+        try:
+            self.outlet.close(CLOSE_SLOW)
+        except Exception:  # the others in the room must not pay for it
+            logger.exception("closing socket %s failed", self.key)
 
 
 class RoomHub:
@@ -305,8 +304,9 @@ class RoomHub:
     def dispatch(self, event: dict[str, Any]) -> None:
         """Write ``event`` to the sockets of its room in this process."""
         kind = event.get("type")
-        if kind == ROOM_MESSAGE:
-            self._message(event["envelope"])
+        if kind == ROOM_MESSAGES:
+            for envelope in event["envelopes"]:
+                self._message(envelope)
         elif kind == ROOM_PRESENCE:
             self._presence(event)
         else:

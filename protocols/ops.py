@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET
 
 from gateway import metrics
 from gateway.bridge_state import TTL_SECONDS, local_bridge, read_heartbeats
-from gateway.layers import uses_redis
+from gateway.layers import redis_connection, uses_redis
 from gateway.metrics import ExportedState
 
 logger = logging.getLogger(__name__)
@@ -107,7 +107,10 @@ async def _check_channel_layer(layer: BaseChannelLayer | None) -> None:
     if layer is None:
         raise _NotReadyError("no channel layer is configured")
     if uses_redis(layer):
-        for index in range(layer.ring_size):
+        shards = getattr(layer, "ring_size", None)  # the core layer's hosts; pub/sub: one
+        if shards is None:
+            await redis_connection(layer).ping()
+        for index in range(shards or 0):
             await layer.connection(index).ping()
     # The in-memory layer lives in this process: it is up when the process is.
 

@@ -12,10 +12,12 @@ from tests.support.clients import (
     frames_within,
     mqtt_client,
     mqtt_messages_within,
+    read_until_closed,
     recv_json,
     ws_connect,
 )
-from tests.support.processes import Gateway, Mosquitto, Redis, gateway_env, manage
+from tests.support.processes import Gateway, Mosquitto, Redis, gateway_env, http_get, manage
+from tests.support.prometheus import parse_exposition, samples
 
 QUIET = 1.0  # seconds in which nothing more may arrive
 
@@ -217,3 +219,42 @@ def test_runworker_refuses_to_start_without_a_usable_setting(
     assert result.returncode != 0
     assert named in result.stderr
     assert "Traceback" not in result.stderr
+
+
+async def test_a_socket_that_stops_reading_is_closed_and_the_room_keeps_flowing(
+    gateway: Gateway, broker: Mosquitto
+) -> None:
+    count, pad = 2500, "x" * 8000  # 20 MB: past the kernel's buffers and the 1 MiB allowance
+    # max_queue=1: once one frame waits unread, the client library stops reading the socket.
+    async with (
+        ws_connect(gateway.ws, "stall", max_queue=1) as stalled,
+        ws_connect(gateway.ws, "stall", max_size=None) as reader,
+        mqtt_client(broker.port) as device,
+    ):
+        before = closed_for_slowness(gateway)
+        received: list[int] = []
+
+        async def read_all() -> None:
+            while len(received) < count:
+                frame = await recv_json(reader, 20)
+                if frame["type"] == "message":
+                    received.append(frame["message"]["n"])
+
+        reading = asyncio.create_task(read_all())
+        for n in range(count):
+            await device.publish("rooms/stall/meter", json.dumps({"n": n, "pad": pad}), qos=0)
+            if n % 50 == 49:
+                await asyncio.sleep(0.05)  # about 1,000 a second: what one bridge moves
+        await asyncio.wait_for(reading, 60)
+        assert received == list(range(count))  # the stalled socket held nobody back
+        assert closed_for_slowness(gateway) == before + 1
+        _, code = await read_until_closed(stalled, 30)
+        # 1013, or no close frame at all when it was stuck behind the backlog and the
+        # server gave up waiting for the close handshake
+        assert code in (1013, None)
+
+
+def closed_for_slowness(gateway: Gateway) -> float:
+    text = http_get(f"{gateway.http}/metrics")[1]
+    found = samples(parse_exposition(text), "gateway_ws_closed_total", reason="slow_consumer")
+    return sum(sample.value for sample in found)

@@ -33,7 +33,7 @@ def message(mid: int) -> tuple[paho.MQTTMessage, Incoming]:
 async def test_a_message_is_acknowledged_only_when_handed_on_or_counted(
     outcome: str, acked: bool, dropped: int
 ) -> None:
-    async def handler(_incoming: Incoming) -> None:
+    async def handler(_batch: list[Incoming]) -> None:
         if outcome == "failed":
             raise ValueError("a bug")
         if outcome == "redeliver":

@@ -33,7 +33,8 @@ async def append(history: History, room: str, text: str, message_id: str | None 
     envelope = new_envelope(
         room=room, message=text, source="ws", sender="t", gateway="g", message_id=message_id
     )
-    return await history.append(envelope)
+    await history.append([envelope])
+    return envelope["seq"]
 
 
 async def test_seq_orders_each_room_on_its_own(make_history: Callable[..., History]) -> None:

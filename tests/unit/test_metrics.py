@@ -17,16 +17,20 @@ def test_group_send_drops_move_the_counter_and_are_raised_to_warning(
     before = metrics.get("messages_dropped", "channel_full")
     try:
         with caplog.at_level(logging.INFO, logger="channels_redis.core"):
-            # The record channels-redis writes when group members are full.
+            # The record channels-redis writes when group members are full: here the event
+            # carried 4 messages, and 3 members could not take it.
+            carried = metrics.MESSAGES_PER_EVENT.set(4)
             logger.info("%s of %s channels over capacity in group %s", 3, 5, "room.kitchen")
+            metrics.MESSAGES_PER_EVENT.reset(carried)
             logger.info("an unrelated message %s", 1)
     finally:
         logger.removeFilter(counter)
         logger.removeFilter(twin)
-    assert metrics.get("messages_dropped", "channel_full") == before + 3
+    assert metrics.get("messages_dropped", "channel_full") == before + 12
     levels = [(r.levelname, r.getMessage()) for r in caplog.records]
     assert levels[0] == (
         "WARNING",
-        "message dropped (channel_full): 3 of 5 channels over capacity in group room.kitchen",
+        "message dropped (channel_full): 12 messages; "
+        "3 of 5 channels over capacity in group room.kitchen",
     )
     assert levels[1] == ("INFO", "an unrelated message 1")

@@ -86,9 +86,9 @@ async def test_a_redelivered_message_reaches_a_socket_once() -> None:
         "gateway": "unit",
     }
     for _ in range(2):  # the bridge crashed after handing it on, and the broker redelivered
-        await layer.group_send("room.lab", {"type": "room.message", "envelope": envelope})
+        await layer.group_send("room.lab", {"type": "room.messages", "envelopes": [envelope]})
     await layer.group_send(
-        "room.lab", {"type": "room.message", "envelope": dict(envelope, id="next-id")}
+        "room.lab", {"type": "room.messages", "envelopes": [dict(envelope, id="next-id")]}
     )
     assert (await ws.receive_json_from())["id"] == "same-id"
     assert (await ws.receive_json_from())["id"] == "next-id"
