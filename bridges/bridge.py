@@ -154,11 +154,7 @@ class Bridge:
         if message.retain and not message.payload:  # an empty retained message clears the state
             return [partial(retained.forget, target.room, message.topic) for target in targets]
         codec = codec_for_content_type(message.content_type) or get_codec(targets[0].rule.codec)
-        try:
-            decoded = codec.decode(message.payload)
-        except Exception as exc:
-            metrics.dropped("undecodable", f"topic {message.topic!r}: {exc}")
-            return []
+        decoded = codec.decode(message.payload)  # never raises: it falls back and counts
         if self._is_own_envelope(decoded):
             metrics.inc("mqtt_own_publications_skipped")
             return []

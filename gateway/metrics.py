@@ -215,6 +215,8 @@ _KNOWN_FAMILIES = (
     ("presence_events", "Presence changes announced to rooms, by event.", "event"),
     ("history_write_failures", "Batches of history that could not be written.", "reason"),
     ("handoff_retries", "Device messages retried while the channel layer failed.", "reason"),
+    ("frames_fanned_out", "Frames this process wrote to its sockets of a room.", "reason"),
+    ("fanout_rooms", "Rooms this process has sockets in (one group membership each).", "reason"),
 )
 _families: dict[str, tuple[str, str]] = {
     name: (text, label) for name, text, label in _KNOWN_FAMILIES
