@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import Run
+from benchmarks.measure import background_cores
 from benchmarks.nodeproc import HarnessError, node_binary
 from benchmarks.report import write_report
 from benchmarks.scenarios import FULL, QUICK, SCENARIOS, Plan, Scenario
@@ -30,6 +31,7 @@ from benchmarks.systems import SYSTEM_NAMES, SystemFailed, make_system
 HERE = Path(__file__).resolve().parent
 RUN_TIMEOUT_SECONDS = 900.0  # the most one system may take in one scenario group
 QUICK_SCENARIOS = ("fanout", "uplink")
+QUIET_CORES = 0.25  # other processes may keep this much of the machine busy when a run starts
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -43,6 +45,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="where results go (default benchmarks/results)")
     parser.add_argument("--step-seconds", type=float, help="duration of each ramp step")
     parser.add_argument("--slow-pause", type=float, help="seconds the slow consumer stops reading")
+    parser.add_argument(
+        "--quiet-wait",
+        type=int,
+        help="seconds to wait before each run for other processes to calm down (60; quick: 3)",
+    )
+    parser.add_argument(
+        "--plan",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a field of the plan, e.g. fanout_sizes=10,100 (see scenarios.Plan)",
+    )
     return parser.parse_args(argv)
 
 
@@ -56,6 +70,22 @@ def choose(
     if unknown:
         raise SystemExit(f"unknown: {', '.join(unknown)} (choose from {', '.join(known)})")
     return names
+
+
+def override(plan: Plan, settings: list[str]) -> Plan:
+    """``plan`` with ``FIELD=VALUE`` settings applied (tuples as comma-separated values)."""
+    changes: dict[str, Any] = {}
+    for setting in settings:
+        name, _, text = setting.partition("=")
+        current = getattr(plan, name.strip(), None)
+        if current is None or not text:
+            raise SystemExit(f"--plan {setting!r}: expected FIELD=VALUE with a field of Plan")
+        if isinstance(current, tuple):
+            kind = type(current[0])
+            changes[name.strip()] = tuple(kind(v) for v in text.split(",") if v.strip())
+        else:
+            changes[name.strip()] = type(current)(text)
+    return replace(plan, **changes)
 
 
 def raise_file_limit() -> None:
@@ -97,7 +127,7 @@ def machine() -> dict[str, Any]:
 
 
 async def run_one(
-    scenario: Scenario, group: Any, system_name: str, plan: Plan, raw: Path
+    scenario: Scenario, group: Any, system_name: str, plan: Plan, raw: Path, *, quiet_wait: int
 ) -> dict[str, Any]:
     """One system through one scenario group, from a fresh start; failures are recorded."""
     label = scenario.label(group)
@@ -110,8 +140,9 @@ async def run_one(
         "error": None,
         "steps": [],
     }
-    began = time.monotonic()
     print(f"[{scenario.name} / {label}] {system_name} ...", flush=True)
+    record["background_cores_before"] = await quiet_machine(quiet_wait)
+    began = time.monotonic()
     system = None
     run = None
     try:
@@ -128,13 +159,28 @@ async def run_one(
             await run.close()
         if system is not None:
             await asyncio.to_thread(system.stop)
+            record["server_errors"] = system.log_errors()
+    setup = record.get("setup") or {}
+    if record["status"] == "ok" and setup.get("failed"):
+        record["status"] = "partial"  # some browsers could not join; the rest were measured
     record["seconds"] = round(time.monotonic() - began, 1)
     print(f"    {_summary(record)}", flush=True)
     return record
 
 
+async def quiet_machine(wait: int) -> float:
+    """Wait (``wait`` s at most) until other processes leave the machine nearly idle; the
+    background load measured last, in cores."""
+    background = await background_cores()
+    for _ in range(wait):
+        if background <= QUIET_CORES:
+            break
+        background = await background_cores()
+    return round(background, 2)
+
+
 def _summary(record: dict[str, Any]) -> str:
-    if record["status"] != "ok":
+    if record["status"] == "failed":
         return f"FAILED ({record['seconds']} s): {record['error'].splitlines()[0]}"
     parts = [
         f"{s['offered']:g}/s -> {s['delivered_per_s']:g}/s ratio {s['ratio']} p99 {s['p99_ms']} ms"
@@ -146,7 +192,11 @@ def _summary(record: dict[str, Any]) -> str:
         kb, p99 = idle["server_kb_per_connection"], idle["handshake_p99_ms"]
         parts.append(f"{kb} KB/conn, handshake p99 {p99} ms")
     knee = f", knee {record['knee']:g}/s" if record.get("knee") else ""
-    return f"ok ({record['seconds']} s{knee}): " + "; ".join(parts)
+    joined = ""
+    if record["status"] == "partial":
+        setup = record["setup"]
+        joined = f", only {setup['connected']} of {setup['connections']} joined"
+    return f"{record['status']} ({record['seconds']} s{knee}{joined}): " + "; ".join(parts)
 
 
 async def run_all(args: argparse.Namespace) -> int:
@@ -155,6 +205,7 @@ async def run_all(args: argparse.Namespace) -> int:
         plan = replace(plan, step_seconds=args.step_seconds)
     if args.slow_pause:
         plan = replace(plan, slow_pause_seconds=args.slow_pause)
+    plan = override(plan, args.plan)
     systems = choose(args.systems, SYSTEM_NAMES, SYSTEM_NAMES)
     scenarios = choose(
         args.scenarios, list(SCENARIOS), QUICK_SCENARIOS if args.quick else tuple(SCENARIOS)
@@ -163,6 +214,7 @@ async def run_all(args: argparse.Namespace) -> int:
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     raise_file_limit()
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (3 if args.quick else 60)
     results: dict[str, Any] = {
         "meta": {
             "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -180,7 +232,10 @@ async def run_all(args: argparse.Namespace) -> int:
         for group in scenario.groups(plan):
             # Interleaved: every system runs each group in turn, under the same conditions.
             for system_name in systems:
-                results["runs"].append(await run_one(scenario, group, system_name, plan, raw))
+                record = await run_one(
+                    scenario, group, system_name, plan, raw, quiet_wait=quiet_wait
+                )
+                results["runs"].append(record)
                 results["meta"]["seconds"] = round(time.monotonic() - began, 1)
                 (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     write_report(results, out)

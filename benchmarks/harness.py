@@ -3,18 +3,20 @@
 import asyncio
 import contextlib
 import itertools
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchmarks.measure import (
-    HARNESS_CORE_LIMIT,
     CpuWindow,
     Latency,
     Proc,
     busiest_harness_process,
     by_role,
+    harness_cores,
+    harness_limited,
     per_thousand,
 )
 from benchmarks.nodeproc import HarnessError, NodeProcess
@@ -26,6 +28,7 @@ DRAIN_MAX_SECONDS = 10.0  # how long a step waits for late deliveries after the 
 DRAIN_STALL_SECONDS = 1.0  # no new delivery for this long: the rest is lost
 POLL_SECONDS = 0.1
 CONNECT_TIMEOUT_SECONDS = 300.0  # the most a set of receivers may take to join
+HANDSHAKES_IN_FLIGHT = 32  # browsers join this many at a time (all processes together)
 
 
 def chunks(items: Sequence[str], parts: int) -> list[list[str]]:
@@ -68,7 +71,7 @@ class Run:
         processes: int | None = None,
         role: str = "receivers",
         subscribe: bool = True,
-        concurrency: int = 100,
+        concurrency: int = HANDSHAKES_IN_FLIGHT,
         handshake_timeout: float = 60.0,
     ) -> tuple[list[NodeProcess], dict[str, Any]]:
         """One browser per entry of ``rooms``, spread over a few processes, all joined.
@@ -92,9 +95,11 @@ class Run:
             }
             for part in parts
         ]
+        began = time.monotonic()
         started = await asyncio.gather(
             *(self._start("ws-clients.js", c, role, CONNECT_TIMEOUT_SECONDS) for c in configs)
         )
+        joined = time.monotonic() - began
         handshake = Latency()
         errors: list[str] = []
         for _, ready in started:
@@ -108,6 +113,7 @@ class Run:
             "handshake_p50_ms": handshake.percentile_ms(0.5),
             "handshake_p99_ms": handshake.percentile_ms(0.99),
             "handshake_max_ms": handshake.max_ms(),
+            "join_seconds": round(joined, 1),
         }
         return [node for node, _ in started], setup
 
@@ -177,6 +183,7 @@ class Run:
         step = next(self._steps)
         drops_before = self.system.drops()
         harness = [Proc(n.role, n.name, n.pid) for n in self.nodes]
+        harness.append(Proc("controller", "controller", os.getpid()))
         window = CpuWindow([*self.system.procs(), *harness])
         command = {"cmd": "send", "step": step, "rate": rate, "duration": duration, "size": size}
         command.update(send or {})
@@ -211,6 +218,7 @@ class Run:
         roles = by_role(used)
         system_roles = {p.role for p in self.system.procs()}
         busiest = busiest_harness_process(used, wall)
+        together = harness_cores(used, wall)
         record: dict[str, Any] = {
             "step": step,
             "rate_msgs": rate,
@@ -233,7 +241,10 @@ class Run:
                 {"all": sum(s for r, s in roles.items() if r in system_roles)}, delivered
             )["all"],
             "busiest_harness_core": busiest,
-            "harness_limited": busiest > HARNESS_CORE_LIMIT,
+            "harness_cores": together,
+            "harness_limited": harness_limited(busiest, together),
+            "background_cores": round(window.background_seconds / wall, 3),
+            "kernel_irq_cores": round(window.kernel_seconds / wall, 3),
             "drops": None if drops is None else sum(drops.values()),
             "drops_by": drops,
             "closed_sockets": sum(int(r.get("closed", 0)) for r in reports),

@@ -1,5 +1,6 @@
 """What is measured: CPU time and memory of processes (from /proc), and latency histograms."""
 
+import asyncio
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -44,22 +45,54 @@ def rss_bytes(pid: int) -> int | None:
         return None
 
 
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds all cores spent so far running processes (user, nice, system, steal) and
+    handling interrupts (irq, softirq: mostly the kernel's loopback network work)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (
+            int(v) for v in stat.readline().split()[1:9]
+        )
+    return (user + nice + system + steal) / CLOCK_TICKS, (irq + softirq) / CLOCK_TICKS
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
 class CpuWindow:
-    """CPU seconds each process used between `start` and `stop`."""
+    """CPU seconds each process used between `start` and `stop`; and meanwhile, what every
+    other process on the machine used (`background_seconds`: it disturbs the figures) and the
+    kernel's interrupt work (`kernel_seconds`)."""
 
     def __init__(self, procs: Iterable[Proc]) -> None:
         self.procs = list(procs)
         self.before: dict[Proc, float] = {}
+        self.machine_before = (0.0, 0.0)
+        self.background_seconds = 0.0
+        self.kernel_seconds = 0.0
 
     def start(self) -> None:
         self.before = {p: cpu_seconds(p.pid) or 0.0 for p in self.procs}
+        self.machine_before = machine_cpu_seconds()
 
     def stop(self) -> dict[Proc, float]:
+        tasks, kernel = machine_cpu_seconds()
         used = {}
         for proc in self.procs:
             now = cpu_seconds(proc.pid)
             used[proc] = max(0.0, (now if now is not None else 0.0) - self.before.get(proc, 0.0))
+        self.background_seconds = max(0.0, tasks - self.machine_before[0] - sum(used.values()))
+        self.kernel_seconds = max(0.0, kernel - self.machine_before[1])
         return used
+
+
+async def background_cores(seconds: float = 1.0) -> float:
+    """Cores that processes other than this one keep busy, measured over ``seconds``."""
+    window = CpuWindow([Proc("controller", "controller", os.getpid())])
+    window.start()
+    await asyncio.sleep(seconds)
+    window.stop()
+    return window.background_seconds / seconds
 
 
 def by_role(used: Mapping[Proc, float]) -> dict[str, float]:
@@ -74,6 +107,18 @@ def busiest_harness_process(used: Mapping[Proc, float], wall: float) -> float:
     """The largest share of one core that any load or receive process used over ``wall`` s."""
     shares = [s / wall for p, s in used.items() if p.role in HARNESS_ROLES and wall > 0]
     return round(max(shares, default=0.0), 3)
+
+
+def harness_cores(used: Mapping[Proc, float], wall: float) -> float:
+    """Cores that the load and receive processes used together over ``wall`` s."""
+    total = sum(s for p, s in used.items() if p.role in HARNESS_ROLES)
+    return round(total / wall, 3) if wall > 0 else 0.0
+
+
+def harness_limited(busiest: float, together: float) -> bool:
+    """One load or receive process used more than 70% of a core, or all of them together used
+    more than 70% of half the machine (they then took what the system under test needed)."""
+    return busiest > HARNESS_CORE_LIMIT or together > HARNESS_CORE_LIMIT * cpu_count() / 2
 
 
 class Latency:

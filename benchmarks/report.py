@@ -45,15 +45,26 @@ def _groups(results: dict[str, Any], scenario: str) -> dict[str, list[dict[str, 
 
 
 def _failures(runs: list[dict[str, Any]]) -> list[str]:
-    return [
-        f"- **{r['system']}** failed: `{(r['error'] or '').splitlines()[0][:300]}`"
-        for r in runs
-        if r["status"] != "ok"
-    ]
+    """What went wrong: failed runs, browsers that could not join, exceptions in server logs."""
+    lines = []
+    for r in runs:
+        if r["status"] == "failed":
+            lines.append(
+                f"- **{r['system']}** failed: `{(r['error'] or '').splitlines()[0][:300]}`"
+            )
+        elif r["status"] == "partial":
+            setup = r["setup"]
+            lines.append(
+                f"- **{r['system']}**: only {setup['connected']:,} of {setup['connections']:,} "
+                f"browsers could join (client errors: {'; '.join(sorted(set(setup['errors'])))})"
+            )
+        for error in r.get("server_errors") or []:
+            lines.append(f"  - {r['system']} server log: `{error}`")
+    return [*lines, ""] if lines else []
 
 
 def _knee_text(run: dict[str, Any]) -> str:
-    if run["status"] != "ok":
+    if run["status"] == "failed":
         return "failed"
     knee = run.get("knee")
     if knee is None:
@@ -65,11 +76,13 @@ def _knee_text(run: dict[str, Any]) -> str:
         text += " (harness-limited)"
     if knee == last and all(s["ok"] for s in run["steps"]):
         text = f"≥ {text} (every step passed)"
+    if run["status"] == "partial":
+        text += f" (only {run['setup']['connected']:,} joined)"
     return text
 
 
 def _ramp_section(runs: list[dict[str, Any]], unit: str) -> list[str]:
-    systems = [r["system"] for r in runs if r["status"] == "ok"]
+    systems = [r["system"] for r in runs if r["status"] != "failed"]
     offered = sorted({s["offered"] for r in runs for s in r["steps"]})
     lines = [f"Knee ({unit}/s): " + "; ".join(f"{r['system']} {_knee_text(r)}" for r in runs), ""]
     if offered:
@@ -115,7 +128,9 @@ def _details(runs: list[dict[str, Any]]) -> list[str]:
                     *(per.get(role) for role in ROLES),
                     s["drops"],
                     s["busiest_harness_core"],
+                    s["harness_cores"],
                     s["harness_limited"],
+                    s["background_cores"],
                 ]
             )
     if not rows:
@@ -131,8 +146,10 @@ def _details(runs: list[dict[str, Any]]) -> list[str]:
         "CPU s/1k",
         *(f"{role} s/1k" for role in ROLES),
         "drops",
-        "busiest harness core",
+        "busiest harness process (cores)",
+        "harness (cores)",
         "harness-limited",
+        "background (cores)",
     ]
     return [
         "<details><summary>Every step</summary>",
@@ -148,7 +165,7 @@ def _details(runs: list[dict[str, Any]]) -> list[str]:
 def _idle_section(runs: list[dict[str, Any]]) -> list[str]:
     rows = []
     for r in runs:
-        if r["status"] != "ok":
+        if r["status"] == "failed":
             continue
         idle = r["idle"]
         cpu = sum(idle["idle_cpu_share"].values())
@@ -263,7 +280,7 @@ def _summary(results: dict[str, Any]) -> list[str]:
     ratios = []
     for scenario in RAMPS:
         for group, runs in _groups(results, scenario).items():
-            knees = {r["system"]: r.get("knee") for r in runs if r["status"] == "ok"}
+            knees = {r["system"]: r.get("knee") for r in runs if r["status"] != "failed"}
             reference = knees.get("mosquitto")
             if not reference:
                 continue
@@ -325,7 +342,7 @@ def _plots(results: dict[str, Any], out: Path) -> dict[tuple[str, str], list[str
     made: dict[tuple[str, str], list[str]] = {}
     for scenario in RAMPS:
         for group, runs in _groups(results, scenario).items():
-            ok = [r for r in runs if r["status"] == "ok" and r["steps"]]
+            ok = [r for r in runs if r["status"] != "failed" and r["steps"]]
             if not ok:
                 continue
             figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -357,7 +374,7 @@ def _plots(results: dict[str, Any], out: Path) -> dict[tuple[str, str], list[str
             plt.close(figure)
             made[(scenario, group)] = [name]
     for group, runs in _groups(results, "slow").items():
-        ok = [r for r in runs if r["status"] == "ok" and r["steps"]]
+        ok = [r for r in runs if r["status"] != "failed" and r["steps"]]
         if not ok:
             continue
         figure, axis = plt.subplots(figsize=(7, 4))

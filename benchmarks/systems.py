@@ -8,6 +8,7 @@
   and ``gateway-uvicorn`` serves the same application with uvicorn instead of daphne.
 """
 
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from tests.support.processes import (
 )
 from tests.support.prometheus import parse_exposition
 
+# A Python exception as a traceback ends: "package.module.SomeError: what happened".
+ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exceeded)\w*: ")
 # Frames a gateway socket may send: high enough that the uplink scenario is never rate-limited.
 WS_RATE = "10000"
 WS_BURST = "100000"
@@ -87,6 +90,24 @@ class System:
     def drops(self) -> dict[str, float] | None:
         """The server's own counters of dropped messages, when it exposes any."""
         return None
+
+    def logs(self) -> list[Path]:
+        servers = [s.process for s in (self.mosquitto, self.redis) if s is not None]
+        return [p.log_path for p in (*servers, *self.extra_procs) if p is not None]
+
+    def log_errors(self, top: int = 3) -> list[str]:
+        """The commonest exceptions in the system's logs, with how often each appeared."""
+        counts: dict[str, int] = {}
+        for path in self.logs():
+            if not path.exists():
+                continue
+            for line in path.read_text(errors="replace").splitlines():
+                match = ERROR_LINE.match(line)
+                if match is not None:
+                    key = re.sub(r"\d+", "N", line.strip())[:200]
+                    counts[key] = counts.get(key, 0) + 1
+        commonest = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [f"{count} x {line}" for line, count in commonest]
 
     def alive(self) -> bool:
         return all(p.alive() for p in self.extra_procs)
@@ -290,6 +311,10 @@ class GatewaySystem(System):
                     labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
                     series[f"{sample.name}{{{labels}}}"] = sample.value
         return series
+
+    def logs(self) -> list[Path]:
+        own = [] if self.gateway is None else [*self.gateway.webs, *self.gateway.workers]
+        return [*super().logs(), *(p.log_path for p in own)]
 
     def stop(self) -> None:
         if self.gateway is not None:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 import django
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.naive.settings")
 django.setup()
@@ -43,7 +44,11 @@ async def down(client: aiomqtt.Client) -> None:
 async def up(client: aiomqtt.Client) -> None:
     layer = get_channel_layer()
     while True:
-        event = await layer.receive(UPLINK_CHANNEL)
+        try:
+            event = await layer.receive(UPLINK_CHANNEL)
+        except RedisTimeoutError:
+            # With the default settings a receive that waits 5 s for nothing times out.
+            continue
         topic = UPLINK_TOPIC.format(room=event["room"])
         await client.publish(topic, json.dumps(event["message"]), qos=0)
 
