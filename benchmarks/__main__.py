@@ -48,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quiet-wait",
         type=int,
-        help="seconds to wait before each run for other processes to calm down (60; quick: 3)",
+        help="seconds to wait before each run for other processes to calm down (20; quick: 3)",
     )
     parser.add_argument(
         "--plan",
@@ -214,7 +214,7 @@ async def run_all(args: argparse.Namespace) -> int:
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     raise_file_limit()
-    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (3 if args.quick else 60)
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (3 if args.quick else 20)
     results: dict[str, Any] = {
         "meta": {
             "started": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -34,7 +34,7 @@ class Plan:
     idle_hold_seconds: float = 5.0
     slow_room_size: int = 10
     slow_rate: float = 50.0
-    slow_payload: int = 2048
+    slow_payload: int = 8192
     slow_pause_seconds: float = 60.0
     slow_resume_seconds: float = 5.0
 
