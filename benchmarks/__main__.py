@@ -48,7 +48,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--quiet-wait",
         type=int,
-        help="seconds to wait before each run for other processes to calm down (20; quick: 3)",
+        help="seconds to wait before each run for other processes to calm down (10; quick: 3)",
     )
     parser.add_argument(
         "--plan",
@@ -187,10 +187,9 @@ def _summary(record: dict[str, Any]) -> str:
         + (" [harness-limited]" if s["harness_limited"] else "")
         for s in record["steps"]
     ]
-    if "idle" in record:
-        idle = record["idle"]
+    for idle in record.get("idle") or []:
         kb, p99 = idle["server_kb_per_connection"], idle["handshake_p99_ms"]
-        parts.append(f"{kb} KB/conn, handshake p99 {p99} ms")
+        parts.append(f"{idle['connections']}: {kb} KB/conn, handshake p99 {p99} ms")
     knee = f", knee {record['knee']:g}/s" if record.get("knee") else ""
     joined = ""
     if record["status"] == "partial":
@@ -214,7 +213,7 @@ async def run_all(args: argparse.Namespace) -> int:
     raw = out / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     raise_file_limit()
-    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (3 if args.quick else 20)
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (3 if args.quick else 10)
     results: dict[str, Any] = {
         "meta": {
             "started": datetime.now(UTC).isoformat(timespec="seconds"),

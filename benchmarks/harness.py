@@ -24,9 +24,10 @@ from benchmarks.systems import Endpoint, System
 
 KNEE_RATIO = 0.999  # delivered share a step needs to count below the knee
 KNEE_P99_MS = 100.0  # and its p99 latency
-DRAIN_MAX_SECONDS = 10.0  # how long a step waits for late deliveries after the last send
+DRAIN_MAX_SECONDS = 5.0  # how long a step waits for late deliveries after the last send
 DRAIN_STALL_SECONDS = 1.0  # no new delivery for this long: the rest is lost
 POLL_SECONDS = 0.1
+QUIET_MAX_SECONDS = 30.0  # the most a scenario waits for a storm of frames (presence) to pass
 CONNECT_TIMEOUT_SECONDS = 300.0  # the most a set of receivers may take to join
 HANDSHAKES_IN_FLIGHT = 32  # browsers join this many at a time (all processes together)
 
@@ -135,7 +136,7 @@ class Run:
 
     async def quiet(self, receivers: Sequence[NodeProcess], settle: float = 1.0) -> None:
         """Wait until the receivers get no frames for ``settle`` s (presence storms, backlogs)."""
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + QUIET_MAX_SECONDS
         last, since = -1, time.monotonic()
         while time.monotonic() < deadline:
             now = await self.frames(receivers)
@@ -214,7 +215,9 @@ class Run:
             latency.add(report["latency"])
         delivered = sum(int(r["count"]) for r in reports)
         last_us = max((float(r["last_us"]) for r in reports), default=0.0)
-        span = max(duration, (last_us - float(sent["start_us"])) / 1e6) if delivered else duration
+        # The schedule's own length (a whole number of messages), or longer if deliveries lag.
+        scheduled = int(sent["sent"]) / rate
+        span = max(scheduled, (last_us - float(sent["start_us"])) / 1e6) if delivered else scheduled
         roles = by_role(used)
         system_roles = {p.role for p in self.system.procs()}
         busiest = busiest_harness_process(used, wall)

@@ -165,28 +165,28 @@ def _details(runs: list[dict[str, Any]]) -> list[str]:
 def _idle_section(runs: list[dict[str, Any]]) -> list[str]:
     rows = []
     for r in runs:
-        if r["status"] == "failed":
-            continue
-        idle = r["idle"]
-        cpu = sum(idle["idle_cpu_share"].values())
-        rows.append(
-            [
-                r["system"],
-                f"{idle['connected']:,} of {idle['connections']:,}",
-                idle["server_kb_per_connection"],
-                idle["redis_kb_per_connection"],
-                idle["server_rss_after_mb"],
-                idle["handshake_p50_ms"],
-                idle["handshake_p99_ms"],
-                round(cpu, 3),
-            ]
-        )
+        for idle in r.get("idle") or []:
+            cpu = sum(idle["idle_cpu_share"].values())
+            rows.append(
+                [
+                    r["system"],
+                    f"{idle['connected']:,} of {idle['connections']:,}",
+                    idle["server_kb_per_connection"],
+                    idle["redis_kb_per_connection"],
+                    idle["server_rss_after_mb"],
+                    idle["handshakes"],
+                    idle["handshake_p50_ms"],
+                    idle["handshake_p99_ms"],
+                    round(cpu, 3),
+                ]
+            )
     header = [
         "system",
-        "connected",
+        "joined",
         "server KB/conn",
         "Redis KB/conn",
         "server RSS MB",
+        "handshakes",
         "handshake p50 ms",
         "handshake p99 ms",
         "idle CPU (cores)",

@@ -34,7 +34,7 @@ class Plan:
     idle_hold_seconds: float = 5.0
     slow_room_size: int = 10
     slow_rate: float = 50.0
-    slow_payload: int = 8192
+    slow_payload: int = 3072
     slow_pause_seconds: float = 60.0
     slow_resume_seconds: float = 5.0
 
@@ -168,43 +168,55 @@ async def uplink(run: Run, _group: object, plan: Plan) -> dict[str, Any]:
     return {"setup": setup, "steps": [record]}
 
 
-async def idle(run: Run, count: int, plan: Plan) -> dict[str, Any]:
-    """``count`` browsers join rooms of ten and stay silent: memory and handshakes."""
+async def idle(run: Run, counts: tuple[int, ...], plan: Plan) -> dict[str, Any]:
+    """Browsers join rooms of ten and stay silent, until there are ``counts[0]``, then
+    ``counts[1]``... of them: memory per connection, handshakes, idle CPU at each count."""
     warm, _ = await run.browsers(["idle-warm"] * 10)
     await run.quiet(warm)
     server_before, redis_before = run.system.server_rss(), run.system.redis_rss()
-    rooms = [f"idle-{i // 10}" for i in range(count)]
-    receivers, setup = await run.browsers(rooms, processes=receiver_processes(count))
-    await run.quiet([*warm, *receivers])
-    await asyncio.sleep(1.0)
-    window = CpuWindow(run.system.procs())
-    window.start()
-    await asyncio.sleep(plan.idle_hold_seconds)
-    idle_cpu = by_role(window.stop())
-    server_after, redis_after = run.system.server_rss(), run.system.redis_rss()
-    connected = max(1, setup["connected"])
-    redis_delta = (
-        None if redis_before is None or redis_after is None else redis_after - redis_before
-    )
-    return {
-        "setup": setup,
-        "steps": [],
-        "idle": {
-            "connections": count,
-            "connected": setup["connected"],
-            "server_rss_before_mb": round(server_before / MB, 1),
-            "server_rss_after_mb": round(server_after / MB, 1),
-            "server_kb_per_connection": round((server_after - server_before) / 1024 / connected, 1),
-            "redis_kb_per_connection": (
-                None if redis_delta is None else round(redis_delta / 1024 / connected, 2)
-            ),
-            "idle_cpu_share": {
-                role: round(s / plan.idle_hold_seconds, 3) for role, s in idle_cpu.items()
-            },
-            "handshake_p50_ms": setup["handshake_p50_ms"],
-            "handshake_p99_ms": setup["handshake_p99_ms"],
-        },
-    }
+    held = list(warm)
+    entries: list[dict[str, Any]] = []
+    totals = {"connections": 0, "connected": 0, "failed": 0, "errors": []}
+    for count in sorted(counts):
+        joined = totals["connections"]
+        rooms = [f"idle-{i // 10}" for i in range(joined, count)]
+        receivers, setup = await run.browsers(rooms, processes=receiver_processes(len(rooms)))
+        held += receivers
+        for key in ("connections", "connected", "failed"):
+            totals[key] += setup[key]
+        totals["errors"] = [*totals["errors"], *setup["errors"]][:5]
+        await run.quiet(held)
+        await asyncio.sleep(1.0)
+        window = CpuWindow(run.system.procs())
+        window.start()
+        await asyncio.sleep(plan.idle_hold_seconds)
+        idle_cpu = by_role(window.stop())
+        server_after, redis_after = run.system.server_rss(), run.system.redis_rss()
+        connected = max(1, totals["connected"])
+        redis_delta = (
+            None if redis_before is None or redis_after is None else redis_after - redis_before
+        )
+        entries.append(
+            {
+                "connections": count,
+                "connected": totals["connected"],
+                "server_rss_before_mb": round(server_before / MB, 1),
+                "server_rss_after_mb": round(server_after / MB, 1),
+                "server_kb_per_connection": round(
+                    (server_after - server_before) / 1024 / connected, 1
+                ),
+                "redis_kb_per_connection": (
+                    None if redis_delta is None else round(redis_delta / 1024 / connected, 2)
+                ),
+                "idle_cpu_share": {
+                    role: round(s / plan.idle_hold_seconds, 3) for role, s in idle_cpu.items()
+                },
+                "handshakes": f"{joined + 1:,} to {count:,}",
+                "handshake_p50_ms": setup["handshake_p50_ms"],
+                "handshake_p99_ms": setup["handshake_p99_ms"],
+            }
+        )
+    return {"setup": totals, "steps": [], "idle": entries}
 
 
 async def slow(run: Run, _group: object, plan: Plan) -> dict[str, Any]:
@@ -302,8 +314,8 @@ SCENARIOS = {
         Scenario(
             "idle",
             "Idle connections held",
-            lambda p: list(p.idle_counts),
-            lambda n: f"{n} sockets",
+            lambda p: [p.idle_counts],
+            lambda counts: " then ".join(f"{n:,}" for n in counts) + " sockets",
             idle,
         ),
         Scenario(

@@ -114,6 +114,9 @@ class SlowClient:
                 chunk = await asyncio.wait_for(self.reader.read(65536), left)
             except TimeoutError:
                 break
+            except ConnectionError:  # the server gave up on it and reset the connection
+                self.closed_by_server = True
+                break
             if not chunk:
                 self.closed_by_server = True
                 break
