@@ -5,7 +5,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,7 +177,7 @@ class Run:
         per_message: float,
         size: int = 200,
         send: dict[str, Any] | None = None,
-        during: Callable[[int], Awaitable[dict[str, Any]]] | None = None,
+        during: Callable[[int], Coroutine[Any, Any, dict[str, Any]]] | None = None,
     ) -> dict[str, Any]:
         """Send ``rate`` messages/s for ``duration`` s; each should reach ``per_message``
         receivers. The step's record: rates, delivery, latency, CPU, drops."""

@@ -176,7 +176,7 @@ async def idle(run: Run, counts: tuple[int, ...], plan: Plan) -> dict[str, Any]:
     server_before, redis_before = run.system.server_rss(), run.system.redis_rss()
     held = list(warm)
     entries: list[dict[str, Any]] = []
-    totals = {"connections": 0, "connected": 0, "failed": 0, "errors": []}
+    totals: dict[str, Any] = {"connections": 0, "connected": 0, "failed": 0, "errors": []}
     for count in sorted(counts):
         joined = totals["connections"]
         rooms = [f"idle-{i // 10}" for i in range(joined, count)]

@@ -35,7 +35,7 @@ async def down(client: aiomqtt.Client) -> None:
         if len(levels) < 2 or (len(levels) == 3 and levels[2] == "gateway"):
             continue
         try:
-            message = json.loads(bytes(publication.payload))  # type: ignore[arg-type]
+            message = json.loads(bytes(publication.payload))
         except ValueError:
             continue
         await layer.group_send(f"chat_{levels[1]}", {"type": "chat.message", "message": message})
