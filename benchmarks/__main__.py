@@ -1,6 +1,6 @@
 """``python -m benchmarks``: run the scenarios against the systems, then write the report.
 
-python -m benchmarks                      # everything (about 20 minutes on 2 cores)
+python -m benchmarks                      # everything (about 25 minutes on 2 cores)
 python -m benchmarks --quick              # a tiny subset, well under a minute
 python -m benchmarks --systems mosquitto,gateway --scenarios fanout,uplink
 python -m benchmarks report               # rewrite report.md and plots from results.json

@@ -295,7 +295,7 @@ async def ramp(
     steps: list[dict[str, Any]] = []
     knee: float | None = None
     failing = 0
-    for rate in offered:
+    for index, rate in enumerate(offered):
         record = await run_step(rate)
         steps.append(record)
         if record["ok"]:
@@ -305,6 +305,6 @@ async def ramp(
             failing += 1
             if failing >= failures_to_stop:
                 break
-        if settle is not None:
-            await settle()
+        if settle is not None and index + 1 < len(offered):
+            await settle()  # the next step starts without the backlog of this one
     return steps, knee

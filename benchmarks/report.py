@@ -9,7 +9,7 @@ from benchmarks.harness import KNEE_P99_MS, KNEE_RATIO
 from benchmarks.scenarios import SCENARIOS
 
 ROLES = ("server", "bridge", "redis", "mosquitto", "load", "receivers")
-RAMPS = ("fanout", "ingest")
+RAMPS = ("fanout", "ingest", "uplink")
 BUSY_MACHINE_CORES = 0.3  # background load that makes a step's figures doubtful
 
 

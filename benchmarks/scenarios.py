@@ -19,19 +19,18 @@ MIN_MESSAGES_PER_STEP = 5  # fewer would make a step's percentiles meaningless
 class Plan:
     """Sizes, rates and durations of a run (the full run, or `QUICK`)."""
 
-    step_seconds: float = 5.0
+    step_seconds: float = 4.0
     fanout_sizes: tuple[int, ...] = (10, 100, 1000)
     fanout_deliveries: tuple[int, ...] = (250, 500, 1000, 2000, 5000, 10000, 20000, 40000, 80000)
     ingest_rooms: int = 100
     ingest_rates: tuple[int, ...] = (50, 100, 250, 500, 1000, 2000, 4000, 8000, 16000)
     iot_devices: int = 100
     iot_room_size: int = 10
-    iot_seconds: float = 10.0
+    iot_seconds: float = 5.0
     uplink_browsers: int = 100
-    uplink_rate_each: float = 10.0
-    uplink_seconds: float = 10.0
+    uplink_rates_each: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0)  # msg/s from each browser
     idle_counts: tuple[int, ...] = (1000, 5000)
-    idle_hold_seconds: float = 5.0
+    idle_hold_seconds: float = 3.0
     slow_room_size: int = 10
     slow_rate: float = 50.0
     slow_payload: int = 3072
@@ -50,7 +49,7 @@ QUICK = replace(
     iot_devices=10,
     iot_seconds=3.0,
     uplink_browsers=10,
-    uplink_seconds=3.0,
+    uplink_rates_each=(5.0, 10.0),
     idle_counts=(200,),
     idle_hold_seconds=2.0,
     slow_room_size=5,
@@ -156,16 +155,20 @@ async def uplink(run: Run, _group: object, plan: Plan) -> dict[str, Any]:
     )
     if setup["connected"] == 0:
         raise HarnessError(f"no browser could join: {setup['errors']}")
-    rate = plan.uplink_browsers * plan.uplink_rate_each
-    await run.warm_up(sender=senders[0], receivers=[subscriber], rate=rate, per_message=1)
-    record = await run.step(
-        sender=senders[0],
-        receivers=[subscriber],
-        rate=rate,
-        duration=plan.uplink_seconds,
-        per_message=1,
-    )
-    return {"setup": setup, "steps": [record]}
+    rates = [plan.uplink_browsers * each for each in plan.uplink_rates_each]
+
+    async def step(rate: float) -> dict[str, Any]:
+        return await run.step(
+            sender=senders[0],
+            receivers=[subscriber],
+            rate=rate,
+            duration=plan.step_seconds,
+            per_message=1,
+        )
+
+    await run.warm_up(sender=senders[0], receivers=[subscriber], rate=rates[0], per_message=1)
+    steps, knee = await ramp(step, rates, settle=lambda: run.quiet([subscriber], settle=0.5))
+    return {"setup": setup, "steps": steps, "knee": knee}
 
 
 async def idle(run: Run, counts: tuple[int, ...], plan: Plan) -> dict[str, Any]:
@@ -307,8 +310,8 @@ SCENARIOS = {
         Scenario(
             "uplink",
             "Uplink: browsers send, one MQTT subscriber receives",
-            lambda p: [(p.uplink_browsers, p.uplink_rate_each)],
-            lambda g: f"{g[0]} browsers at {g[1]:g} msg/s",
+            lambda p: [(p.uplink_browsers, p.uplink_rates_each)],
+            lambda g: f"{g[0]} browsers at {g[1][0]:g} to {g[1][-1]:g} msg/s each",
             uplink,
         ),
         Scenario(
