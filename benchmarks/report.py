@@ -19,7 +19,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
     if isinstance(value, bool):
         return "yes" if value else ""
     if isinstance(value, float):
-        if value >= 100:
+        if value >= 10:
             return f"{value:,.0f}"
         return f"{value:.{digits}f}" if value >= 1 else f"{value:.{digits + 2}g}"
     if isinstance(value, int):
