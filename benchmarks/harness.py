@@ -227,6 +227,7 @@ class Run:
             "rate_msgs": rate,
             "offered": round(rate * per_message, 1),
             "duration_s": duration,
+            "wall_s": round(wall, 1),  # sending, then waiting for late deliveries
             "sent": int(sent["sent"]),
             "expected": expected,
             "delivered": delivered,

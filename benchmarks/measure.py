@@ -86,7 +86,7 @@ class CpuWindow:
         return used
 
 
-async def background_cores(seconds: float = 1.0) -> float:
+async def background_cores(seconds: float = 0.5) -> float:
     """Cores that processes other than this one keep busy, measured over ``seconds``."""
     window = CpuWindow([Proc("controller", "controller", os.getpid())])
     window.start()

@@ -12,7 +12,7 @@ from benchmarks.nodeproc import HarnessError
 from benchmarks.slowclient import SlowClient
 
 MB = 1024 * 1024
-MIN_MESSAGES_PER_STEP = 5  # fewer would make a step's percentiles meaningless
+MIN_MESSAGES_PER_STEP = 4  # fewer would make a step's percentiles meaningless
 
 
 @dataclass(frozen=True)
