@@ -1,7 +1,7 @@
 """``report.md`` and the plots, written from ``results.json`` alone."""
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -70,16 +70,21 @@ def _knee_text(run: dict[str, Any]) -> str:
     knee = run.get("knee")
     if knee is None:
         return "below the first step"
-    limited = any(s["harness_limited"] and s["offered"] == knee for s in run["steps"])
-    last = max(s["offered"] for s in run["steps"])
+    notes = []
     text = f"{knee:,.0f}"
-    if limited:
-        text += " (harness-limited)"
-    if knee == last and all(s["ok"] for s in run["steps"]):
-        text = f"≥ {text} (every step passed)"
+    if _passed_all(run):
+        text = f"≥ {text}"
+        notes.append("every step passed")
+    if any(s["harness_limited"] and s["offered"] == knee for s in run["steps"]):
+        notes.append("harness-limited")
     if run["status"] == "partial":
-        text += f" (only {run['setup']['connected']:,} joined)"
-    return text
+        notes.append(f"only {run['setup']['connected']:,} joined")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _passed_all(run: dict[str, Any]) -> bool:
+    """Every step of the ramp met the knee criteria: the knee is only a lower bound."""
+    return bool(run["steps"]) and all(s["ok"] for s in run["steps"])
 
 
 def _ramp_section(runs: list[dict[str, Any]], unit: str) -> list[str]:
@@ -282,18 +287,63 @@ def _summary(results: dict[str, Any]) -> list[str]:
     ratios = []
     for scenario in RAMPS:
         for group, runs in _groups(results, scenario).items():
-            knees = {r["system"]: r.get("knee") for r in runs if r["status"] != "failed"}
-            reference = knees.get("mosquitto")
-            if not reference:
+            ok = {r["system"]: r for r in runs if r["status"] != "failed"}
+            reference = ok.get("mosquitto")
+            if reference is None or not reference.get("knee"):
                 continue
-            for system, knee in knees.items():
-                if system != "mosquitto" and knee:
-                    ratios.append(
-                        f"{scenario}, {group}: {system}/mosquitto = {knee / reference:.3g}"
-                    )
+            # Where Mosquitto passed every step its knee is a lower bound, so ratios are upper.
+            bound = "≤ " if _passed_all(reference) else ""
+            for system, run in ok.items():
+                if system != "mosquitto" and run.get("knee"):
+                    ratio = run["knee"] / reference["knee"]
+                    ratios.append(f"{scenario}, {group}: {system}/mosquitto {bound}{ratio:.3g}")
     if ratios:
         lines += ["Knee ratios to the Mosquitto reference:", "", *(f"- {r}" for r in ratios), ""]
-    return lines
+    return [*lines, *_glance(results)]
+
+
+def _glance(results: dict[str, Any]) -> list[str]:
+    """One line per system for the scenarios that have no knee."""
+    systems = results["meta"]["systems"]
+    rows: list[list[Any]] = []
+
+    def row(label: str, scenario: str, value: Callable[[dict[str, Any]], Any]) -> None:
+        runs = [r for r in results["runs"] if r["scenario"] == scenario]
+        if not runs:
+            return
+        by = {r["system"]: r for r in runs if r["status"] != "failed"}
+        rows.append([label, *(value(by[s]) if s in by else "failed" for s in systems)])
+
+    def step(r: dict[str, Any]) -> dict[str, Any]:
+        steps: list[dict[str, Any]] = r["steps"]
+        return steps[0] if steps else {}
+
+    def last_idle(r: dict[str, Any]) -> dict[str, Any]:
+        counts: list[dict[str, Any]] = r.get("idle") or [{}]
+        return counts[-1]
+
+    row(
+        "iot: p99 ms (ratio)",
+        "iot",
+        lambda r: f"{_fmt(step(r).get('p99_ms'))} ({step(r).get('ratio')})",
+    )
+    row(
+        "idle: server KB per socket", "idle", lambda r: last_idle(r).get("server_kb_per_connection")
+    )
+    row("idle: handshake p99 ms", "idle", lambda r: last_idle(r).get("handshake_p99_ms"))
+    row("slow: others' p99 ms", "slow", lambda r: step(r).get("p99_ms"))
+    row(
+        "slow: server RSS growth MB",
+        "slow",
+        lambda r: (
+            round(step(r)["server_rss_peak_mb"] - step(r)["server_rss_start_mb"], 1)
+            if step(r)
+            else None
+        ),
+    )
+    if not rows:
+        return []
+    return ["Scenarios without a knee, at a glance:", "", *_table(["", *systems], rows), ""]
 
 
 def write_report(results: dict[str, Any], out: Path) -> None:
