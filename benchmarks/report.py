@@ -358,7 +358,9 @@ def write_report(results: dict[str, Any], out: Path) -> None:
         + f". Python {machine['python']}, Node {machine['node']}, {machine['mosquitto']}, "
         f"{machine['redis']}.",
         "",
-        "How to read the columns: `benchmarks/README.md`.",
+        "How to read the columns: `benchmarks/README.md`. These are the figures of one run, with"
+        " the load and receive processes on the same machine as the systems; where a system's p99"
+        " sits near 100 ms its knee can move by one step from run to run.",
         "",
         *_summary(results),
     ]
