@@ -6,8 +6,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MQTT_PORT ?= 1883
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
-.PHONY: run test lint typecheck format system-deps install install-test screenshots clean
+.PHONY: run test lint typecheck format system-deps install install-test screenshots bench clean
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +18,14 @@ $(VENV)/.run-installed: pyproject.toml
 
 $(VENV)/.test-installed: $(VENV)/.run-installed
 	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+$(VENV)/.bench-installed: $(VENV)/.run-installed
+	$(PY) -m pip install --quiet -e '.[bench]'
+	touch $@
+
+benchmarks/node_modules/.installed: benchmarks/package.json benchmarks/package-lock.json
+	cd benchmarks && npm ci --no-audit --no-fund
 	touch $@
 
 install: $(VENV)/.run-installed
@@ -38,6 +47,11 @@ system-deps:
 ## Refresh the README's screenshots (the page tests take them).
 screenshots: install-test system-deps
 	SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest tests/e2e/test_pages.py
+
+## Benchmarks: Mosquitto, the Channels tutorial and the gateway under the same load, about
+## 25 minutes; needs Node 18+. BENCH_ARGS=--quick for a tiny subset (see benchmarks/README.md).
+bench: $(VENV)/.bench-installed benchmarks/node_modules/.installed system-deps
+	$(PY) -m benchmarks $(BENCH_ARGS)
 
 lint: install-test
 	$(VENV)/bin/ruff check .

@@ -1,0 +1,1 @@
+"""Benchmarks: the gateway against Mosquitto and the Channels tutorial, under open-loop load."""

@@ -1,0 +1,3 @@
+"""No HTTP pages: the baseline serves only its WebSocket."""
+
+urlpatterns: list[object] = []
