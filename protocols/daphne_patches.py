@@ -36,6 +36,29 @@ def hold_to_limit(limit: int) -> None:
         return original(self, *args, **options)
 
     WebSocketFactory.setProtocolOptions = set_protocol_options
+    _limit_incoming_only()
+
+
+def _limit_incoming_only() -> None:
+    """autobahn also refuses to *send* a message over the limit; ours may be larger.
+
+    A welcome carries up to 50 messages and everyone present, so it can outgrow the limit a
+    client's frames are held to; the limit protects the server, not the clients.
+    """
+    original = getattr(WebSocketProtocol, "_gateway_original_send", None)
+    if original is None:
+        original = WebSocketProtocol.sendMessage
+        WebSocketProtocol._gateway_original_send = original
+
+    def send_message(self: Any, *args: Any, **kwargs: Any) -> Any:
+        limit = self.maxMessagePayloadSize
+        self.maxMessagePayloadSize = 0
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.maxMessagePayloadSize = limit
+
+    WebSocketProtocol.sendMessage = send_message
 
 
 # Codes RFC 6455 lets a server send that autobahn refuses to applications.

@@ -131,6 +131,16 @@ async def test_a_frame_over_the_limit_closes_with_1009(gateway: Gateway) -> None
         assert (await recv_json(ws))["message"] == "after"
 
 
+async def test_a_welcome_larger_than_the_frame_limit_still_arrives(gateway: Gateway) -> None:
+    # The limit is on what clients send; a welcome with two 60 KB messages is about 120 KB.
+    async with ws_connect(gateway.ws, "bigwelcome") as ws:
+        for n in range(2):
+            await ws.send(json.dumps({"message": f"{n}" * 60_000}))
+            assert len((await recv_json(ws))["message"]) == 60_000
+    async with ws_connect(gateway.ws, "bigwelcome") as ws:
+        assert [m["message"][0] for m in ws.welcome["messages"]] == ["0", "1"]
+
+
 @pytest.mark.parametrize(
     "path",
     ["a%2Fb", "a+b", "%23", "%24SYS", "nul%00", "x" * 65, ".hidden", "-dash", "caf%C3%A9"],
