@@ -125,13 +125,18 @@ if REDIS_URL and CHANNEL_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_connect_timeout": 5}]},
+            # Its publishing pool is channels-redis's own: raise redis-py's 100 connections.
+            "CONFIG": {
+                "hosts": [
+                    {"address": REDIS_URL, "socket_connect_timeout": 5, "max_connections": 1000}
+                ]
+            },
         }
     }
 elif REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "BACKEND": "gateway.layers.CoreLayer",
             "CONFIG": {
                 # channels-redis blocks on BZPOPMIN for 5 s; redis-py's default socket timeout
                 # is also 5 s, so under load a consumer's receive would time out and crash.

@@ -7,10 +7,32 @@ from typing import Any, TypeVar
 from channels.layers import BaseChannelLayer
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
-from channels_redis.utils import create_pool, decode_hosts
-from redis.asyncio import Redis
+from channels_redis.utils import decode_hosts
+from redis.asyncio import BlockingConnectionPool, Redis
 
 T = TypeVar("T")
+
+# Connections per pool (per process, event loop and Redis host), and how long a burst of
+# operations waits for one of them before failing like an unreachable Redis. redis-py's own
+# pool fails at once past 100, which a burst of a few hundred WebSocket handshakes reaches.
+POOL_CONNECTIONS = 100
+POOL_WAIT_SECONDS = 10.0
+
+
+def waiting_pool(host: dict[str, Any]) -> BlockingConnectionPool:
+    """A pool for ``host`` (a channels-redis host entry) that queues when all are busy."""
+    options = dict(host)
+    address = options.pop("address")
+    return BlockingConnectionPool.from_url(
+        address, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS, **options
+    )
+
+
+class CoreLayer(RedisChannelLayer):  # type: ignore[misc]
+    """channels-redis's core layer, with pools that queue a burst instead of failing it."""
+
+    def create_pool(self, index: int) -> BlockingConnectionPool:
+        return waiting_pool(self.hosts[index])
 
 
 def uses_redis(layer: BaseChannelLayer | None) -> bool:
@@ -53,4 +75,4 @@ def redis_connection(layer: BaseChannelLayer, key: str | None = None) -> Any:
 
 def _pubsub_client(layer: Any) -> Redis:
     hosts = decode_hosts(getattr(layer, "_kwargs", {}).get("hosts"))
-    return Redis(connection_pool=create_pool(hosts[0]))
+    return Redis(connection_pool=waiting_pool(hosts[0]))
