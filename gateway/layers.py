@@ -21,11 +21,8 @@ POOL_WAIT_SECONDS = 10.0
 
 def waiting_pool(host: dict[str, Any]) -> BlockingConnectionPool:
     """A pool for ``host`` (a channels-redis host entry) that queues when all are busy."""
-    options = dict(host)
-    address = options.pop("address")
-    return BlockingConnectionPool.from_url(
-        address, max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_SECONDS, **options
-    )
+    options = {"max_connections": POOL_CONNECTIONS, "timeout": POOL_WAIT_SECONDS, **host}
+    return BlockingConnectionPool.from_url(options.pop("address"), **options)
 
 
 class CoreLayer(RedisChannelLayer):  # type: ignore[misc]
