@@ -91,14 +91,40 @@ class DaphneOutlet:
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
             return False
-        if _buffered(protocol.transport) > SEND_BACKLOG_BYTES:
+        transport = protocol.transport
+        backlog = _buffered(transport)
+        if backlog > SEND_BACKLOG_BYTES:
             return False
-        protocol.sendPreparedMessage(frame.prepared(protocol.factory))
+        prepared = frame.prepared(protocol.factory)
+        if backlog or not _writes_now(protocol, transport):
+            protocol.sendPreparedMessage(prepared)
+            return True
+        # Nothing is waiting: hand the frame to the kernel now. Twisted's write would buffer it
+        # and register the socket for writing, then send and unregister on the next turn of
+        # the loop: two epoll changes and a callback per socket and message.
+        data = prepared.payloadHybi
+        written = transport.writeSomeData(data)
+        if not isinstance(written, int):  # the connection is lost: Twisted's write finds out
+            written = 0
+        if written < len(data):
+            transport.write(data[written:])
         return True
 
     def close(self, code: int) -> None:
         if self.protocol.state == self.protocol.STATE_OPEN:
             self.protocol.serverClose(code=code)
+
+
+def _writes_now(protocol: Any, transport: Any) -> bool:
+    """Whether a frame may go straight to ``transport``'s socket (plain TCP, nothing queued)."""
+    return (
+        getattr(transport, "TLS", True) is False
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and protocol._perMessageCompress is None
+        and not protocol.send_queue
+    )
 
 
 def _buffered(transport: Any) -> int:
