@@ -106,6 +106,13 @@ if _database["ENGINE"].endswith("sqlite3"):
     _database["TEST"] = {
         "NAME": str(Path(tempfile.gettempdir()) / f"gateway-test-{os.getpid()}.sqlite3")
     }
+    # WAL: pages read while the bridge writes history. NORMAL: a commit is not an fsync (a
+    # power cut may lose the last moments of history, never corrupt it). Connections stay open
+    # instead of being reopened for every write.
+    _database.setdefault("OPTIONS", {}).setdefault(
+        "init_command", "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    )
+    _database["CONN_MAX_AGE"] = None
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL: str | None = _read("REDIS_URL", env.str, None) or None
