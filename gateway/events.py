@@ -18,9 +18,10 @@ BRIDGE_CHANNEL = "mqtt-bridge"
 
 
 class RoomMessagesEvent(TypedDict):
-    """Sent to a room's group: messages in ``seq`` order, one or several that entered together.
+    """Messages that entered together, each room's in ``seq`` order.
 
-    Each process's fan-out hub writes them to its sockets in the room.
+    Sent to a room's group, or, when a burst spans rooms, once to each process's fan-out hub
+    with the messages of every room it serves; the hub writes each to its sockets in its room.
     """
 
     type: Literal["room.messages"]

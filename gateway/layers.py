@@ -1,7 +1,8 @@
 """What the gateway needs to know about its channel layer, in one place."""
 
 import asyncio
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from channels.layers import BaseChannelLayer
@@ -40,6 +41,32 @@ def uses_redis(layer: BaseChannelLayer | None) -> bool:
 def every_reader_gets_each_message(layer: BaseChannelLayer | None) -> bool:
     """Whether each reader of a named channel gets its own copy (the pub/sub layer does)."""
     return isinstance(layer, RedisPubSubChannelLayer)
+
+
+def shows_group_members(layer: BaseChannelLayer | None) -> bool:
+    """Whether the gateway can read ``layer``'s group members (the core layer keeps them)."""
+    return isinstance(layer, RedisChannelLayer)
+
+
+async def members_of(layer: RedisChannelLayer, groups: Iterable[str]) -> dict[str, list[str]]:
+    """The channels in each of ``groups`` now, one pipeline per Redis shard.
+
+    As channels-redis's own ``group_send`` sees them: members added longer than the layer's
+    group expiry ago have left.
+    """
+    joined_after = int(time.time()) - int(layer.group_expiry)
+    by_shard: dict[int, list[str]] = {}
+    for group in groups:
+        by_shard.setdefault(layer.consistent_hash(group), []).append(group)
+    members: dict[str, list[str]] = {}
+    for index, names in by_shard.items():
+        async with layer.connection(index).pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zrangebyscore(layer._group_key(name), joined_after, "+inf")
+            found = await pipe.execute()
+        for name, channels in zip(names, found, strict=True):
+            members[name] = [c.decode() if isinstance(c, bytes) else str(c) for c in channels]
+    return members
 
 
 def per_layer(cache: dict[tuple[int, int], T], layer: BaseChannelLayer, make: Callable[[], T]) -> T:

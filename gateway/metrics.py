@@ -76,9 +76,9 @@ def snapshot() -> dict[tuple[str, str], int]:
         return dict(_counts)
 
 
-def dropped(reason: str, detail: str) -> None:
-    """Count a dropped message and say why in the log."""
-    inc("messages_dropped", reason)
+def dropped(reason: str, detail: str, amount: int = 1) -> None:
+    """Count ``amount`` dropped messages and say why in the log."""
+    inc("messages_dropped", reason, amount)
     logger.warning("message dropped (%s): %s", reason, detail)
 
 

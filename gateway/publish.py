@@ -36,6 +36,7 @@ from gateway.events import (
     RoomMessagesEvent,
 )
 from gateway.history import history_for
+from gateway.layers import members_of, shows_group_members
 from gateway.models import Room
 from gateway.rooms import group_name, validate_room
 
@@ -146,10 +147,18 @@ def _envelope(entry: Entry) -> Envelope | GatewayError:
 
 
 async def _send_to_rooms(layer: BaseChannelLayer, envelopes: list[Envelope]) -> None:
-    """One event per room (per `EVENT_ENVELOPES`), the rooms at once, each room in order."""
+    """One event per room (per `EVENT_ENVELOPES`), the rooms at once, each room in order.
+
+    A burst that spans rooms goes to each member channel (a process's hub) as one event per
+    `EVENT_ENVELOPES` instead, when the layer shows its groups: a hub in a hundred of the
+    rooms reads one event, not a hundred.
+    """
     by_room: dict[str, list[Envelope]] = {}
     for envelope in envelopes:
         by_room.setdefault(envelope["room"], []).append(envelope)
+    if len(by_room) > 1 and shows_group_members(layer):
+        await _send_to_members(layer, by_room)
+        return
 
     async def send_room(room: str, batch: list[Envelope]) -> None:
         for start in range(0, len(batch), EVENT_ENVELOPES):
@@ -163,6 +172,25 @@ async def _send_to_rooms(layer: BaseChannelLayer, envelopes: list[Envelope]) -> 
                 metrics.MESSAGES_PER_EVENT.reset(carried)
 
     await asyncio.gather(*(send_room(room, batch) for room, batch in by_room.items()))
+
+
+async def _send_to_members(layer: Any, by_room: dict[str, list[Envelope]]) -> None:
+    members = await members_of(layer, [group_name(room) for room in by_room])
+    by_channel: dict[str, list[Envelope]] = {}
+    for room, batch in by_room.items():
+        for channel in members[group_name(room)]:
+            by_channel.setdefault(channel, []).extend(batch)
+
+    async def send_channel(channel: str, batch: list[Envelope]) -> None:
+        for start in range(0, len(batch), EVENT_ENVELOPES):
+            chunk = batch[start : start + EVENT_ENVELOPES]
+            try:
+                await layer.send(channel, RoomMessagesEvent(type=ROOM_MESSAGES, envelopes=chunk))
+            except ChannelFull:
+                detail = f"{len(chunk)} messages for {channel}, which is full"
+                metrics.dropped("channel_full", detail, len(chunk))
+
+    await asyncio.gather(*(send_channel(channel, batch) for channel, batch in by_channel.items()))
 
 
 async def _send_to_bridge(

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import start_gateway
 from tests.e2e.test_rooms import (
+    test_a_burst_across_rooms_reaches_each_room_in_order_and_no_other,
     test_a_welcome_larger_than_the_frame_limit_still_arrives,
     test_browser_message_reaches_the_room_and_mqtt_once_without_echo,
     test_device_message_reaches_every_browser_in_its_room_and_no_other,
@@ -18,6 +19,7 @@ from tests.e2e.test_rooms import (
 from tests.support.processes import Gateway, Mosquitto, Redis
 
 __all__ = [
+    "test_a_burst_across_rooms_reaches_each_room_in_order_and_no_other",
     "test_a_welcome_larger_than_the_frame_limit_still_arrives",
     "test_browser_message_reaches_the_room_and_mqtt_once_without_echo",
     "test_device_message_reaches_every_browser_in_its_room_and_no_other",

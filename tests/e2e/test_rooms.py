@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import start_gateway
@@ -16,6 +17,7 @@ from tests.support.clients import (
     recv_json,
     ws_connect,
 )
+from tests.support.devices import Device
 from tests.support.processes import Gateway, Mosquitto, Redis, gateway_env, http_get, manage
 from tests.support.prometheus import parse_exposition, samples
 
@@ -73,6 +75,40 @@ async def test_browser_message_reaches_the_room_and_mqtt_once_without_echo(
         assert await frames_within(bob, QUIET) == []
         alice_frames = await frames_within(alice, 0.2)
         assert [f["id"] for f in alice_frames] == [frame["id"]]  # the sender's own copy, once
+
+
+async def test_a_burst_across_rooms_reaches_each_room_in_order_and_no_other(
+    gateway: Gateway, broker: Mosquitto
+) -> None:
+    # Messages of several rooms that enter together travel together; two daphne processes
+    # hold the sockets, so each process must get exactly its rooms' share.
+    second = f"ws://127.0.0.1:{await asyncio.to_thread(gateway.start_web)}"
+    rooms, count = ["burst-a", "burst-b", "burst-c"], 100
+    async with (
+        ws_connect(gateway.ws, "burst-a") as a1,
+        ws_connect(second, "burst-a") as a2,
+        ws_connect(second, "burst-b") as b,
+        ws_connect(gateway.ws, "burst-c") as c,
+        ws_connect(second, "burst-quiet") as quiet,
+    ):
+        with Device(broker.port, "burst") as device:
+            for n in range(count):  # as fast as the client goes, round the rooms
+                for room in rooms:
+                    device.publish(f"rooms/{room}/d", json.dumps({"room": room, "n": n}).encode())
+
+        async def received(ws: ClientConnection) -> list[tuple[str, int]]:
+            got: list[tuple[str, int]] = []
+            while len(got) < count:
+                frame = await recv_json(ws, 20)
+                got.append((frame["room"], frame["message"]["n"]))
+            return got
+
+        for ws, room in ((a1, "burst-a"), (a2, "burst-a"), (b, "burst-b"), (c, "burst-c")):
+            got, expected = await received(ws), [(room, n) for n in range(count)]
+            assert sorted(got) == expected  # each of its room's messages once, no other's
+            if len(gateway.workers) == 1:  # several workers split a device's stream
+                assert got == expected
+        assert await frames_within(quiet, QUIET) == []
 
 
 async def test_send_message_reaches_browsers_and_mqtt(gateway: Gateway, broker: Mosquitto) -> None:
