@@ -64,7 +64,7 @@ async def fanout(run: Run, size: int, plan: Plan) -> dict[str, Any]:
     receivers, setup = await run.browsers([room] * size)
     if setup["connected"] == 0:
         raise HarnessError(f"no browser could join: {setup['errors']}")
-    await run.quiet(receivers)
+    setup["settle_seconds"] = await run.quiet(receivers)  # the joins' presence frames
     device = await run.devices(1)
     members = setup["connected"]
     topics = {"topics": [f"rooms/{room}/sensor-1"]}
