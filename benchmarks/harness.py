@@ -291,7 +291,7 @@ async def ramp(
     run_step: Callable[[float], Awaitable[dict[str, Any]]],
     offered: Sequence[float],
     *,
-    settle: Callable[[], Awaitable[None]] | None = None,
+    settle: Callable[[], Awaitable[object]] | None = None,
     failures_to_stop: int = 2,
 ) -> tuple[list[dict[str, Any]], float | None]:
     """Steps at rising offered rates until ``failures_to_stop`` fail in a row; the knee is the
