@@ -31,6 +31,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridges.conf import MqttSettings
+from bridges.sockets import ReadBuffer
 from gateway import metrics
 from gateway.errors import GatewayError
 
@@ -245,9 +246,13 @@ class MqttLink:
             except (OSError, ssl.SSLError) as exc:
                 self._wait_before_retry(f"cannot reach broker {s.describe()}: {exc}")
                 continue
+            self._client._sock = ReadBuffer(self._client._sock)
             rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+            buffered = self._client._sock
             while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and not self._stopping.is_set():
                 rc = self._client.loop(timeout=0.5)
+                while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and buffered.pending():
+                    rc = self._client.loop_read()  # packets already read: no select each
             if not self._stopping.is_set():
                 self._wait_before_retry(f"connection to {s.describe()} lost: {rc.name}")
         self._client.loop(timeout=0.1)  # flush the DISCONNECT
