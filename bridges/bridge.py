@@ -43,7 +43,7 @@ from gateway import metrics, retained
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError
-from gateway.events import ROOM_ERROR, RoomErrorEvent
+from gateway.events import room_error
 from gateway.layers import per_layer, redis_connection, uses_redis
 from gateway.presence import presence_for
 from gateway.publish import Entry, publish_many
@@ -234,8 +234,11 @@ class Bridge:
 
     # Rooms -> broker.
 
-    async def publish_envelope(self, envelope: Envelope, reply_channel: str | None = None) -> None:
-        """Publish a room message to every topic the rules give for its room."""
+    async def publish_envelope(
+        self, envelope: Envelope, reply_channel: str | None = None, reply_to: str | None = None
+    ) -> None:
+        """Publish a room message to every topic the rules give for its room; if it cannot
+        reach the broker, tell ``reply_to`` through ``reply_channel``."""
         targets = self.rules.outbound(envelope["room"])
         if not targets:
             metrics.inc("mqtt_messages_not_published", "no_rule")
@@ -249,7 +252,9 @@ class Bridge:
                 retain=rule.retain,
                 content_type=codec.content_type,
             )
-            watch = asyncio.create_task(self._watch(future, topic, envelope, reply_channel))
+            watch = asyncio.create_task(
+                self._watch(future, topic, envelope, (reply_channel, reply_to))
+            )
             self._watches.add(watch)
             watch.add_done_callback(self._watches.discard)
 
@@ -258,14 +263,14 @@ class Bridge:
         future: "asyncio.Future[None]",
         topic: str,
         envelope: Envelope,
-        reply_channel: str | None,
+        reply: tuple[str | None, str | None],
     ) -> None:
         try:
             await asyncio.wait_for(asyncio.shield(future), self.publish_timeout)
         except TimeoutError:
             metrics.inc("mqtt_publish_timeouts")
             await self._tell(
-                reply_channel,
+                reply,
                 "broker_unreachable",
                 f"the broker has not confirmed the message after {self.publish_timeout:g} s; "
                 "it is kept and sent when the broker is back",
@@ -274,17 +279,19 @@ class Bridge:
             return
         except PublishRefusedError as exc:
             metrics.dropped("mqtt_publish_refused", f"{topic}: {exc}")
-            await self._tell(reply_channel, "broker_refused", str(exc), envelope["id"])
+            await self._tell(reply, "broker_refused", str(exc), envelope["id"])
             return
         metrics.inc("mqtt_messages_out")
 
-    async def _tell(self, channel: str | None, code: str, detail: str, message_id: str) -> None:
+    async def _tell(
+        self, reply: tuple[str | None, str | None], code: str, detail: str, message_id: str
+    ) -> None:
+        channel, to = reply
         if channel is None:
             return
         layer = get_channel_layer()
         if layer is not None:
-            event = RoomErrorEvent(type=ROOM_ERROR, code=code, detail=detail, id=message_id)
-            await layer.send(channel, event)
+            await layer.send(channel, room_error(code, detail, message_id, to))
 
 
 class Delivered:

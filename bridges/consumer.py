@@ -28,7 +28,9 @@ class MqttBridgeConsumer(DirectDispatchMixin, AsyncConsumer):  # type: ignore[mi
             metrics.inc("duplicates_removed", "outbound_copy")  # another worker publishes it
             return
         try:
-            await bridge.publish_envelope(event["envelope"], event.get("reply_channel"))
+            await bridge.publish_envelope(
+                event["envelope"], event.get("reply_channel"), event.get("reply_to")
+            )
         except Exception:
             # A consumer that raised would be restarted with its queued events lost.
             metrics.dropped("mqtt_publish_failed", f"room {event['envelope']['room']}")

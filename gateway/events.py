@@ -33,13 +33,26 @@ class MqttPublishEvent(TypedDict):
 
     type: Literal["mqtt.publish"]
     envelope: Envelope
-    reply_channel: NotRequired[str]
+    reply_channel: NotRequired[str]  # told if the message cannot reach the broker
+    reply_to: NotRequired[str]  # which of the reply channel's sockets sent it
 
 
 class RoomErrorEvent(TypedDict):
-    """Sent to one socket's channel: something it sent could not be delivered."""
+    """Sent to a sender's reply channel: something it sent could not be delivered.
+
+    A browser's reply channel is its process's fan-out hub, and ``to`` names the socket.
+    """
 
     type: Literal["room.error"]
     code: str
     detail: str
     id: str
+    to: NotRequired[str]
+
+
+def room_error(code: str, detail: str, message_id: str, to: str | None) -> RoomErrorEvent:
+    """The event that tells ``to`` (a socket, when the reply channel is a hub's) of a failure."""
+    event = RoomErrorEvent(type=ROOM_ERROR, code=code, detail=detail, id=message_id)
+    if to:
+        event["to"] = to
+    return event

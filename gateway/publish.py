@@ -29,11 +29,10 @@ from gateway.errors import GatewayError, InvalidMessageError
 from gateway.events import (
     BRIDGE_CHANNEL,
     MQTT_PUBLISH,
-    ROOM_ERROR,
     ROOM_MESSAGES,
     MqttPublishEvent,
-    RoomErrorEvent,
     RoomMessagesEvent,
+    room_error,
 )
 from gateway.history import history_for
 from gateway.layers import members_of, shows_group_members
@@ -59,6 +58,7 @@ class Entry:
         state: keep the message as the room's state for its topic (a retained message).
         live: send it to the browsers in the room now (False for state learnt at start-up).
         reply_channel: the sender's channel, told if the message cannot reach the broker.
+        reply_to: which of the reply channel's sockets sent it.
     """
 
     room: str
@@ -71,6 +71,7 @@ class Entry:
     state: bool = False
     live: bool = True
     reply_channel: str | None = None
+    reply_to: str | None = None
 
 
 async def publish(
@@ -120,7 +121,7 @@ async def publish_many(
     await _send_to_rooms(layer, live)
     for entry, envelope in accepted:
         if entry.live and entry.source != "mqtt":
-            await _send_to_bridge(layer, envelope, entry.reply_channel)
+            await _send_to_bridge(layer, envelope, entry.reply_channel, entry.reply_to)
         if entry.live:
             metrics.inc("messages_published", entry.source)
     return results
@@ -194,11 +195,13 @@ async def _send_to_members(layer: Any, by_room: dict[str, list[Envelope]]) -> No
 
 
 async def _send_to_bridge(
-    layer: BaseChannelLayer, envelope: Envelope, reply_channel: str | None
+    layer: BaseChannelLayer, envelope: Envelope, reply_channel: str | None, reply_to: str | None
 ) -> None:
     event = MqttPublishEvent(type=MQTT_PUBLISH, envelope=envelope)
     if reply_channel:
         event["reply_channel"] = reply_channel
+    if reply_to:
+        event["reply_to"] = reply_to
     try:
         await layer.send(BRIDGE_CHANNEL, event)
     except ChannelFull:
@@ -207,9 +210,7 @@ async def _send_to_bridge(
         if reply_channel:
             await layer.send(
                 reply_channel,
-                RoomErrorEvent(
-                    type=ROOM_ERROR, code="bridge_unavailable", detail=detail, id=envelope["id"]
-                ),
+                room_error("bridge_unavailable", detail, envelope["id"], reply_to),
             )
 
 

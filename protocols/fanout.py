@@ -30,7 +30,7 @@ from channels.layers import BaseChannelLayer
 
 from gateway import metrics
 from gateway.envelope import Envelope
-from gateway.events import ROOM_MESSAGES
+from gateway.events import ROOM_ERROR, ROOM_MESSAGES
 from gateway.jsonutil import dumps
 from gateway.layers import per_layer
 from gateway.presence import ROOM_PRESENCE
@@ -259,6 +259,7 @@ class RoomHub:
         self.layer = layer
         self.channel: str | None = None
         self.rooms: dict[str, dict[str, Subscriber]] = {}
+        self._sockets: dict[str, Subscriber] = {}  # by key, for the errors their sends get
         self._groups: set[str] = set()  # rooms whose group the hub's channel is in
         self._membership = asyncio.Lock()
         self._seen: dict[str, tuple[deque[str], set[str]]] = {}
@@ -268,6 +269,7 @@ class RoomHub:
     async def join(self, room: str, subscriber: Subscriber) -> None:
         """Add ``subscriber`` to ``room``; the room's messages reach it from now on."""
         self.rooms.setdefault(room, {})[subscriber.key] = subscriber
+        self._sockets[subscriber.key] = subscriber
         if room in self._groups:
             return
         async with self._membership:
@@ -281,6 +283,8 @@ class RoomHub:
     async def leave(self, room: str, subscriber: Subscriber) -> None:
         """Remove ``subscriber``; the last one out takes the hub out of the room's group."""
         subscriber.gone = True
+        if self._sockets.get(subscriber.key) is subscriber:
+            del self._sockets[subscriber.key]
         members = self.rooms.get(room)
         if members is None or members.get(subscriber.key) is not subscriber:
             return
@@ -335,6 +339,8 @@ class RoomHub:
                 self._message(envelope)
         elif kind == ROOM_PRESENCE:
             self._presence(event)
+        elif kind == ROOM_ERROR:
+            self._error(event)
         else:
             metrics.inc("messages_dropped", "unknown_event")
             logger.warning("fan-out got an event it does not know: %r", kind)
@@ -365,6 +371,13 @@ class RoomHub:
             if subscriber.key != member["key"]:  # its own join is in its welcome
                 subscriber.deliver(frame, 0)
 
+    def _error(self, event: dict[str, Any]) -> None:
+        subscriber = self._sockets.get(event.get("to", ""))
+        if subscriber is None:
+            return  # the socket has gone since it sent the message
+        metrics.inc("ws_errors", event["code"])
+        subscriber.deliver(Frame(error_frame(event["code"], event["detail"], id=event["id"])), 0)
+
     def _first_sight(self, room: str, message_id: str) -> bool:
         recent, ids = self._seen.setdefault(room, (deque(maxlen=DEDUPE_WINDOW), set()))
         if message_id in ids:
@@ -391,6 +404,11 @@ class RoomHub:
         while True:
             await asyncio.sleep(max(1.0, expiry * RENEW_FRACTION))
             await self._rejoin()
+
+
+def error_frame(code: str, detail: str, **extra: str) -> str:
+    """The frame that tells a socket what went wrong with something it sent."""
+    return dumps({"type": "error", "code": code, "detail": detail, **extra})
 
 
 def client_view(envelope: Envelope) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from gateway import metrics, retained
@@ -20,7 +21,6 @@ from gateway.access import Access, aaccess_for, can_read, can_write
 from gateway.conf import gateway_settings
 from gateway.dispatch import DirectDispatchMixin
 from gateway.errors import GatewayError
-from gateway.events import RoomErrorEvent
 from gateway.history import history_for
 from gateway.jsonutil import dumps, parse_json
 from gateway.presence import presence_for
@@ -28,7 +28,7 @@ from gateway.publish import publish
 from gateway.ratelimit import FloodGuard
 from gateway.rooms import is_valid_room
 from gateway.tokens import atoken_is_active
-from protocols.fanout import Subscriber, client_view, hub_for, outlet_for
+from protocols.fanout import Subscriber, client_view, error_frame, hub_for, outlet_for
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +44,22 @@ WELCOME_MESSAGES = 50  # recent messages in the welcome of a browser that joins 
 class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]
     """One browser (or program) in one room.
 
-    The room's messages and presence reach the socket through this process's fan-out hub
-    (`protocols.fanout`), not through a group membership of its own.
+    The room's messages, its presence and the errors of its own sends reach the socket through
+    this process's fan-out hub (`protocols.fanout`). The socket has no channel of its own: that
+    would cost a receive task, a queue and a channel-layer read per socket, and a channel-layer
+    failure would end the socket instead of the hub retrying.
     """
 
+    channel_layer_alias = None  # no channel of its own; `layer` is the gateway's layer
     room: str | None = None
     subscriber: Subscriber | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        layer = get_channel_layer()
+        assert layer is not None, "the gateway always configures a channel layer"
+        self.layer: BaseChannelLayer = layer
+        self.key = f"ws:{secrets.token_hex(12)}"  # its presence key, unique across processes
         self._access: Access = "none"
         self._access_checked = 0.0
         self._claimed: str | None = None
@@ -81,22 +88,20 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         # Join before reading history: a message is in the history before it is sent to the
         # room, so every message is either in the welcome or arrives after it (held until the
         # welcome is out).
-        self.subscriber = Subscriber(self._presence_key(), outlet_for(self.base_send))
-        await hub_for(self.channel_layer).join(room, self.subscriber)
+        self.subscriber = Subscriber(self.key, outlet_for(self.base_send))
+        await hub_for(self.layer).join(room, self.subscriber)
         await self.accept(subprotocol)
         metrics.add_gauge("ws_connections", 1)
         token_id = self.scope.get("api_token_id")
         if token_id is not None:
             self._token_watch = asyncio.create_task(self._watch_token(token_id))
-        await presence_for(self.channel_layer).join(
-            room, self._presence_key(), "browser", self.sender, hold=True
-        )
+        await presence_for(self.layer).join(room, self.key, "browser", self.sender, hold=True)
         if since_error:
             await self.send_error("invalid_since", since_error)
         await self._welcome(room, since)
 
     async def _welcome(self, room: str, since: int | None) -> None:
-        history = history_for(self.channel_layer)
+        history = history_for(self.layer)
         if since is None:
             messages, gap = await history.recent(room, WELCOME_MESSAGES), False
         else:
@@ -112,7 +117,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             "gap": gap,
             "messages": [client_view(m) for m in messages],
             "retained": [client_view(s) for s in await retained.states(room)],
-            "presence": await presence_for(self.channel_layer).members(room),
+            "presence": await presence_for(self.layer).members(room),
         }
         await self.send(text_data=dumps(frame))
         assert self.subscriber is not None
@@ -141,8 +146,8 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             _sockets_per_user.release(self._claimed)
         if self.subscriber is not None and self.room is not None:
             metrics.add_gauge("ws_connections", -1)
-            await hub_for(self.channel_layer).leave(self.room, self.subscriber)
-            await presence_for(self.channel_layer).leave(self.room, self._presence_key())
+            await hub_for(self.layer).leave(self.room, self.subscriber)
+            await presence_for(self.layer).leave(self.room, self.key)
 
     async def _watch_token(self, token_id: int) -> None:
         """Close the socket once its API token is revoked (checked every few seconds)."""
@@ -167,9 +172,6 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             self._access_checked = time.monotonic()
         return can_write(self._access)
 
-    def _presence_key(self) -> str:
-        return f"ws:{self.channel_name}"
-
     def _user_key(self) -> str | None:
         user = self.scope.get("user")
         if user is not None and user.is_authenticated:
@@ -192,7 +194,8 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
                 frame["message"],
                 source="ws",
                 sender=self.sender,
-                reply_channel=self.channel_name,
+                reply_channel=hub_for(self.layer).channel,
+                reply_to=self.key,
             )
         except GatewayError as exc:
             await self.send_error(exc.code, str(exc))
@@ -227,14 +230,10 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             return None
         return frame
 
-    async def room_error(self, event: RoomErrorEvent) -> None:
-        """A message this socket sent could not be delivered to the broker."""
-        await self.send_error(event["code"], event["detail"], id=event["id"])
-
     async def send_error(self, code: str, detail: str, **extra: str) -> None:
         """Answer a bad frame (or report a failed delivery) without closing the socket."""
         metrics.inc("ws_errors", code)
-        await self.send(text_data=dumps({"type": "error", "code": code, "detail": detail, **extra}))
+        await self.send(text_data=error_frame(code, detail, **extra))
 
     def _sender_name(self) -> str:
         user = self.scope.get("user")
