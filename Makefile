@@ -8,7 +8,7 @@ MQTT_PORT ?= 1883
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: run test lint typecheck format system-deps install install-test screenshots bench clean
+.PHONY: run test lint typecheck format system-deps install install-test screenshots bench chaos clean
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,12 @@ screenshots: install-test system-deps
 ## 25 minutes; needs Node 18+. BENCH_ARGS=--quick for a tiny subset (see benchmarks/README.md).
 bench: $(VENV)/.bench-installed benchmarks/node_modules/.installed system-deps
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+## Faults on real Mosquitto, Redis, daphne and bridge processes, five times longer than in
+## `make test`; prints what each scenario sent, lost and repeated, and its recovery time.
+chaos: install-test system-deps
+	CHAOS_SCALE=5 $(PY) -m pytest tests/e2e/test_chaos.py tests/e2e/test_bridge_reliability.py \
+		--timeout=900 $(PYTEST_ARGS)
 
 lint: install-test
 	$(VENV)/bin/ruff check .

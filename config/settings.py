@@ -119,6 +119,13 @@ REDIS_URL: str | None = _read("REDIS_URL", env.str, None) or None
 CHANNEL_CAPACITY: int = _read("CHANNEL_CAPACITY", env.int, 1000)
 if not 10 <= CHANNEL_CAPACITY <= 1_000_000:
     raise ImproperlyConfigured(f"CHANNEL_CAPACITY={CHANNEL_CAPACITY} is out of range (10-1000000)")
+# Seconds a group membership lasts in the core layer unless renewed (each process renews its
+# rooms every quarter of it).
+CHANNEL_GROUP_EXPIRY: int = _read("CHANNEL_GROUP_EXPIRY", env.int, 86400)
+if not 4 <= CHANNEL_GROUP_EXPIRY <= 30 * 86400:
+    raise ImproperlyConfigured(
+        f"CHANNEL_GROUP_EXPIRY={CHANNEL_GROUP_EXPIRY} is out of range (4-2592000 seconds)"
+    )
 if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     raise ImproperlyConfigured(
         f"REDIS_URL={REDIS_URL!r} is invalid: use redis://host:port/db or rediss://"
@@ -153,6 +160,7 @@ elif REDIS_URL:
                 # Messages waiting per channel (a daphne process's sockets share one) before
                 # new ones are dropped and counted: seconds of slack, bounded memory.
                 "capacity": CHANNEL_CAPACITY,
+                "group_expiry": CHANNEL_GROUP_EXPIRY,
             },
         }
     }

@@ -6,11 +6,27 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ledger import Ledger
 from tests.support.processes import Gateway, Mosquitto, Redis, gateway_env, manage
 
 # The test process itself never talks to a configured broker or Redis.
 for _name in ("MQTT_URL", "REDIS_URL", "GATEWAY_ID"):
     os.environ.pop(_name, None)
+
+
+_ledger = Ledger()
+
+
+@pytest.fixture(scope="session")
+def ledger() -> Ledger:
+    """Where fault scenarios record what they sent, lost and repeated (printed at the end)."""
+    return _ledger
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _ledger.rows:
+        terminalreporter.write_sep("=", "promises under faults")
+        terminalreporter.write_line(_ledger.table())
 
 
 @pytest.fixture(scope="session")

@@ -256,6 +256,14 @@ async def test_bridge_resubscribes_after_the_broker_restarts(
             {"MQTT_URL": "mqtt://127.0.0.1:1", "REDIS_URL": "redis://x", "GATEWAY_ID": "a b"},
             "GATEWAY_ID",
         ),
+        (
+            {
+                "MQTT_URL": "mqtt://127.0.0.1:1",
+                "REDIS_URL": "redis://x",
+                "CHANNEL_GROUP_EXPIRY": "1",
+            },
+            "CHANNEL_GROUP_EXPIRY=1 is out of range",
+        ),
     ],
 )
 def test_runworker_refuses_to_start_without_a_usable_setting(

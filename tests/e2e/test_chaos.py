@@ -1,0 +1,203 @@
+"""Faults the gateway promises to survive, each with what a user would see.
+
+`make chaos` runs these with ``CHAOS_SCALE=5`` (longer outages and streams) together with
+the bridge's crash and restart scenarios, and prints the ledger: what each scenario sent,
+lost and repeated, and how long the gateway took to recover.
+"""
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from tests.conftest import start_gateway
+from tests.support.clients import recv_json, ws_connect
+from tests.support.devices import Device
+from tests.support.ledger import SCALE, Ledger
+from tests.support.processes import Mosquitto, Redis
+
+RECOVERY_DEADLINE = 5.0  # seconds after a fault ends by which every socket receives or is closed
+
+
+@dataclass
+class Watched:
+    """One browser's view of a numbered stream: when each number arrived, and how it ended."""
+
+    ws: ClientConnection
+    arrivals: list[tuple[float, int]] = field(default_factory=list)
+    closed: tuple[float, int | None] | None = None
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def read(self) -> None:
+        try:
+            while True:
+                frame = await recv_json(self.ws, 3600)
+                if frame.get("type") == "message" and isinstance(frame["message"], dict):
+                    self.arrivals.append((time.monotonic(), frame["message"]["n"]))
+                    self.arrived.set()
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd is not None else None
+            self.closed = (time.monotonic(), code)
+
+    def counts(self) -> Counter[int]:
+        return Counter(n for _, n in self.arrivals)
+
+    def first_after(self, moment: float) -> float | None:
+        return next((t for t, _ in self.arrivals if t >= moment), None)
+
+    async def wait_first_after(self, moment: float, within: float) -> float | None:
+        """When the first message after ``moment`` arrived, waiting up to ``within`` s for it."""
+        deadline = moment + within
+        while (first := self.first_after(moment)) is None and time.monotonic() < deadline:
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrived.wait(), deadline - time.monotonic())
+        return first
+
+
+async def publish_numbered(device: Device, topics: list[str], stop: asyncio.Event) -> int:
+    """A numbered message to each topic every 50 ms until ``stop``; how many numbers went out."""
+    n = 0
+    while not stop.is_set():
+        for topic in topics:
+            device.publish(topic, json.dumps({"n": n}).encode())
+        n += 1
+        await asyncio.sleep(0.05)
+    return n
+
+
+async def test_a_redis_restart_leaves_every_socket_receiving_or_closed_with_1012(
+    tmp_path: Path, broker: Mosquitto, database_url: str, ledger: Ledger
+) -> None:
+    for part in ("redis", "gateway"):
+        (tmp_path / part).mkdir()
+    redis = Redis(tmp_path / "redis").start()
+    gateway = start_gateway(tmp_path / "gateway", broker, redis, database_url)
+    rooms = ["north", "south"]
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            watched = [
+                Watched(await stack.enter_async_context(ws_connect(gateway.ws, room)))
+                for room in rooms
+                for _ in range(2)
+            ]
+            readers = [asyncio.create_task(w.read()) for w in watched]
+            stop = asyncio.Event()
+            with Device(broker.port, "chaos-redis") as device:
+                sending = asyncio.create_task(
+                    publish_numbered(device, [f"rooms/{r}/meter" for r in rooms], stop)
+                )
+                await asyncio.sleep(2)
+                await asyncio.to_thread(redis.stop)  # all of Redis's state is gone
+                await asyncio.sleep(1.0 * SCALE)
+                await asyncio.to_thread(redis.start)
+                back = time.monotonic()
+                await asyncio.sleep(RECOVERY_DEADLINE + 3)
+                stop.set()
+                sent = await sending
+            await asyncio.sleep(3)  # late deliveries
+            for reader in readers:
+                reader.cancel()
+        recoveries = []
+        for w in watched:
+            first = w.first_after(back)
+            if first is not None:
+                recoveries.append(first - back)
+            else:  # not receiving: then it must have been told, with 1012
+                assert w.closed is not None, "a socket neither receives nor was closed"
+                assert w.closed[1] == 1012
+                recoveries.append(max(0.0, w.closed[0] - back))
+        ledger.record(
+            "a Redis restart: every socket receives again or is closed with 1012 within 5 s",
+            f"Redis down {1.0 * SCALE:.0f} s, 4 sockets in 2 rooms",
+            sent,
+            [w.counts() for w in watched],
+            max(recoveries),
+        )
+        assert max(recoveries) <= RECOVERY_DEADLINE
+    finally:
+        gateway.stop()
+        redis.stop()
+
+
+async def test_the_bridge_waits_quietly_for_a_broker_that_is_down_and_recovers(
+    tmp_path: Path, redis_server: Redis, database_url: str, ledger: Ledger
+) -> None:
+    for part in ("broker", "gateway"):
+        (tmp_path / part).mkdir()
+    broker = Mosquitto(tmp_path / "broker").start()
+    gateway = start_gateway(tmp_path / "gateway", broker, redis_server, database_url)
+    outage = 10.0 * SCALE
+    try:
+        async with ws_connect(gateway.ws, "backoff") as ws:
+            watched = Watched(ws)
+            reader = asyncio.create_task(watched.read())
+            await asyncio.to_thread(broker.stop)
+            before = gateway.worker.cpu_seconds()
+            await asyncio.sleep(outage)
+            idle_cpu = gateway.worker.cpu_seconds() - before
+            await asyncio.to_thread(broker.start)
+            back = time.monotonic()
+            stop = asyncio.Event()
+            with Device(broker.port, "chaos-backoff") as device:
+                sending = asyncio.create_task(
+                    publish_numbered(device, ["rooms/backoff/meter"], stop)
+                )
+                # The bridge's next attempt comes within its backoff cap (10 s) of the return.
+                first = await watched.wait_first_after(back, 15)
+                stop.set()
+                sent = await sending
+            await asyncio.sleep(2)
+            reader.cancel()
+        ledger.record(
+            "the bridge does not spin while the broker is down, and recovers when it returns",
+            f"broker (no persistence) down {outage:.0f} s, bridge used {idle_cpu:.2f} CPU s; "
+            "sent from its return, lost until the bridge subscribed",
+            sent,
+            [watched.counts()],
+            None if first is None else first - back,
+        )
+        assert idle_cpu < 0.05 * outage  # waiting costs under 5% of a core
+        assert first is not None, "nothing reached the room after the broker came back"
+    finally:
+        gateway.stop()
+        broker.stop()
+
+
+async def test_sockets_that_outlive_the_group_expiry_keep_receiving(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str, ledger: Ledger
+) -> None:
+    expiry = 6
+    gateway = start_gateway(
+        tmp_path, broker, redis_server, database_url, CHANNEL_GROUP_EXPIRY=str(expiry)
+    )
+    lifetime = 3 * expiry * SCALE
+    try:
+        async with ws_connect(gateway.ws, "expiry") as ws:
+            watched = Watched(ws)
+            reader = asyncio.create_task(watched.read())
+            stop = asyncio.Event()
+            with Device(broker.port, "chaos-expiry") as device:
+                sending = asyncio.create_task(
+                    publish_numbered(device, ["rooms/expiry/meter"], stop)
+                )
+                await asyncio.sleep(lifetime)
+                stop.set()
+                sent = await sending
+            await asyncio.sleep(2)
+            reader.cancel()
+        row = ledger.record(
+            "sockets that outlive the channel layer's group expiry keep receiving",
+            f"group expiry {expiry} s, socket open {lifetime} s",
+            sent,
+            [watched.counts()],
+        )
+        assert (row.lost, row.duplicated, watched.closed) == (0, 0, None)
+    finally:
+        gateway.stop()
