@@ -241,6 +241,8 @@ class GatewaySystem(System):
         broker, _ = self._broker()
         self.redis = Redis(self.workdir).start()
         database = self.workdir / "gateway.sqlite3"
+        for leftover in (".sqlite3-wal", ".sqlite3-shm"):  # a previous run's: they would corrupt it
+            database.with_suffix(leftover).unlink(missing_ok=True)
         shutil.copyfile(self.database, database)
         env = gateway_env(
             MQTT_URL=broker.url,
