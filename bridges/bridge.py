@@ -49,6 +49,7 @@ from gateway.presence import presence_for
 from gateway.publish import Entry, publish_many
 
 logger = logging.getLogger(__name__)
+HANDOFF_RETRY_CAP_SECONDS = 1.0
 T = TypeVar("T")
 
 # Failures that pass: the message is retried, not dropped.
@@ -205,7 +206,9 @@ class Bridge:
             except TRANSIENT_ERRORS as exc:
                 if self._stopping:  # not handed on: the broker gives it to the next session
                     raise RedeliverError(str(exc)) from exc
-                delay = backoff_delay(attempt)
+                # Redis or the database is back within a second of returning: a retry costs
+                # one round trip, and the rooms wait for it.
+                delay = backoff_delay(attempt, cap=HANDOFF_RETRY_CAP_SECONDS)
                 attempt += 1
                 metrics.inc("handoff_retries")
                 logger.warning("handing on failed (%s); retrying in %.1f s", exc, delay)

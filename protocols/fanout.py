@@ -31,6 +31,7 @@ from channels.layers import BaseChannelLayer
 from gateway import metrics
 from gateway.envelope import Envelope
 from gateway.events import ROOM_ERROR, ROOM_MESSAGES
+from gateway.history import history_for
 from gateway.jsonutil import dumps
 from gateway.layers import per_layer
 from gateway.presence import ROOM_PRESENCE
@@ -263,6 +264,7 @@ class RoomHub:
         self._groups: set[str] = set()  # rooms whose group the hub's channel is in
         self._membership = asyncio.Lock()
         self._seen: dict[str, tuple[deque[str], set[str]]] = {}
+        self._delivered: dict[str, int] = {}  # room -> the highest seq fanned out
         self._reader: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
 
@@ -293,6 +295,7 @@ class RoomHub:
             return
         del self.rooms[room]
         self._seen.pop(room, None)
+        self._delivered.pop(room, None)
         async with self._membership:
             if room in self._groups and room not in self.rooms:
                 assert self.channel is not None
@@ -312,17 +315,25 @@ class RoomHub:
     async def _read(self) -> None:
         assert self.channel is not None
         failures = 0
+        stale = False  # the layer failed: memberships and queued events may be gone
         while True:
+            delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+            if stale:
+                if not await self._rejoin():
+                    failures += 1
+                    await asyncio.sleep(delay)
+                    continue
+                stale = False
+                await self._catch_up()
             try:
                 event = await self.layer.receive(self.channel)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
+                stale = True
                 logger.exception("the channel layer failed; reading again in %.1f s", delay)
                 await asyncio.sleep(delay)
-                await self._rejoin()
                 continue
             failures = 0
             try:
@@ -330,6 +341,25 @@ class RoomHub:
             except Exception:
                 metrics.inc("messages_dropped", "fanout_error")
                 logger.exception("could not fan out an event of type %r", event.get("type"))
+
+    async def _catch_up(self) -> None:
+        """After a layer failure, send each room what history has past the last seq it got.
+
+        Events queued for this process, or sent to a room while the hub was out of its group
+        (a restarted Redis forgets memberships), are gone; history still has their messages.
+        """
+        history = history_for(self.layer)
+        for room, members in list(self.rooms.items()):
+            last = self._delivered.get(room)
+            if last is None:  # nothing fanned out yet: from the oldest welcome
+                last = min((s.watermark for s in members.values()), default=0)
+            try:
+                missed = await history.missed(room, last)
+            except Exception:
+                logger.exception("could not read room %s's history to catch up", room)
+                continue
+            for envelope in missed.messages:
+                self._message(envelope)
 
     def dispatch(self, event: dict[str, Any]) -> None:
         """Write ``event`` to the sockets of its room in this process."""
@@ -355,6 +385,8 @@ class RoomHub:
             return
         frame = Frame(dumps(client_view(envelope)))
         seq = envelope.get("seq", 0)
+        if seq > self._delivered.get(room, 0):
+            self._delivered[room] = seq
         for subscriber in list(members.values()):
             subscriber.deliver(frame, seq)
         entered = datetime.fromisoformat(envelope["ts"]).timestamp()
@@ -388,8 +420,9 @@ class RoomHub:
         ids.add(message_id)
         return True
 
-    async def _rejoin(self) -> None:
-        """Add the hub's channel to its groups again (after the layer failed or to renew)."""
+    async def _rejoin(self) -> bool:
+        """Add the hub's channel to its groups again (after the layer failed or to renew);
+        whether every group has it."""
         async with self._membership:
             assert self.channel is not None
             for room in list(self._groups):
@@ -397,7 +430,8 @@ class RoomHub:
                     await self.layer.group_add(group_name(room), self.channel)
                 except Exception:
                     logger.warning("could not renew room %s's group yet", room)
-                    return
+                    return False
+        return True
 
     async def _renew(self) -> None:
         expiry = getattr(self.layer, "group_expiry", 86400)
