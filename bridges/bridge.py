@@ -277,24 +277,24 @@ class Bridge:
                 "broker_unreachable",
                 f"the broker has not confirmed the message after {self.publish_timeout:g} s; "
                 "it is kept and sent when the broker is back",
-                envelope["id"],
+                envelope,
             )
             return
         except PublishRefusedError as exc:
             metrics.dropped("mqtt_publish_refused", f"{topic}: {exc}")
-            await self._tell(reply, "broker_refused", str(exc), envelope["id"])
+            await self._tell(reply, "broker_refused", str(exc), envelope)
             return
         metrics.inc("mqtt_messages_out")
 
     async def _tell(
-        self, reply: tuple[str | None, str | None], code: str, detail: str, message_id: str
+        self, reply: tuple[str | None, str | None], code: str, detail: str, envelope: Envelope
     ) -> None:
         channel, to = reply
         if channel is None:
             return
         layer = get_channel_layer()
         if layer is not None:
-            await layer.send(channel, room_error(code, detail, message_id, to))
+            await layer.send(channel, room_error(envelope, code, detail, to))
 
 
 class Delivered:

@@ -40,19 +40,24 @@ class MqttPublishEvent(TypedDict):
 class RoomErrorEvent(TypedDict):
     """Sent to a sender's reply channel: something it sent could not be delivered.
 
-    A browser's reply channel is its process's fan-out hub, and ``to`` names the socket.
+    A browser's reply channel is its process's fan-out hub, and ``to`` names the socket
+    among the hub's sockets in ``room``.
     """
 
     type: Literal["room.error"]
     code: str
     detail: str
     id: str
+    room: str
     to: NotRequired[str]
 
 
-def room_error(code: str, detail: str, message_id: str, to: str | None) -> RoomErrorEvent:
-    """The event that tells ``to`` (a socket, when the reply channel is a hub's) of a failure."""
-    event = RoomErrorEvent(type=ROOM_ERROR, code=code, detail=detail, id=message_id)
+def room_error(envelope: Envelope, code: str, detail: str, to: str | None) -> RoomErrorEvent:
+    """The event that tells ``to`` (a socket, when the reply channel is a hub's) that
+    ``envelope`` could not be delivered."""
+    event = RoomErrorEvent(
+        type=ROOM_ERROR, code=code, detail=detail, id=envelope["id"], room=envelope["room"]
+    )
     if to:
         event["to"] = to
     return event

@@ -260,7 +260,6 @@ class RoomHub:
         self.layer = layer
         self.channel: str | None = None
         self.rooms: dict[str, dict[str, Subscriber]] = {}
-        self._sockets: dict[str, Subscriber] = {}  # by key, for the errors their sends get
         self._groups: set[str] = set()  # rooms whose group the hub's channel is in
         self._membership = asyncio.Lock()
         self._seen: dict[str, tuple[deque[str], set[str]]] = {}
@@ -271,7 +270,6 @@ class RoomHub:
     async def join(self, room: str, subscriber: Subscriber) -> None:
         """Add ``subscriber`` to ``room``; the room's messages reach it from now on."""
         self.rooms.setdefault(room, {})[subscriber.key] = subscriber
-        self._sockets[subscriber.key] = subscriber
         if room in self._groups:
             return
         async with self._membership:
@@ -285,8 +283,6 @@ class RoomHub:
     async def leave(self, room: str, subscriber: Subscriber) -> None:
         """Remove ``subscriber``; the last one out takes the hub out of the room's group."""
         subscriber.gone = True
-        if self._sockets.get(subscriber.key) is subscriber:
-            del self._sockets[subscriber.key]
         members = self.rooms.get(room)
         if members is None or members.get(subscriber.key) is not subscriber:
             return
@@ -404,7 +400,7 @@ class RoomHub:
                 subscriber.deliver(frame, 0)
 
     def _error(self, event: dict[str, Any]) -> None:
-        subscriber = self._sockets.get(event.get("to", ""))
+        subscriber = self.rooms.get(event.get("room", ""), {}).get(event.get("to", ""))
         if subscriber is None:
             return  # the socket has gone since it sent the message
         metrics.inc("ws_errors", event["code"])
