@@ -14,7 +14,7 @@ few events a second, not one per message.
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -162,17 +162,21 @@ async def _send_to_rooms(layer: BaseChannelLayer, envelopes: list[Envelope]) -> 
         return
 
     async def send_room(room: str, batch: list[Envelope]) -> None:
-        for start in range(0, len(batch), EVENT_ENVELOPES):
-            chunk = batch[start : start + EVENT_ENVELOPES]
-            carried = metrics.MESSAGES_PER_EVENT.set(len(chunk))  # a drop counts them all
+        for event in _events(batch):
+            token = metrics.MESSAGES_PER_EVENT.set(len(event["envelopes"]))  # a drop counts all
             try:
-                await layer.group_send(
-                    group_name(room), RoomMessagesEvent(type=ROOM_MESSAGES, envelopes=chunk)
-                )
+                await layer.group_send(group_name(room), event)
             finally:
-                metrics.MESSAGES_PER_EVENT.reset(carried)
+                metrics.MESSAGES_PER_EVENT.reset(token)
 
     await asyncio.gather(*(send_room(room, batch) for room, batch in by_room.items()))
+
+
+def _events(batch: list[Envelope]) -> Iterator[RoomMessagesEvent]:
+    """``batch`` as events of at most `EVENT_ENVELOPES` messages each, in order."""
+    for start in range(0, len(batch), EVENT_ENVELOPES):
+        chunk = batch[start : start + EVENT_ENVELOPES]
+        yield RoomMessagesEvent(type=ROOM_MESSAGES, envelopes=chunk)
 
 
 async def _send_to_members(layer: Any, by_room: dict[str, list[Envelope]]) -> None:
@@ -183,13 +187,13 @@ async def _send_to_members(layer: Any, by_room: dict[str, list[Envelope]]) -> No
             by_channel.setdefault(channel, []).extend(batch)
 
     async def send_channel(channel: str, batch: list[Envelope]) -> None:
-        for start in range(0, len(batch), EVENT_ENVELOPES):
-            chunk = batch[start : start + EVENT_ENVELOPES]
+        for event in _events(batch):
             try:
-                await layer.send(channel, RoomMessagesEvent(type=ROOM_MESSAGES, envelopes=chunk))
+                await layer.send(channel, event)
             except ChannelFull:
-                detail = f"{len(chunk)} messages for {channel}, which is full"
-                metrics.dropped("channel_full", detail, len(chunk))
+                carried = len(event["envelopes"])
+                detail = f"{carried} messages for {channel}, which is full"
+                metrics.dropped("channel_full", detail, carried)
 
     await asyncio.gather(*(send_channel(channel, batch) for channel, batch in by_channel.items()))
 
@@ -210,7 +214,7 @@ async def _send_to_bridge(
         if reply_channel:
             await layer.send(
                 reply_channel,
-                room_error("bridge_unavailable", detail, envelope["id"], reply_to),
+                room_error(envelope, "bridge_unavailable", detail, reply_to),
             )
 
 
