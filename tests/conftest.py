@@ -3,6 +3,7 @@
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,14 +62,22 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
 
 
 @pytest.fixture(scope="module")
+def gateway_options() -> dict[str, Any]:
+    """How a module's `gateway` starts: `start_gateway`'s keywords (a module may override)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
 def gateway(
     tmp_path_factory: pytest.TempPathFactory,
     broker: Mosquitto,
     redis_server: Redis,
     database_url: str,
+    gateway_options: dict[str, Any],
 ) -> Iterator[Gateway]:
     """daphne and a bridge worker on `broker`, shared by the tests of a module."""
-    stack = start_gateway(tmp_path_factory.mktemp("gateway"), broker, redis_server, database_url)
+    workdir = tmp_path_factory.mktemp("gateway")
+    stack = start_gateway(workdir, broker, redis_server, database_url, **gateway_options)
     yield stack
     stack.stop()
 

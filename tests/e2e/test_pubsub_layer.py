@@ -4,11 +4,10 @@ Two bridge workers: with this layer every worker reads every outbound event, so 
 shows that a browser's message reaches MQTT once, not once per worker.
 """
 
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from tests.conftest import start_gateway
 from tests.e2e.test_rooms import (
     test_a_burst_across_rooms_reaches_each_room_in_order_and_no_other,
     test_a_welcome_larger_than_the_frame_limit_still_arrives,
@@ -16,7 +15,6 @@ from tests.e2e.test_rooms import (
     test_device_message_reaches_every_browser_in_its_room_and_no_other,
     test_send_message_reaches_browsers_and_mqtt,
 )
-from tests.support.processes import Gateway, Mosquitto, Redis
 
 __all__ = [
     "test_a_burst_across_rooms_reaches_each_room_in_order_and_no_other",
@@ -28,20 +26,6 @@ __all__ = [
 
 
 @pytest.fixture(scope="module")
-def gateway(
-    tmp_path_factory: pytest.TempPathFactory,
-    broker: Mosquitto,
-    redis_server: Redis,
-    database_url: str,
-) -> Iterator[Gateway]:
+def gateway_options() -> dict[str, Any]:
     """daphne and two bridge workers on the pub/sub layer."""
-    stack = start_gateway(
-        tmp_path_factory.mktemp("pubsub"),
-        broker,
-        redis_server,
-        database_url,
-        workers=2,
-        CHANNEL_LAYER="pubsub",
-    )
-    yield stack
-    stack.stop()
+    return {"workers": 2, "CHANNEL_LAYER": "pubsub"}
