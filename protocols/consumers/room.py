@@ -22,17 +22,17 @@ from gateway.conf import gateway_settings
 from gateway.dispatch import DirectDispatchMixin
 from gateway.errors import GatewayError
 from gateway.history import history_for
-from gateway.jsonutil import dumps, parse_json
+from gateway.jsonutil import dumps
 from gateway.presence import presence_for
 from gateway.publish import publish
 from gateway.ratelimit import FloodGuard
 from gateway.rooms import is_valid_room
 from gateway.tokens import atoken_is_active
 from protocols.fanout import Subscriber, client_view, error_frame, hub_for, outlet_for
+from protocols.frames import Refusal, read_frame
 
 logger = logging.getLogger(__name__)
 
-CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008  # flooding, too many sockets
 CLOSE_UNAUTHORISED = 4401  # an invalid or revoked token
 CLOSE_FORBIDDEN = 4403  # no read access to the room
@@ -212,23 +212,15 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
 
     async def _frame(self, text_data: str | None) -> dict[str, Any] | None:
         """The client's frame, or None once the problem with it has been answered."""
-        if text_data is None:
-            await self.send_error("binary_frame", "frames must be JSON text, not binary")
-            return None
-        limit = gateway_settings().max_frame_bytes
-        if len(text_data) > limit or len(text_data.encode("utf-8")) > limit:
-            metrics.inc("ws_closed", "frame_too_big")
-            await self.close(code=CLOSE_TOO_BIG)
-            return None
-        try:
-            frame = parse_json(text_data)
-        except ValueError as exc:
-            await self.send_error("invalid_json", f"frames must be JSON: {exc}")
-            return None
-        if not isinstance(frame, dict) or "message" not in frame:
-            await self.send_error("invalid_frame", 'send {"message": <any JSON value>}')
-            return None
-        return frame
+        frame = read_frame(text_data, gateway_settings().max_frame_bytes)
+        if not isinstance(frame, Refusal):
+            return frame
+        if frame.close is not None:
+            metrics.inc("ws_closed", frame.code)
+            await self.close(code=frame.close)
+        else:
+            await self.send_error(frame.code, frame.detail)
+        return None
 
     async def send_error(self, code: str, detail: str, **extra: str) -> None:
         """Answer a bad frame (or report a failed delivery) without closing the socket."""
