@@ -152,6 +152,13 @@ class Bridge:
         if not targets:
             metrics.dropped("no_rule", f"topic {message.topic!r} matches no rule or no valid room")
             return []
+        limit = gateway_settings().max_payload_bytes
+        if len(message.payload) > limit:
+            detail = (
+                f"topic {message.topic!r}: {len(message.payload)} bytes, over the {limit} allowed"
+            )
+            metrics.dropped("payload_too_big", detail)
+            return []
         if message.retain and not message.payload:  # an empty retained message clears the state
             return [partial(retained.forget, target.room, message.topic) for target in targets]
         codec = codec_for_content_type(message.content_type) or get_codec(targets[0].rule.codec)

@@ -175,6 +175,8 @@ else:
 GATEWAY = GatewaySettings(
     gateway_id=_read("GATEWAY_ID", env.str, "gateway"),
     max_frame_bytes=_read("GATEWAY_MAX_FRAME_BYTES", env.int, 64 * 1024),
+    max_payload_bytes=_read("GATEWAY_MAX_PAYLOAD_BYTES", env.int, 64 * 1024),
+    retained_max_topics=_read("RETAINED_MAX_TOPICS", env.int, 100),
     history_max_messages=_read("HISTORY_MAX_MESSAGES", env.int, 10_000),
     history_max_age=timedelta(days=_read("HISTORY_MAX_AGE_DAYS", env.float, 30.0)),
     presence_ttl=_read("PRESENCE_TTL_SECONDS", env.float, 30.0),

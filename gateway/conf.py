@@ -19,6 +19,10 @@ class GatewaySettings:
             derive from it (``GATEWAY_ID``).
         max_frame_bytes: largest WebSocket frame accepted; larger ones close with 1009
             (``GATEWAY_MAX_FRAME_BYTES``).
+        max_payload_bytes: largest device payload handed on to a room; larger ones are dropped
+            and counted (``GATEWAY_MAX_PAYLOAD_BYTES``).
+        retained_max_topics: retained states kept per room; a retained message on a further
+            topic is delivered but not kept (``RETAINED_MAX_TOPICS``).
         history_max_messages: messages kept per room (``HISTORY_MAX_MESSAGES``).
         history_max_age: how long messages are kept (``HISTORY_MAX_AGE_DAYS``).
         presence_ttl: seconds a crashed process's browsers stay present
@@ -27,6 +31,8 @@ class GatewaySettings:
 
     gateway_id: str = "gateway"
     max_frame_bytes: int = 64 * 1024
+    max_payload_bytes: int = 64 * 1024
+    retained_max_topics: int = 100
     history_max_messages: int = 10_000
     history_max_age: timedelta = timedelta(days=30)
     presence_ttl: float = 30.0
@@ -40,6 +46,15 @@ class GatewaySettings:
         if not 1024 <= self.max_frame_bytes <= 16 * 1024 * 1024:
             raise ImproperlyConfigured(
                 f"GATEWAY_MAX_FRAME_BYTES={self.max_frame_bytes} is out of range (1024-16777216)"
+            )
+        if not 1024 <= self.max_payload_bytes <= 16 * 1024 * 1024:
+            raise ImproperlyConfigured(
+                f"GATEWAY_MAX_PAYLOAD_BYTES={self.max_payload_bytes}"
+                " is out of range (1024-16777216)"
+            )
+        if not 1 <= self.retained_max_topics <= 100_000:
+            raise ImproperlyConfigured(
+                f"RETAINED_MAX_TOPICS={self.retained_max_topics} is out of range (1-100000)"
             )
         if not 1 <= self.history_max_messages <= 100_000_000:
             raise ImproperlyConfigured(

@@ -116,8 +116,13 @@ async def publish_many(
     live = [envelope for entry, envelope in accepted if entry.live]
     await history_for(layer).append(live)  # before the room sees them: see history.py
     for entry, envelope in accepted:
-        if entry.state:
-            await retained.remember(envelope)
+        if entry.state and not await retained.remember(envelope):
+            metrics.inc("retained_states_refused")
+            logger.warning(
+                "room %s keeps no more retained states; %r delivered but not kept",
+                envelope["room"],
+                envelope["topic"],
+            )
     await _send_to_rooms(layer, live)
     for entry, envelope in accepted:
         if entry.live and entry.source != "mqtt":

@@ -72,6 +72,20 @@ def test_frame_limit_out_of_range_fails_naming_it(limit: int) -> None:
         GatewaySettings(max_frame_bytes=limit)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "name"),
+    [
+        ("max_payload_bytes", 1023, "GATEWAY_MAX_PAYLOAD_BYTES"),
+        ("max_payload_bytes", 16 * 1024 * 1024 + 1, "GATEWAY_MAX_PAYLOAD_BYTES"),
+        ("retained_max_topics", 0, "RETAINED_MAX_TOPICS"),
+        ("retained_max_topics", 100_001, "RETAINED_MAX_TOPICS"),
+    ],
+)
+def test_device_limits_out_of_range_fail_naming_them(field: str, value: int, name: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=name):
+        GatewaySettings(**{field: value})
+
+
 @pytest.mark.parametrize("text", ["NaN", "[Infinity]", '{"x": -Infinity}', "1e999", "[" * 100_000])
 def test_json_that_browsers_could_not_read_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"JSON|range|deeply"):
