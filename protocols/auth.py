@@ -5,12 +5,21 @@ headers on a WebSocket, offer it as the subprotocol ``token.<token>`` (the serve
 that subprotocol when it accepts). A token in the query string is refused: URLs end up in
 logs. `TokenAuthMiddleware` only marks the scope; the consumer decides (and closes with 4401
 when ``scope["token_error"]`` is set).
+
+Browsers that signed in carry a session instead. A socket outlives the request that opened it,
+so the consumer asks `asession_is_current` every few seconds whether its session still signs in
+the same user: a sign-out, a password change or a deactivated account ends the socket too.
 """
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from importlib import import_module
+from types import SimpleNamespace
+from typing import Any, cast
 from urllib.parse import unquote
 
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth import get_user
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
@@ -106,3 +115,21 @@ def _token_subprotocol(subprotocols: Iterable[str]) -> str | None:
 def _query_has_token(query_string: bytes) -> bool:
     # Decoded first, so that ``tok%65n=`` is caught too; ``access_token=`` is refused as well.
     return "token=" in unquote(query_string.decode("latin-1")).lower()
+
+
+def session_is_current(session_key: str, user_pk: Any) -> bool:
+    """Whether the session ``session_key`` still signs in the user ``user_pk``.
+
+    False once the user signed out (the session is gone), changed their password (the
+    session's hash no longer matches) or was deactivated, as Django's own request handling
+    would decide.
+    """
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    user = get_user(cast(HttpRequest, SimpleNamespace(session=store)))
+    return bool(user.is_authenticated and user.pk == user_pk)
+
+
+async def asession_is_current(session_key: str, user_pk: Any) -> bool:
+    """`session_is_current` from async code."""
+    current: bool = await database_sync_to_async(session_is_current)(session_key, user_pk)
+    return current

@@ -9,6 +9,8 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -28,15 +30,16 @@ from gateway.publish import publish
 from gateway.ratelimit import FloodGuard
 from gateway.rooms import is_valid_room
 from gateway.tokens import atoken_is_active
+from protocols.auth import asession_is_current
 from protocols.fanout import Subscriber, client_view, error_frame, hub_for, outlet_for
 from protocols.frames import Refusal, read_frame
 
 logger = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008  # flooding, too many sockets
-CLOSE_UNAUTHORISED = 4401  # an invalid or revoked token
+CLOSE_UNAUTHORISED = 4401  # an invalid or revoked token, an ended session
 CLOSE_FORBIDDEN = 4403  # no read access to the room
-TOKEN_RECHECK_SECONDS = 5.0
+CREDENTIALS_RECHECK_SECONDS = 5.0
 ACCESS_RECHECK_SECONDS = 5.0
 WELCOME_MESSAGES = 50  # recent messages in the welcome of a browser that joins afresh
 
@@ -63,7 +66,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         self._access: Access = "none"
         self._access_checked = 0.0
         self._claimed: str | None = None
-        self._token_watch: asyncio.Task[None] | None = None
+        self._credentials_watch: asyncio.Task[None] | None = None
         self._flood = FloodGuard.for_websocket()
 
     async def connect(self) -> None:
@@ -92,9 +95,9 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         await hub_for(self.layer).join(room, self.subscriber)
         await self.accept(subprotocol)
         metrics.add_gauge("ws_connections", 1)
-        token_id = self.scope.get("api_token_id")
-        if token_id is not None:
-            self._token_watch = asyncio.create_task(self._watch_token(token_id))
+        credentials = self._credentials()
+        if credentials is not None:
+            self._credentials_watch = asyncio.create_task(self._watch_credentials(*credentials))
         await presence_for(self.layer).join(room, self.key, "browser", self.sender, hold=True)
         if since_error:
             await self.send_error("invalid_since", since_error)
@@ -140,8 +143,8 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         return None
 
     async def disconnect(self, code: int) -> None:
-        if self._token_watch is not None:
-            self._token_watch.cancel()
+        if self._credentials_watch is not None:
+            self._credentials_watch.cancel()
         if self._claimed is not None:
             _sockets_per_user.release(self._claimed)
         if self.subscriber is not None and self.room is not None:
@@ -149,18 +152,32 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             await hub_for(self.layer).leave(self.room, self.subscriber)
             await presence_for(self.layer).leave(self.room, self.key)
 
-    async def _watch_token(self, token_id: int) -> None:
-        """Close the socket once its API token is revoked (checked every few seconds)."""
+    def _credentials(self) -> tuple[Callable[[], Awaitable[bool]], str] | None:
+        """How to tell that the socket's credentials still hold, and what to say when not."""
+        token_id = self.scope.get("api_token_id")
+        if token_id is not None:
+            return partial(atoken_is_active, token_id), "your token was revoked"
+        user, session = self.scope.get("user"), self.scope.get("session")
+        if user is not None and user.is_authenticated and session is not None:
+            key = session.session_key
+            if key:
+                return partial(asession_is_current, key, user.pk), "your session has ended"
+        return None
+
+    async def _watch_credentials(
+        self, still_valid: Callable[[], Awaitable[bool]], why: str
+    ) -> None:
+        """Close the socket once its credentials no longer hold, checked every few seconds."""
         while True:
-            await asyncio.sleep(TOKEN_RECHECK_SECONDS)
+            await asyncio.sleep(CREDENTIALS_RECHECK_SECONDS)
             try:
-                active = await atoken_is_active(token_id)
+                valid = await still_valid()
             except Exception:
-                logger.exception("checking token %s failed; checking again", token_id)
+                logger.exception("checking a socket's credentials failed; checking again")
                 continue
-            if not active:
-                metrics.inc("ws_closed", "token_revoked")
-                await self.send_error("unauthorised", "your token was revoked")
+            if not valid:
+                metrics.inc("ws_closed", "credentials_revoked")
+                await self.send_error("unauthorised", why)
                 await self.close(code=CLOSE_UNAUTHORISED)
                 return
 
