@@ -12,9 +12,15 @@ that is dropped again as soon as the broker confirms it: that one is how the ret
 learnt. The shared one asks for no retained messages at subscribe time (brokers differ there) and
 for the retain flag as published, so a retained message on it is a live update of the state.
 Subscription identifiers tell the two apart. With MQTT 3.1.1 a plain subscription serves both.
+
+Each connection keeps its status retained on ``gateways/<client id>/status``: ``online`` once
+connected, ``offline`` with ``"reason": "stopped"`` when it stops cleanly, and, as its last will,
+``"reason": "lost"`` when it vanishes. A clean stop disconnects properly, so the broker drops the
+will: devices never see a stopping bridge reported lost.
 """
 
 import asyncio
+import json
 import logging
 import random
 import ssl
@@ -38,12 +44,15 @@ from gateway.errors import GatewayError
 logger = logging.getLogger(__name__)
 
 SESSION_EXPIRY_SECONDS = 3600
+STATUS_TIMEOUT_SECONDS = 2.0  # for the broker to confirm a stopping bridge's status
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 10.0
 # Publications paho keeps while the broker is away; past that a publish is refused at once.
 MAX_QUEUED_PUBLICATIONS = 10_000
 BATCH_MESSAGES = 256  # messages handed on together at most
 ORIGIN_PROPERTY = "gateway"
+# Where each bridge connection says whether it is up: retained, with a last will saying "lost".
+STATUS_TOPIC = "gateways/{client_id}/status"
 _LIVE, _SNAPSHOT = 1, 2  # subscription identifiers
 
 
@@ -132,6 +141,30 @@ class MqttLink:
     def is_v5(self) -> bool:
         return self.settings.protocol == "5"
 
+    @property
+    def status_topic(self) -> str:
+        """The retained topic of this connection's status (`STATUS_TOPIC`)."""
+        return STATUS_TOPIC.format(client_id=self.settings.client_id)
+
+    def _status(self, *, online: bool, reason: str | None = None) -> bytes:
+        status: dict[str, Any] = {"online": online, "client_id": self.settings.client_id}
+        if reason is not None:
+            status["reason"] = reason
+        status["gateway"] = self._origin
+        return json.dumps(status).encode()
+
+    def _announce(self, *, online: bool, reason: str | None = None) -> "asyncio.Future[None]":
+        """Publish this connection's status; a failure is logged, never raised."""
+        payload = self._status(online=online, reason=reason)
+        future = self.publish(self.status_topic, payload, qos=1, retain=True)
+
+        def logged(done: "asyncio.Future[None]") -> None:
+            if not done.cancelled() and done.exception() is not None:
+                logger.warning("status %s not published: %s", self.status_topic, done.exception())
+
+        future.add_done_callback(logged)
+        return future
+
     def _make_client(self) -> paho.Client:
         s = self.settings
         client = paho.Client(
@@ -152,6 +185,7 @@ class MqttLink:
                 keyfile=s.keyfile,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
+        client.will_set(self.status_topic, self._status(online=False, reason="lost"), 1, True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -178,6 +212,11 @@ class MqttLink:
             logger.warning(
                 "drain incomplete after %.0f s; the broker redelivers the rest", drain_seconds
             )
+        if self.connected.is_set():
+            # Said by the bridge itself: the clean DISCONNECT below tells the broker to drop
+            # the last will, which is for connections that vanish.
+            stopped = self._announce(online=False, reason="stopped")
+            await asyncio.wait([stopped], timeout=STATUS_TIMEOUT_SECONDS)
         self._stopping.set()
         self._client.disconnect()
         if self._thread is not None:
@@ -301,6 +340,7 @@ class MqttLink:
                 properties=snapshot,
             )
         self._call_in_loop(self.connected.set)
+        self._call_in_loop(lambda: self._announce(online=True))
 
     def _on_subscribe(
         self,

@@ -6,7 +6,7 @@ import json
 import re
 import signal
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,30 @@ RULES = [
     },
     {"name": "raw-in", "topic": "raw/{room}", "room": "{room}", "codec": "binary"},
 ]
+
+
+@contextlib.asynccontextmanager
+async def bridge_statuses(broker: Mosquitto, gateway: Gateway) -> AsyncIterator[list[str]]:
+    """The first worker's status as devices see it: "online", "stopped" or "lost", in order."""
+    seen: list[str] = []
+    client_id = f"{gateway.env['GATEWAY_ID']}-bridge-0"
+    async with mqtt_client(broker.port) as watcher:
+        await watcher.subscribe(f"gateways/{client_id}/status", qos=1)
+
+        async def collect() -> None:
+            async for message in watcher.messages:
+                assert isinstance(message.payload, bytes)
+                status = json.loads(message.payload)
+                assert status["client_id"] == client_id
+                seen.append("online" if status["online"] else status["reason"])
+
+        task = asyncio.create_task(collect())
+        try:
+            await asyncio.to_thread(wait_for, lambda: seen == ["online"], "the bridge online", 10)
+            yield seen
+            await asyncio.sleep(1)  # a will is published as soon as the connection drops
+        finally:
+            task.cancel()
 
 
 async def collect_sequence(
@@ -155,9 +179,10 @@ async def test_crashing_the_bridge_five_times_loses_and_repeats_nothing(
             await asyncio.to_thread(gateway.start_worker, 0)
 
     try:
-        counts = await stream_through(
-            gateway, broker, "crash", crash, total=total, rate=40.0, sockets=2
-        )
+        async with bridge_statuses(broker, gateway) as statuses:
+            counts = await stream_through(
+                gateway, broker, "crash", crash, total=total, rate=40.0, sockets=2
+            )
         ledger.record(
             "QoS 1 device to room loses nothing across bridge crashes",
             f"bridge SIGKILLed and restarted {crashes} times, 2 sockets",
@@ -166,6 +191,8 @@ async def test_crashing_the_bridge_five_times_loses_and_repeats_nothing(
         )
         assert_exactly_once(counts, total)
         assert gateway.worker.log().count("subscribed to") >= crashes + 1
+        # Devices saw each crash: the broker published the bridge's last will.
+        assert statuses == ["online", *(["lost", "online"] * crashes)]
     finally:
         gateway.stop()
 
@@ -393,9 +420,10 @@ async def test_sigterm_drains_the_bridge_and_a_restart_goes_on(
         await asyncio.to_thread(gateway.start_worker, 0)
 
     try:
-        counts = await stream_through(
-            gateway, broker, "drain", terminate_and_restart, total=300, rate=60.0
-        )
+        async with bridge_statuses(broker, gateway) as statuses:
+            counts = await stream_through(
+                gateway, broker, "drain", terminate_and_restart, total=300, rate=60.0
+            )
         ledger.record(
             "SIGTERM drains the bridge: nothing lost or repeated",
             "bridge SIGTERMed mid-stream, restarted",
@@ -403,5 +431,7 @@ async def test_sigterm_drains_the_bridge_and_a_restart_goes_on(
             counts,
         )
         assert_exactly_once(counts, 300)
+        # The bridge said it stopped; the broker, told by a clean disconnect, kept its will.
+        assert statuses == ["online", "stopped", "online"]
     finally:
         gateway.stop()
