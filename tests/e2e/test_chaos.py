@@ -8,6 +8,7 @@ lost and repeated, and how long the gateway took to recover.
 import asyncio
 import contextlib
 import json
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,10 +18,11 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import start_gateway
-from tests.support.clients import recv_json, ws_connect
+from tests.support.clients import mqtt_client, mqtt_messages_within, recv_json, ws_connect
 from tests.support.devices import Device
 from tests.support.ledger import SCALE, Ledger
 from tests.support.processes import Mosquitto, Redis
+from tests.support.proxy import Proxy
 
 RECOVERY_DEADLINE = 5.0  # seconds after a fault ends by which every socket receives or is closed
 
@@ -61,12 +63,19 @@ class Watched:
         return first
 
 
-async def publish_numbered(device: Device, topics: list[str], stop: asyncio.Event) -> int:
-    """A numbered message to each topic every 50 ms until ``stop``; how many numbers went out."""
+async def publish_numbered(
+    device: Device, topics: list[str], stop: asyncio.Event, sent_at: list[float] | None = None
+) -> int:
+    """A numbered message to each topic every 50 ms until ``stop``; how many numbers went out.
+
+    ``sent_at``, when given, gets each number's send time.
+    """
     n = 0
     while not stop.is_set():
         for topic in topics:
             device.publish(topic, json.dumps({"n": n}).encode())
+        if sent_at is not None:
+            sent_at.append(time.monotonic())
         n += 1
         await asyncio.sleep(0.05)
     return n
@@ -203,3 +212,69 @@ async def test_sockets_that_outlive_the_group_expiry_keep_receiving(
         assert (row.lost, row.duplicated, watched.closed) == (0, 0, None)
     finally:
         gateway.stop()
+
+
+def caught_up(watched: Watched, n: int) -> float:
+    """When ``n`` arrived at ``watched`` (never: infinity)."""
+    return next((t for t, seen in watched.arrivals if seen == n), math.inf)
+
+
+async def test_a_slow_link_to_the_broker_delays_messages_but_loses_and_reorders_none(
+    tmp_path: Path, broker: Mosquitto, redis_server: Redis, database_url: str, ledger: Ledger
+) -> None:
+    link = Proxy(broker.port).start()
+    gateway = start_gateway(
+        tmp_path, broker, redis_server, database_url, MQTT_URL=f"mqtt://127.0.0.1:{link.port}"
+    )
+    slow = 5.0 * SCALE
+    delay, rate = 0.3, 4096.0  # each way; about twice what the stream needs
+    try:
+        async with (
+            ws_connect(gateway.ws, "slowlink") as first,
+            ws_connect(gateway.ws, "slowlink") as second,
+            mqtt_client(broker.port) as listener,
+        ):
+            await listener.subscribe("rooms/slowlink/gateway", qos=1)
+            watched = [Watched(first), Watched(second)]
+            readers = [asyncio.create_task(w.read()) for w in watched]
+            stop, sent_at = asyncio.Event(), []
+            with Device(broker.port, "chaos-slowlink") as device:
+                sending = asyncio.create_task(
+                    publish_numbered(device, ["rooms/slowlink/meter"], stop, sent_at)
+                )
+                await asyncio.sleep(2)
+                link.degrade(delay=delay, rate=rate)
+                slow_from = len(sent_at)
+                for n in range(10):  # browsers talk to devices through the slow link too
+                    await first.send(json.dumps({"message": f"up {n}"}))
+                    await asyncio.sleep(slow / 10)
+                link.restore()
+                restored, fast_from = time.monotonic(), len(sent_at)
+                await asyncio.sleep(3)
+                stop.set()
+                sent = await sending
+            uplink = await mqtt_messages_within(listener, 5)  # late deliveries arrive meanwhile
+            for reader in readers:
+                reader.cancel()
+        row = ledger.record(
+            "a slow link to the broker delays messages but loses, repeats and reorders none",
+            f"bridge-broker link +{delay * 1000:.0f} ms and {rate / 1024:.0f} KiB/s each way "
+            f"for {slow:.0f} s, 2 sockets; recovery: until what it delayed has arrived",
+            sent,
+            [w.counts() for w in watched],
+            max(caught_up(w, fast_from - 1) - restored for w in watched),
+        )
+        assert (row.lost, row.duplicated) == (0, 0)
+        for w in watched:
+            numbers = [n for _, n in w.arrivals]
+            assert numbers == sorted(numbers), "a socket saw the stream out of order"
+            latency = {n: t - sent_at[n] for t, n in w.arrivals}
+            # The fault was real: messages sent on the slow link took at least its delay...
+            assert max(latency[n] for n in range(slow_from, fast_from)) >= delay
+            # ...and the gateway caught up once it was fast again.
+            assert latency[sent - 1] < delay
+        ups = [json.loads(m.payload)["message"] for m in uplink]  # type: ignore[arg-type]
+        assert ups == [f"up {n}" for n in range(10)], "each reaches MQTT once, in order"
+    finally:
+        gateway.stop()
+        link.stop()

@@ -1,4 +1,5 @@
-"""A TCP proxy of our own, on loopback, to cut and block links between real processes.
+"""A TCP proxy of our own, on loopback, to cut, block, delay and throttle links between real
+processes.
 
 It runs its own event loop on a thread, so synchronous and asynchronous tests can both drive it.
 """
@@ -13,12 +14,18 @@ from tests.support.processes import free_port
 
 
 class Proxy:
-    """Forwards ``127.0.0.1:<port>`` to ``127.0.0.1:<target>`` until told to cut or block."""
+    """Forwards ``127.0.0.1:<port>`` to ``127.0.0.1:<target>`` until told to cut or block.
+
+    `degrade` makes every link slow, each way: ``delay`` seconds added to every byte (order
+    kept) and at most ``rate`` bytes a second; `restore` makes them fast again.
+    """
 
     def __init__(self, target: int, port: int | None = None) -> None:
         self.target = target
         self.port = port or free_port()
         self.blocked = False
+        self.delay = 0.0
+        self.rate: float | None = None
         self.connections = 0  # accepted so far
         self._links: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
@@ -51,6 +58,14 @@ class Proxy:
     def unblock(self) -> None:
         """Let new links through again."""
         self.blocked = False
+
+    def degrade(self, *, delay: float = 0.0, rate: float | None = None) -> None:
+        """Delay every chunk by ``delay`` seconds and carry at most ``rate`` bytes a second."""
+        self.delay, self.rate = delay, rate
+
+    def restore(self) -> None:
+        """No more delay or throttling (what is already delayed still arrives, in order)."""
+        self.delay, self.rate = 0.0, None
 
     async def _cancel_tasks(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
@@ -85,13 +100,34 @@ class Proxy:
         )
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Chunks wait here until they are due: reading goes on while they are delayed.
+        due: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue()
+        forwarding = asyncio.create_task(self._forward(due, writer))
         try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
+            while data := await reader.read(self._chunk()):
+                due.put_nowait((self._loop.time() + self.delay, data))
         except (ConnectionError, OSError):
             pass
         finally:
+            due.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await forwarding
             self._links.discard(writer)
             with contextlib.suppress(Exception):
                 writer.transport.abort()
+
+    def _chunk(self) -> int:
+        # Throttled links move small chunks, so the rate holds over fractions of a second.
+        return 65536 if self.rate is None else max(1, min(65536, int(self.rate / 20)))
+
+    async def _forward(
+        self, due: "asyncio.Queue[tuple[float, bytes] | None]", writer: asyncio.StreamWriter
+    ) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while (item := await due.get()) is not None:
+                when, data = item
+                await asyncio.sleep(max(0.0, when - self._loop.time()))
+                writer.write(data)
+                await writer.drain()
+                if self.rate is not None:
+                    await asyncio.sleep(len(data) / self.rate)
