@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from tests.conftest import start_gateway
@@ -191,9 +191,12 @@ async def test_bad_room_names_are_refused_before_accept(gateway: Gateway, path: 
     assert refused.value.response.status_code == 403
 
 
-async def test_a_foreign_origin_is_refused(gateway: Gateway) -> None:
+@pytest.mark.parametrize("origin", ["http://evil.example", "null", None])
+async def test_a_foreign_or_missing_origin_is_refused(gateway: Gateway, origin: str | None) -> None:
+    # A browser always sends Origin; without a bearer token, no Origin means no way to tell.
+    url = f"{gateway.ws}/ws/rooms/kitchen/"
     with pytest.raises(InvalidStatus) as refused:
-        async with ws_connect(gateway.ws, "kitchen", origin="http://evil.example"):
+        async with connect(url, origin=origin, open_timeout=10):  # type: ignore[arg-type]
             pass
     assert refused.value.response.status_code == 403
 
