@@ -7,8 +7,9 @@ PORT ?= 8000
 MQTT_PORT ?= 1883
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+FUZZ_SECONDS ?= 60
 
-.PHONY: run test lint typecheck format system-deps install install-test screenshots bench chaos clean
+.PHONY: run test lint typecheck format system-deps install install-test screenshots bench chaos fuzz clean
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +59,15 @@ bench: $(VENV)/.bench-installed benchmarks/node_modules/.installed system-deps
 chaos: install-test system-deps
 	CHAOS_SCALE=5 $(PY) -m pytest tests/e2e/test_chaos.py tests/e2e/test_bridge_reliability.py \
 		--timeout=900 $(PYTEST_ARGS)
+
+## Fuzz the frame parser and the payload codecs, FUZZ_SECONDS each (tests/fuzz/). New inputs
+## are kept in var/fuzz/corpus/ and crashes in var/fuzz/; the committed seeds are only read.
+fuzz: install-test
+	mkdir -p var/fuzz/corpus/frames var/fuzz/corpus/codecs
+	$(PY) tests/fuzz/fuzz_frames.py var/fuzz/corpus/frames tests/fuzz/corpus/frames \
+		-max_total_time=$(FUZZ_SECONDS) -artifact_prefix=var/fuzz/frames-
+	$(PY) tests/fuzz/fuzz_codecs.py var/fuzz/corpus/codecs tests/fuzz/corpus/codecs \
+		-max_total_time=$(FUZZ_SECONDS) -artifact_prefix=var/fuzz/codecs-
 
 lint: install-test
 	$(VENV)/bin/ruff check .

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import msgpack
 
 from gateway import metrics
-from gateway.jsonutil import dumps, parse_json
+from gateway.jsonutil import MESSAGE_MAX_DEPTH, check_sendable, dumps, parse_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class JsonCodec:
         except UnicodeDecodeError:
             return _failed(self.name, payload)
         try:
-            return Decoded(parse_json(text))
+            return Decoded(parse_json(text, MESSAGE_MAX_DEPTH))
         except ValueError:
             return Decoded(text)
 
@@ -107,7 +107,7 @@ class MsgpackCodec:
     def decode(self, payload: bytes) -> Decoded:
         try:
             value = msgpack.unpackb(payload, raw=False, strict_map_key=True)
-            dumps(value)
+            check_sendable(value)  # deep nesting, lone surrogates; and JSON-compatible
         except (ValueError, TypeError, msgpack.UnpackException):
             return _failed(self.name, payload)
         return Decoded(value)

@@ -29,19 +29,69 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json(text: str | bytes) -> Any:
-    """Parse standard JSON, refusing NaN, Infinity, numbers that overflow a double and
-    integers outside -2**63 .. 2**64-1.
+# How deep lists and objects may nest: a fixed bound, so that every part of the gateway
+# (history, the channel layer's msgpack, welcome frames) can carry what an edge let in, however
+# deep its own call stack. A message travels inside envelopes and frames, so it may nest less
+# deeply than the JSON the gateway itself reads back.
+MAX_DEPTH = 100
+MESSAGE_MAX_DEPTH = 64
+
+
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` has lists or dicts nested more than ``limit`` deep (without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def check_sendable(value: Any, max_depth: int = MESSAGE_MAX_DEPTH) -> None:
+    """Refuse a message some edge could not pass on: not JSON, nested more than ``max_depth``
+    deep, or holding a lone surrogate (which UTF-8 cannot encode).
 
     Raises:
-        ValueError: the text is not standard JSON or nests too deeply.
+        ValueError: saying which (TypeError for a value that is not JSON at all).
     """
+    if nests_deeper_than(value, max_depth):
+        raise ValueError(f"JSON nests too deeply (more than {max_depth} levels)")
     try:
-        return json.loads(
+        dumps(value).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError("a string holds a lone surrogate, which UTF-8 cannot carry") from exc
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse standard JSON, refusing NaN, Infinity, numbers that overflow a double, integers
+    outside -2**63 .. 2**64-1, nesting deeper than ``max_depth``, lone surrogates and bytes
+    that are not UTF-8.
+
+    Raises:
+        ValueError: the text is not such JSON (UnicodeDecodeError for bytes that are not UTF-8).
+    """
+    if isinstance(text, bytes | bytearray):
+        text = text.decode("utf-8")  # json.loads would accept UTF-16 and encoded surrogates
+    elif not text.isascii():
+        text.encode("utf-8")  # a raw lone surrogate raises UnicodeEncodeError, a ValueError
+    try:
+        value = json.loads(
             text, parse_float=_finite, parse_int=_bounded_int, parse_constant=_no_constants
         )
     except RecursionError as exc:
-        raise ValueError("JSON nests too deeply") from exc
+        raise ValueError(f"JSON nests too deeply (more than {max_depth} levels)") from exc
+    # Cheap tests first: only text with that many brackets can nest that deep, and only an
+    # escape can make a lone surrogate of text that encodes.
+    if text.count("[") + text.count("{") > max_depth or "\\u" in text:
+        check_sendable(value, max_depth)
+    return value
 
 
 def dumps(value: Any) -> str:

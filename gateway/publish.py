@@ -12,7 +12,6 @@ few events a second, not one per message.
 """
 
 import asyncio
-import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from gateway.events import (
     room_error,
 )
 from gateway.history import history_for
+from gateway.jsonutil import check_sendable
 from gateway.layers import members_of, shows_group_members
 from gateway.models import Room
 from gateway.rooms import group_name, validate_room
@@ -135,11 +135,11 @@ async def publish_many(
 def _envelope(entry: Entry) -> Envelope | GatewayError:
     try:
         validate_room(entry.room)
-        json.dumps(entry.message)
+        check_sendable(entry.message)
     except GatewayError as exc:
         return exc
     except (TypeError, ValueError) as exc:
-        return InvalidMessageError(f"message is not JSON-serialisable: {exc}")
+        return InvalidMessageError(f"message cannot be sent as JSON: {exc}")
     return new_envelope(
         room=entry.room,
         message=entry.message,

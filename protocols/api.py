@@ -24,7 +24,7 @@ from gateway.access import aaccess_for, can_read, can_write, visible_rooms
 from gateway.conf import gateway_settings
 from gateway.errors import GatewayError
 from gateway.history import WINDOW, history_for
-from gateway.jsonutil import parse_json
+from gateway.jsonutil import MESSAGE_MAX_DEPTH, parse_json
 from gateway.models import Message, Room
 from gateway.presence import presence_for
 from gateway.publish import publish
@@ -96,7 +96,7 @@ def _body_message(request: HttpRequest) -> Any:
     if len(request.body) > limit:
         raise Refusal(413, "too_large", f"bodies are limited to {limit} bytes")
     try:
-        body = parse_json(request.body)
+        body = parse_json(request.body, MESSAGE_MAX_DEPTH + 1)  # the body holds the message
     except (ValueError, UnicodeDecodeError) as exc:
         raise Refusal(400, "invalid_json", f"the body must be JSON: {exc}") from exc
     if not isinstance(body, dict) or "message" not in body:

@@ -8,7 +8,7 @@ call it directly.
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.jsonutil import parse_json
+from gateway.jsonutil import MESSAGE_MAX_DEPTH, parse_json
 
 CLOSE_TOO_BIG = 1009
 
@@ -33,7 +33,7 @@ def read_frame(text_data: str | None, limit: int) -> dict[str, Any] | Refusal:
     if len(text_data) > limit or len(text_data.encode("utf-8", "surrogatepass")) > limit:
         return Refusal("frame_too_big", f"frames must be at most {limit} bytes", CLOSE_TOO_BIG)
     try:
-        frame = parse_json(text_data)
+        frame = parse_json(text_data, MESSAGE_MAX_DEPTH + 1)  # the frame holds the message
     except ValueError as exc:
         return Refusal("invalid_json", f"frames must be JSON: {exc}")
     if not isinstance(frame, dict) or "message" not in frame:

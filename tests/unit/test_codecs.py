@@ -6,11 +6,18 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridges.codecs import Decoded, get_codec
+from bridges.codecs import Decoded, _registry, get_codec
 from gateway import metrics
+from gateway.jsonutil import INT_MAX, INT_MIN, MESSAGE_MAX_DEPTH, dumps, parse_json
+from tests.fuzz.invariants import (
+    check_decode,
+    check_parse_json,
+    check_round_trip,
+    check_sendable,
+)
 
 
 def json_values(integers: st.SearchStrategy[int] | None = None) -> st.SearchStrategy[Any]:
@@ -89,3 +96,161 @@ def test_msgpack_with_non_json_keys_is_not_passed_off_as_json() -> None:
 def test_unknown_codec_names_the_known_ones() -> None:
     with pytest.raises(KeyError, match=r"binary.*json.*msgpack.*text"):
         get_codec("yaml")
+
+
+# Strict JSON and every codec, on anything at all.
+
+# Pieces of JSON and of what is almost JSON, so that joined at random they reach deep into
+# the parser: numbers at and past the bounds, constants JSON lacks, escapes, a BOM, NUL.
+JSON_PIECES = [
+    *'{}[]:," -.eE+0123456789',
+    '"message"',
+    '"type"',
+    "true",
+    "false",
+    "null",
+    "NaN",
+    "Infinity",
+    "1e999",
+    "1e-999",
+    str(INT_MAX),
+    str(INT_MAX + 1),
+    str(INT_MIN),
+    str(INT_MIN - 1),
+    "\\u00e9",
+    "\\n",
+    "\\x",
+    "\x00",
+    "\ufeff",
+    "é",
+]
+json_like_texts = st.lists(st.sampled_from(JSON_PIECES) | st.text(max_size=2), max_size=40).map(
+    "".join
+)
+# MessagePack of values JSON has no room for: bytes, NaN, non-string keys, extension types.
+msgpack_extras = st.recursive(
+    st.none()
+    | st.booleans()
+    | msgpack_integers
+    | st.floats()
+    | st.text()
+    | st.binary(max_size=8)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4)),
+    lambda kids: (
+        st.lists(kids, max_size=4)
+        | st.dictionaries(st.text() | st.integers(0, 9) | st.binary(max_size=2), kids, max_size=4)
+    ),
+    max_leaves=10,
+)
+payloads = (
+    st.binary()
+    | json_like_texts.map(str.encode)
+    | json_values(msgpack_integers).map(lambda value: dumps(value).encode())
+    | json_values(msgpack_integers).map(lambda value: msgpack.packb(value, use_bin_type=True))
+    | msgpack_extras.map(lambda value: msgpack.packb(value, use_bin_type=True))
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text() | json_like_texts)
+def test_parse_json_refuses_with_value_error_only_and_what_it_reads_can_be_sent(
+    text: str,
+) -> None:
+    check_parse_json(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary() | json_like_texts.map(lambda text: text.encode("utf-8", "surrogatepass")))
+def test_parse_json_of_bytes_refuses_with_value_error_only(data: bytes) -> None:
+    try:
+        value = parse_json(data)
+    except ValueError:
+        return
+    assert parse_json(dumps(value)) == value
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        (str(INT_MAX), 2**64 - 1),
+        (str(INT_MIN), -(2**63)),
+        ("-0", 0),
+        ("1.7976931348623157e308", 1.7976931348623157e308),
+        ("-1.7976931348623157e308", -1.7976931348623157e308),
+        ("5e-324", 5e-324),
+        ("1e-400", 0.0),
+        ('"\\ud83d\\ude00"', "😀"),
+        ('"\\u0000"', "\x00"),
+    ],
+)
+def test_parse_json_reads_the_edges_of_what_it_allows(text: str, value: Any) -> None:
+    assert parse_json(text) == value
+    assert parse_json(text.encode()) == value
+    assert parse_json(dumps(value)) == value
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (str(INT_MAX + 1), "integer out of range"),
+        (str(INT_MIN - 1), "integer out of range"),
+        ("9" * 5000, "integer out of range"),
+        ("1.8e308", "number out of range"),
+        ("-1e999", "number out of range"),
+        ("NaN", "NaN is not JSON"),
+        ("-Infinity", "-Infinity is not JSON"),
+        ("[" * 100_000, "nests too deeply"),
+        ('{"a":' * 50_000, "nests too deeply"),
+        (b"\xff\xfe\xfd", "can't decode"),
+        (b'"\xc0\x80"', "can't decode"),
+    ],
+)
+def test_parse_json_refuses_with_a_value_error_that_says_why(
+    data: str | bytes, reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        parse_json(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(_registry)), payloads)
+def test_every_codec_decodes_any_payload_or_carries_it_as_base64(name: str, payload: bytes) -> None:
+    codec = get_codec(name)
+    check_round_trip(codec, check_decode(codec, payload), payload)
+
+
+# Once bugs: values that parse_json or a codec let in but the gateway could not send on.
+
+
+def test_msgpack_nested_deeper_than_json_can_write_arrives_as_base64() -> None:
+    check_decode(get_codec("msgpack"), b"\x91" * 1000 + b"\xc0")  # [[[...[nil]...]]]
+
+
+def test_json_with_a_lone_surrogate_escape_arrives_as_text_or_can_be_sent_on() -> None:
+    check_decode(get_codec("json"), b'{"t": "x\\udfff"}')
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'"\\ud800"',
+        '"\ud800"'.encode("utf-16-le", "surrogatepass"),
+        b'"\xed\xa0\x80"',
+    ],
+)
+def test_parse_json_refuses_lone_surrogates_or_they_can_be_sent_on(data: bytes) -> None:
+    check_parse_json(data)
+
+
+def test_a_message_as_deep_as_the_edges_allow_can_be_sent_on() -> None:
+    low, high = 1, 5000
+    while low < high:
+        middle = (low + high + 1) // 2
+        try:
+            parse_json("[" * middle + "]" * middle, MESSAGE_MAX_DEPTH)
+        except ValueError:
+            high = middle - 1
+        else:
+            low = middle
+    assert low == MESSAGE_MAX_DEPTH  # a fixed bound, wherever it is called from
+    check_sendable(parse_json("[" * low + "]" * low))

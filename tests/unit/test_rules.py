@@ -12,9 +12,10 @@ from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.test import override_settings
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from bridges.codecs import get_codec
 from bridges.rules import (
     DEFAULT_RULES,
     DEFAULT_RULES_RAW,
@@ -587,3 +588,75 @@ def test_a_covered_filter_gives_its_qos_to_the_wider_one() -> None:
         ]
     )
     assert rules.subscriptions() == [("d/#", 2)]
+
+
+# Any topic at all: what a broker could deliver, and what it could not.
+
+EDGE_RULES = rules_of(
+    SITES,
+    {"name": "dev", "topic": "d/{site}/{device}/#", "room": "{site}", "sender": "dev-{device}"},
+    {"name": "everything", "topic": "#", "room": "all"},
+)
+ODD_LEVELS = ["rooms", "kitchen", "sites", "d", "telemetry", "status", "", "+", "#", "$SYS"]
+ODD_LEVELS += ["$", "\x00", "\ud800", "x y", "é", ".x", "-x", "a" * 65, "k" * 64]
+any_topics = st.text(alphabet=st.characters()) | st.lists(
+    st.sampled_from(ODD_LEVELS) | valid_rooms, min_size=1, max_size=8
+).map("/".join)
+
+
+def check_inbound(rules: RuleSet, topic: str) -> list[Inbound]:
+    found = rules.inbound(topic)
+    assert len({inbound.room for inbound in found}) == len(found)
+    for inbound in found:
+        assert inbound.rule in rules.rules
+        assert is_valid_room(inbound.room)
+        assert inbound.sender is None or (inbound.sender and "/" not in inbound.sender)
+        assert reference_match(inbound.rule.subscription(), topic)
+    get_codec(rules.codec_for(topic))  # a registered codec, whatever the topic
+    return found
+
+
+@settings(max_examples=300, deadline=None)
+@given(any_topics)
+def test_any_topic_routes_only_to_valid_rooms_of_matching_rules(topic: str) -> None:
+    for rules in (DEFAULT_RULES, EDGE_RULES):
+        check_inbound(rules, topic)
+    # "#" takes every topic but the broker's own ($SYS/...), and nothing else takes those.
+    reached = [inbound.room for inbound in EDGE_RULES.inbound(topic)]
+    assert ("all" in reached) is not topic.startswith("$")
+    if topic.startswith("$"):
+        assert reached == []
+
+
+@pytest.mark.parametrize(
+    ("topic", "rooms"),
+    [
+        ("rooms/" + "x" * 100_000, ["all"]),
+        ("/" * 100_000, ["all"]),
+        ("rooms/kitchen/" + "a/" * 50_000 + "status", ["kitchen", "all"]),
+        ("d/site/" + "+/" * 50_000, ["site", "all"]),
+        ("#" * 100_000, ["all"]),
+        ("$" + "/" * 100_000, []),
+        ("sites/\x00/dev/telemetry", ["all"]),
+        ("sites/\ud800/dev/telemetry", ["all"]),
+        ("", ["all"]),
+    ],
+)
+def test_long_and_odd_topics_route_without_trouble(topic: str, rooms: list[str]) -> None:
+    routed = check_inbound(DEFAULT_RULES, topic) + check_inbound(EDGE_RULES, topic)
+    assert [inbound.room for inbound in routed] == rooms
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters()) | valid_rooms)
+def test_any_room_name_publishes_only_to_plain_topics(room: str) -> None:
+    rules = rules_of(
+        SITES,
+        {"name": "floors", "direction": "out", "room": "{b}.{f}", "publish_to": "b/{b}/f/{f}"},
+    )
+    for ruleset in (DEFAULT_RULES, rules):
+        published = ruleset.outbound(room)
+        assert not published or is_valid_room(room)
+        for _, topic in published:
+            assert not set(topic) & {"+", "#", "\x00"}
+            assert not topic.startswith("$")

@@ -7,7 +7,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from gateway.errors import GatewayError
-from gateway.jsonutil import parse_json
+from gateway.jsonutil import MESSAGE_MAX_DEPTH, parse_json
 from gateway.publish import publish
 
 
@@ -34,7 +34,7 @@ class Command(BaseCommand):
         message: Any = text
         if not options["text"]:
             try:
-                message = parse_json(text)
+                message = parse_json(text, MESSAGE_MAX_DEPTH)
             except ValueError:
                 message = text
         try:
