@@ -5,7 +5,8 @@ Inbound, each message is matched against the rules, decoded, and enters its room
 acknowledged to the broker only after that succeeded; while the channel layer or database is
 unavailable the bridge retries, and the broker keeps the backlog. A QoS 1 or 2 message gets an
 id derived from its delivery (client, topic, packet id, payload), so a redelivery after a crash
-carries the id of the first delivery and browsers drop the copy.
+(flagged DUP by the broker) carries the id of the first delivery, and the history, which records
+that id in the same step that gives the message its ``seq``, lets the copy go no further.
 
 Outbound, an envelope from the ``mqtt-bridge`` channel is published to every topic the rules give
 for its room. paho retries it until the broker acknowledges; if that takes longer than the
@@ -29,7 +30,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridges.client import (
-    SESSION_EXPIRY_SECONDS,
     Incoming,
     MqttLink,
     PublishRefusedError,
@@ -44,7 +44,6 @@ from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError
 from gateway.events import room_error
-from gateway.layers import per_layer, redis_connection, uses_redis
 from gateway.presence import presence_for
 from gateway.publish import Entry, publish_many
 
@@ -118,17 +117,11 @@ class Bridge:
         database) is retried until it succeeds, so the broker's acknowledgement, which follows,
         never covers a message that went nowhere.
         """
-        delivered = self._delivered()
-        ids = [self._identity(m) if m.qos > 0 else None for m in messages]
-        asked = [message_id for message_id in ids if message_id is not None]
-        known = await self._hand_on(partial(delivered.seen, asked)) if asked else set()
         entries: list[Entry] = []
-        for message, message_id in zip(messages, ids, strict=True):
-            if message_id is not None and message_id in known:
-                metrics.inc("duplicates_removed", "redelivery")  # handed on before a crash
-                continue
-            if message_id is not None:
-                known.add(message_id)  # a second copy in the same burst
+        for message in messages:
+            # A QoS 1 or 2 message's id comes from its delivery, which a redelivery repeats:
+            # the history appends a redelivery only if the first delivery never got there.
+            message_id = self._identity(message) if message.qos > 0 else None
             for step in self._steps(message, message_id):
                 if isinstance(step, Entry):
                     entries.append(step)
@@ -137,9 +130,6 @@ class Bridge:
                 entries = []
                 await self._hand_on(step)
         await self._enter(entries)
-        if asked:
-            # Marked after the hand-off: a crash in between gives a copy, never a loss.
-            await self._hand_on(partial(delivered.mark, asked))
 
     def _steps(
         self, message: Incoming, message_id: str | None
@@ -183,6 +173,7 @@ class Bridge:
                     topic=message.topic,
                     base64=decoded.base64,
                     message_id=message_id,
+                    redelivery=message.dup,
                     state=message.retain,
                     live=not message.snapshot,
                 )
@@ -198,11 +189,6 @@ class Bridge:
                 metrics.dropped(result.code, f"topic {entry.topic!r}: {result}")
             else:
                 metrics.inc("mqtt_messages_in")
-
-    def _delivered(self) -> "Delivered":
-        layer = get_channel_layer()
-        assert layer is not None
-        return per_layer(_delivered, layer, lambda: Delivered(layer, self.gateway_id))
 
     async def _hand_on(self, attempt_once: Callable[[], Awaitable[T]]) -> T:
         """Run a hand-off, retrying it for as long as its failure is a passing one."""
@@ -303,48 +289,6 @@ class Bridge:
         if layer is not None:
             await layer.send(channel, room_error(envelope, code, detail, to))
 
-
-class Delivered:
-    """Ids of QoS 1 and 2 messages already handed on, kept for a broker session's lifetime.
-
-    After a crash the broker redelivers what the bridge had not acknowledged, seconds later and
-    possibly by way of a restarted worker; the copy carries the same id and is dropped here, so
-    however long the restart took, browsers see the message once. Kept in Redis when the layer
-    is Redis (workers share it), else in this process.
-    """
-
-    LOCAL_LIMIT = 100_000
-
-    def __init__(self, layer: Any, gateway_id: str) -> None:
-        self.layer = layer if uses_redis(layer) else None
-        self.prefix = f"gateway:{gateway_id}:delivered:"
-        self._local: dict[str, None] = {}
-
-    async def seen(self, message_ids: list[str]) -> set[str]:
-        """Which of ``message_ids`` were handed on already."""
-        if self.layer is None:
-            return {message_id for message_id in message_ids if message_id in self._local}
-        pipeline = redis_connection(self.layer).pipeline(transaction=False)
-        for message_id in message_ids:
-            pipeline.exists(self.prefix + message_id)
-        found = await pipeline.execute()
-        return {message_id for message_id, hit in zip(message_ids, found, strict=True) if hit}
-
-    async def mark(self, message_ids: list[str]) -> None:
-        """Remember that ``message_ids`` were handed on."""
-        if self.layer is None:
-            for message_id in message_ids:
-                self._local[message_id] = None
-            while len(self._local) > self.LOCAL_LIMIT:
-                del self._local[next(iter(self._local))]
-            return
-        pipeline = redis_connection(self.layer).pipeline(transaction=False)
-        for message_id in message_ids:
-            pipeline.set(self.prefix + message_id, 1, ex=SESSION_EXPIRY_SECONDS)
-        await pipeline.execute()
-
-
-_delivered: dict[tuple[int, int], Delivered] = {}
 
 _ONLINE = {"online", "on", "up", "connected", "true", "1", "yes"}
 _OFFLINE = {"offline", "off", "down", "disconnected", "false", "0", "no"}

@@ -79,6 +79,7 @@ class Incoming:
 
     Attributes:
         mid: the packet id; a redelivery (after a crash) carries the same one.
+        dup: the broker may have delivered it before (MQTT's DUP flag, set on redelivery).
         snapshot: a retained message learnt at (re)connect, not a live one.
         retain: the message is (was published as) retained.
         origin: the gateway id in the message's origin property, if any.
@@ -93,6 +94,7 @@ class Incoming:
     snapshot: bool
     origin: str | None
     content_type: str | None
+    dup: bool = False
 
 
 # Takes the messages that arrived together, in order; they are acknowledged when it returns.
@@ -435,6 +437,7 @@ class MqttLink:
             snapshot=snapshot,
             origin=origin,
             content_type=content_type,
+            dup=bool(message.dup),
         )
 
     def _call_in_loop(self, callback: Callable[[], object]) -> None:

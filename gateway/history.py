@@ -11,15 +11,23 @@ grow with the load; a resume that reaches past the window reads it from there.
 If Redis loses the counter (a restart without persistence), it is seeded again above the
 highest ``seq`` in the database with a margin for batches not yet written, so ``seq`` never
 goes backwards.
+
+A message the broker may deliver again (a device's QoS 1 message, whose id the bridge derives
+from its delivery) is appended *once*: the script that gives it a ``seq`` also records its id,
+in the same step, and a redelivery (flagged by the broker) of one recorded there, after a
+bridge crash however long the restart took, never reaches a room a second time. Only flagged
+redeliveries are checked: a fresh delivery that happens to get the same id as an old one (packet
+ids are reused once acknowledged) records it again and goes through.
 """
 
 import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from types import MappingProxyType
 from typing import Any, Protocol, cast
 
 from channels.db import database_sync_to_async
@@ -38,6 +46,15 @@ from gateway.models import Message
 logger = logging.getLogger(__name__)
 
 WINDOW = 1000  # recent messages per room kept beside the channel layer
+# How long the ids of redeliverable messages are remembered: as long as a broker keeps a bridge's
+# session (its session expiry), so it cannot redeliver anything older.
+ONCE_SECONDS = 3600
+ONCE_LOCAL_LIMIT = 100_000  # ids remembered by a window in this process
+COPY = -1  # what `Window.append` gives a copy of a message appended before
+
+# Ids the broker may deliver again -> whether this delivery is flagged as a redelivery.
+Once = Mapping[str, bool]
+_NONE: Once = MappingProxyType({})
 SEED_MARGIN = 10_000  # seq headroom after a lost counter, above what the database holds
 PRUNE_SECONDS = 60.0
 
@@ -58,8 +75,12 @@ class Missed:
 class Window(Protocol):
     """The recent messages of each room, and the ``seq`` counters."""
 
-    async def append(self, envelopes: Sequence[Envelope]) -> list[int | None]:
-        """Give each envelope its room's next seq, in order (None: the room has no counter)."""
+    async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[int | None]:
+        """Give each envelope its room's next seq, in order (None: the room has no counter).
+
+        The id of an envelope in ``once`` is recorded for its room; if ``once`` says it is a
+        redelivery and its id was recorded already, it is not appended but gets `COPY`.
+        """
 
     async def seed(self, room: str, floor: int) -> None: ...
 
@@ -70,6 +91,13 @@ class Window(Protocol):
 
 _APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if KEYS[3] then
+  if ARGV[5] == '1' then
+    if not redis.call('SET', KEYS[3], 1, 'NX', 'EX', tonumber(ARGV[4])) then return -1 end
+  else
+    redis.call('SET', KEYS[3], 1, 'EX', tonumber(ARGV[4]))
+  end
+end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 local size = redis.call('ZCARD', KEYS[2])
@@ -94,7 +122,7 @@ class RedisWindow:
         connection = redis_connection(self.layer, room)
         return connection, f"{self.prefix}seq:{room}", f"{self.prefix}window:{room}"
 
-    async def append(self, envelopes: Sequence[Envelope]) -> list[int | None]:
+    async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[int | None]:
         # One round trip per connection, the envelopes in order: seqs follow arrival.
         pipelines: dict[int, tuple[Any, list[int]]] = {}
         for position, envelope in enumerate(envelopes):
@@ -103,7 +131,12 @@ class RedisWindow:
                 id(connection), (connection.pipeline(transaction=False), [])
             )
             member = dumps({k: v for k, v in envelope.items() if k != "seq"})
-            pipeline.eval(_APPEND, 2, counter, window, member, self.window, self.ttl)
+            keys = [counter, window]
+            redelivery = once.get(envelope["id"])
+            if redelivery is not None:
+                keys.append(f"{self.prefix}once:{envelope['room']}:{envelope['id']}")
+            args = (member, self.window, self.ttl, ONCE_SECONDS, "1" if redelivery else "0")
+            pipeline.eval(_APPEND, len(keys), *keys, *args)
             positions.append(position)
         seqs: list[int | None] = [None] * len(envelopes)
         for pipeline, positions in pipelines.values():
@@ -135,14 +168,23 @@ class LocalWindow:
         self.window = window
         self._counters: dict[str, int] = {}
         self._messages: dict[str, deque[Envelope]] = {}
+        self._once: dict[tuple[str, str], None] = {}  # (room, id) appended once, oldest first
 
-    async def append(self, envelopes: Sequence[Envelope]) -> list[int | None]:
-        return [self._append(envelope) for envelope in envelopes]
+    async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[int | None]:
+        return [self._append(envelope, once.get(envelope["id"])) for envelope in envelopes]
 
-    def _append(self, envelope: Envelope) -> int | None:
+    def _append(self, envelope: Envelope, redelivery: bool | None) -> int | None:
         room = envelope["room"]
         if room not in self._counters:
             return None
+        if redelivery is not None:
+            key = (room, envelope["id"])
+            if redelivery and key in self._once:
+                return COPY
+            self._once.pop(key, None)  # recorded again: the newest are kept
+            self._once[key] = None
+            if len(self._once) > ONCE_LOCAL_LIMIT:
+                del self._once[next(iter(self._once))]
         seq = self._counters[room] = self._counters[room] + 1
         kept = self._messages.setdefault(room, deque(maxlen=self.window))
         kept.append(_with_seq(dict(envelope), seq))
@@ -179,18 +221,25 @@ class History:
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
 
-    async def append(self, envelopes: Sequence[Envelope]) -> None:
-        """Give each envelope its room's next ``seq`` (in order) and keep it."""
-        seqs = await self.window.append(envelopes) if envelopes else []
+    async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[Envelope]:
+        """Give each envelope its room's next ``seq`` (in order) and keep it; the envelopes
+        kept, leaving out redeliveries of those appended before (``once``: see `Window`)."""
+        seqs = await self.window.append(envelopes, once) if envelopes else []
+        new: list[Envelope] = []
         for envelope, given in zip(envelopes, seqs, strict=True):
             seq = given
             if seq is None:  # no counter yet (first message, or Redis lost it)
                 floor = await database_sync_to_async(_highest_seq)(envelope["room"])
                 await self.window.seed(envelope["room"], floor + SEED_MARGIN if floor else 0)
-                [seq] = await self.window.append([envelope])
+                [seq] = await self.window.append([envelope], once)
                 assert seq is not None
+            if seq == COPY:
+                metrics.inc("duplicates_removed", "redelivery")
+                continue
             envelope["seq"] = seq
             self._keep(envelope)
+            new.append(envelope)
+        return new
 
     def _keep(self, envelope: Envelope) -> None:
         self._pending.append(envelope)

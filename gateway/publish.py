@@ -53,8 +53,10 @@ class Entry:
     """One message on its way into a room.
 
     Attributes:
-        message_id: the envelope's id; a redelivered message must keep the id of its first
-            delivery so that browsers can drop the copy. Fresh when None.
+        message_id: the envelope's id, for a message the broker may deliver again (QoS 1 and
+            2): derived from its delivery, which a redelivery repeats. Fresh when None.
+        redelivery: the broker flagged it as possibly delivered before (MQTT's DUP): it enters
+            its room only if the first delivery, with the same ``message_id``, did not.
         state: keep the message as the room's state for its topic (a retained message).
         live: send it to the browsers in the room now (False for state learnt at start-up).
         reply_channel: the sender's channel, told if the message cannot reach the broker.
@@ -68,6 +70,7 @@ class Entry:
     topic: str | None = None
     base64: bool = False
     message_id: str | None = None
+    redelivery: bool = False
     state: bool = False
     live: bool = True
     reply_channel: str | None = None
@@ -114,7 +117,17 @@ async def publish_many(
     for room in dict.fromkeys(envelope["room"] for _, envelope in accepted):
         await _record_room(room)
     live = [envelope for entry, envelope in accepted if entry.live]
-    await history_for(layer).append(live)  # before the room sees them: see history.py
+    # Messages the broker may deliver again are appended once: copies go no further.
+    once = {
+        envelope["id"]: entry.redelivery
+        for entry, envelope in accepted
+        if entry.message_id is not None
+    }
+    new = await history_for(layer).append(live, once)  # before the room sees them: history.py
+    if len(new) < len(live):
+        kept = {id(envelope) for envelope in new}
+        accepted = [(e, v) for e, v in accepted if not e.live or id(v) in kept]
+        live = new
     for entry, envelope in accepted:
         if entry.state and not await retained.remember(envelope):
             metrics.inc("retained_states_refused")

@@ -161,9 +161,14 @@ async def stream_through(
             sending = asyncio.create_task(
                 asyncio.to_thread(device.publish_sequence, f"rooms/{room}/meter", total, rate)
             )
+            # Read while it streams, as browsers do: a socket left unread for long would fail
+            # its keepalive and close, which is not the fault under test.
+            collecting = asyncio.create_task(
+                collect_sequence(browsers, total, within=total / rate + 60)
+            )
             await disrupt()
             await sending
-            return await collect_sequence(browsers, total, within=60)
+            return await collecting
 
 
 async def test_crashing_the_bridge_five_times_loses_and_repeats_nothing(

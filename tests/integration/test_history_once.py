@@ -1,0 +1,66 @@
+"""A message the broker may deliver again enters its room once, in both kinds of window.
+
+The Redis window records the id in the same script that gives the message its ``seq``; a
+flagged redelivery of a recorded id is a copy. A fresh delivery that reuses an old id (the
+broker reuses packet ids once they are acknowledged) must go through.
+"""
+
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.envelope import Envelope, new_envelope
+from gateway.history import COPY, LocalWindow, RedisWindow, Window
+from gateway.layers import CoreLayer
+from tests.support.processes import Redis
+
+
+@pytest.fixture(params=["redis", "local"])
+async def window(request: pytest.FixtureRequest, redis_server: Redis) -> AsyncIterator[Window]:
+    if request.param == "local":
+        yield LocalWindow(window=100)
+        return
+    layer = CoreLayer(hosts=[redis_server.url])
+    prefix = f"test:{uuid.uuid4().hex}:"  # a history of its own on the shared Redis
+    yield RedisWindow(layer, prefix=prefix, window=100, ttl_seconds=60)
+    await layer.close_pools()
+
+
+def envelope(room: str, message_id: str, text: str = "m") -> Envelope:
+    return new_envelope(
+        room=room, message=text, source="mqtt", sender="d", gateway="g", message_id=message_id
+    )
+
+
+async def test_a_redelivery_of_a_message_appended_before_is_a_copy(window: Window) -> None:
+    for room in ("a", "b"):
+        await window.seed(room, 0)
+    first = await window.append([envelope("a", "m1")], {"m1": False})
+    again = await window.append([envelope("a", "m1")], {"m1": True})
+    # The same delivery's id in another room is that room's own message.
+    other_room = await window.append([envelope("b", "m1")], {"m1": True})
+    assert (first, again, other_room) == ([1], [COPY], [1])
+    assert [m["id"] for m in await window.after("a", 0, 10)] == ["m1"]
+
+
+async def test_a_redelivery_whose_first_delivery_never_arrived_is_appended(
+    window: Window,
+) -> None:
+    await window.seed("c", 0)
+    assert await window.append([envelope("c", "lost-in-a-crash")], {"lost-in-a-crash": True}) == [1]
+
+
+async def test_a_fresh_delivery_that_reuses_an_old_id_goes_through(window: Window) -> None:
+    # Packet ids come round again: the same topic, payload and packet id, a new message.
+    await window.seed("d", 0)
+    seqs = [await window.append([envelope("d", "reused")], {"reused": False}) for _ in range(3)]
+    assert seqs == [[1], [2], [3]]
+    # And a redelivery of the latest is still recognised.
+    assert await window.append([envelope("d", "reused")], {"reused": True}) == [COPY]
+
+
+async def test_messages_without_a_delivery_id_are_never_copies(window: Window) -> None:
+    await window.seed("e", 0)
+    batch = [envelope("e", "browser-message") for _ in range(2)]
+    assert await window.append(batch) == [1, 2]
