@@ -13,11 +13,13 @@ highest ``seq`` in the database with a margin for batches not yet written, so ``
 goes backwards.
 
 A message the broker may deliver again (a device's QoS 1 message, whose id the bridge derives
-from its delivery) is appended *once*: the script that gives it a ``seq`` also records its id,
-in the same step, and a redelivery (flagged by the broker) of one recorded there, after a
-bridge crash however long the restart took, never reaches a room a second time. Only flagged
-redeliveries are checked: a fresh delivery that happens to get the same id as an old one (packet
-ids are reused once acknowledged) records it again and goes through.
+from its delivery) is appended *once*: the script that gives it a ``seq`` records its id in the
+same step, and `History.sent` marks it once it has been sent to its room. A redelivery (flagged
+by the broker) after a bridge crash, however long the restart took, is then a copy that goes
+no further if it was sent, or is sent again with its first ``seq`` if the crash came between
+the append and the send: no loss, and no second ``seq``. Only flagged redeliveries are checked:
+a fresh delivery that happens to get the same id as an old one (packet ids are reused once
+acknowledged) records it again and goes through.
 """
 
 import asyncio
@@ -50,7 +52,7 @@ WINDOW = 1000  # recent messages per room kept beside the channel layer
 # session (its session expiry), so it cannot redeliver anything older.
 ONCE_SECONDS = 3600
 ONCE_LOCAL_LIMIT = 100_000  # ids remembered by a window in this process
-COPY = -1  # what `Window.append` gives a copy of a message appended before
+COPY = 0  # what `Window.append` gives a copy of a message already sent to its room
 
 # Ids the broker may deliver again -> whether this delivery is flagged as a redelivery.
 Once = Mapping[str, bool]
@@ -79,8 +81,12 @@ class Window(Protocol):
         """Give each envelope its room's next seq, in order (None: the room has no counter).
 
         The id of an envelope in ``once`` is recorded for its room; if ``once`` says it is a
-        redelivery and its id was recorded already, it is not appended but gets `COPY`.
+        redelivery and its id was recorded already, it is not appended again: it gets `COPY`
+        if it was `sent`, else its first seq, negated.
         """
+
+    async def sent(self, envelopes: Sequence[Envelope]) -> None:
+        """Record that these envelopes (appended with ``once``) reached their rooms."""
 
     async def seed(self, room: str, floor: int) -> None: ...
 
@@ -91,12 +97,10 @@ class Window(Protocol):
 
 _APPEND = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if KEYS[3] then
-  if ARGV[5] == '1' then
-    if not redis.call('SET', KEYS[3], 1, 'NX', 'EX', tonumber(ARGV[4])) then return -1 end
-  else
-    redis.call('SET', KEYS[3], 1, 'EX', tonumber(ARGV[4]))
-  end
+if KEYS[3] and ARGV[5] == '1' then
+  local known = redis.call('GET', KEYS[3])
+  if known == 'sent' then return 0 end
+  if known then return -tonumber(known) end
 end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
@@ -105,6 +109,7 @@ if size > tonumber(ARGV[2]) then
   redis.call('ZREMRANGEBYRANK', KEYS[2], 0, size - tonumber(ARGV[2]) - 1)
 end
 redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
+if KEYS[3] then redis.call('SET', KEYS[3], seq, 'EX', tonumber(ARGV[4])) end
 return seq
 """
 
@@ -134,7 +139,7 @@ class RedisWindow:
             keys = [counter, window]
             redelivery = once.get(envelope["id"])
             if redelivery is not None:
-                keys.append(f"{self.prefix}once:{envelope['room']}:{envelope['id']}")
+                keys.append(self._once_key(envelope))
             args = (member, self.window, self.ttl, ONCE_SECONDS, "1" if redelivery else "0")
             pipeline.eval(_APPEND, len(keys), *keys, *args)
             positions.append(position)
@@ -143,6 +148,18 @@ class RedisWindow:
             for position, seq in zip(positions, await pipeline.execute(), strict=True):
                 seqs[position] = int(seq) if seq is not None else None
         return seqs
+
+    def _once_key(self, envelope: Envelope) -> str:
+        return f"{self.prefix}once:{envelope['room']}:{envelope['id']}"
+
+    async def sent(self, envelopes: Sequence[Envelope]) -> None:
+        pipelines: dict[int, Any] = {}
+        for envelope in envelopes:
+            connection, _, _ = self._keys(envelope["room"])
+            pipeline = pipelines.setdefault(id(connection), connection.pipeline(transaction=False))
+            pipeline.set(self._once_key(envelope), "sent", ex=ONCE_SECONDS, xx=True)
+        for pipeline in pipelines.values():
+            await pipeline.execute()
 
     async def seed(self, room: str, floor: int) -> None:
         connection, counter, _ = self._keys(room)
@@ -168,7 +185,8 @@ class LocalWindow:
         self.window = window
         self._counters: dict[str, int] = {}
         self._messages: dict[str, deque[Envelope]] = {}
-        self._once: dict[tuple[str, str], None] = {}  # (room, id) appended once, oldest first
+        # (room, id) -> its seq, or COPY once sent; oldest first
+        self._once: dict[tuple[str, str], int] = {}
 
     async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[int | None]:
         return [self._append(envelope, once.get(envelope["id"])) for envelope in envelopes]
@@ -177,18 +195,25 @@ class LocalWindow:
         room = envelope["room"]
         if room not in self._counters:
             return None
-        if redelivery is not None:
-            key = (room, envelope["id"])
-            if redelivery and key in self._once:
-                return COPY
-            self._once.pop(key, None)  # recorded again: the newest are kept
-            self._once[key] = None
-            if len(self._once) > ONCE_LOCAL_LIMIT:
-                del self._once[next(iter(self._once))]
+        key = (room, envelope["id"])
+        if redelivery and key in self._once:
+            known = self._once[key]
+            return COPY if known == COPY else -known
         seq = self._counters[room] = self._counters[room] + 1
         kept = self._messages.setdefault(room, deque(maxlen=self.window))
         kept.append(_with_seq(dict(envelope), seq))
+        if redelivery is not None:
+            self._once.pop(key, None)  # recorded again: the newest are kept
+            self._once[key] = seq
+            if len(self._once) > ONCE_LOCAL_LIMIT:
+                del self._once[next(iter(self._once))]
         return seq
+
+    async def sent(self, envelopes: Sequence[Envelope]) -> None:
+        for envelope in envelopes:
+            key = (envelope["room"], envelope["id"])
+            if key in self._once:
+                self._once[key] = COPY
 
     async def seed(self, room: str, floor: int) -> None:
         self._counters.setdefault(room, floor)
@@ -223,7 +248,10 @@ class History:
 
     async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[Envelope]:
         """Give each envelope its room's next ``seq`` (in order) and keep it; the envelopes
-        kept, leaving out redeliveries of those appended before (``once``: see `Window`)."""
+        to send, leaving out redeliveries of those already sent (``once``: see `Window`).
+
+        A redelivery of one appended but never sent keeps its first ``seq`` and is not kept
+        again; call `sent` once the envelopes have been sent to their rooms."""
         seqs = await self.window.append(envelopes, once) if envelopes else []
         new: list[Envelope] = []
         for envelope, given in zip(envelopes, seqs, strict=True):
@@ -236,10 +264,21 @@ class History:
             if seq == COPY:
                 metrics.inc("duplicates_removed", "redelivery")
                 continue
+            if seq < 0:  # appended before a crash, perhaps never sent: send it now
+                envelope["seq"] = -seq
+                self._keep(envelope)  # the database keeps one copy per id
+                new.append(envelope)
+                continue
             envelope["seq"] = seq
             self._keep(envelope)
             new.append(envelope)
         return new
+
+    async def sent(self, envelopes: Sequence[Envelope]) -> None:
+        """Record that ``envelopes``, appended with ``once``, have been sent to their rooms:
+        a redelivery of one of them is a copy from now on."""
+        if envelopes:
+            await self.window.sent(envelopes)
 
     def _keep(self, envelope: Envelope) -> None:
         self._pending.append(envelope)

@@ -137,6 +137,8 @@ async def publish_many(
                 envelope["topic"],
             )
     await _send_to_rooms(layer, live)
+    if once:  # from now on a redelivery of these is a copy
+        await history_for(layer).sent([envelope for envelope in live if envelope["id"] in once])
     for entry, envelope in accepted:
         if entry.live and entry.source != "mqtt":
             await _send_to_bridge(layer, envelope, entry.reply_channel, entry.reply_to)

@@ -1,8 +1,10 @@
 """A message the broker may deliver again enters its room once, in both kinds of window.
 
-The Redis window records the id in the same script that gives the message its ``seq``; a
-flagged redelivery of a recorded id is a copy. A fresh delivery that reuses an old id (the
-broker reuses packet ids once they are acknowledged) must go through.
+The Redis window records the id in the same script that gives the message its ``seq``, and
+marks it once the message was sent to its room. A flagged redelivery of a sent one is a copy;
+of one appended but not sent (a crash in between), it keeps its first seq, to be sent now. A
+fresh delivery that reuses an old id (the broker reuses packet ids once they are acknowledged)
+must go through.
 """
 
 import uuid
@@ -33,15 +35,28 @@ def envelope(room: str, message_id: str, text: str = "m") -> Envelope:
     )
 
 
-async def test_a_redelivery_of_a_message_appended_before_is_a_copy(window: Window) -> None:
+async def test_a_redelivery_of_a_message_sent_before_is_a_copy(window: Window) -> None:
     for room in ("a", "b"):
         await window.seed(room, 0)
     first = await window.append([envelope("a", "m1")], {"m1": False})
+    await window.sent([envelope("a", "m1")])
     again = await window.append([envelope("a", "m1")], {"m1": True})
     # The same delivery's id in another room is that room's own message.
     other_room = await window.append([envelope("b", "m1")], {"m1": True})
     assert (first, again, other_room) == ([1], [COPY], [1])
     assert [m["id"] for m in await window.after("a", 0, 10)] == ["m1"]
+
+
+async def test_a_redelivery_of_one_appended_but_never_sent_keeps_its_first_seq(
+    window: Window,
+) -> None:
+    await window.seed("f", 0)
+    assert await window.append([envelope("f", "cut-short")], {"cut-short": False}) == [1]
+    # The crash came before the send: the redelivery is to be sent, as seq 1, not appended.
+    assert await window.append([envelope("f", "cut-short")], {"cut-short": True}) == [-1]
+    assert [m["seq"] for m in await window.after("f", 0, 10)] == [1]
+    await window.sent([envelope("f", "cut-short")])
+    assert await window.append([envelope("f", "cut-short")], {"cut-short": True}) == [COPY]
 
 
 async def test_a_redelivery_whose_first_delivery_never_arrived_is_appended(
@@ -54,7 +69,10 @@ async def test_a_redelivery_whose_first_delivery_never_arrived_is_appended(
 async def test_a_fresh_delivery_that_reuses_an_old_id_goes_through(window: Window) -> None:
     # Packet ids come round again: the same topic, payload and packet id, a new message.
     await window.seed("d", 0)
-    seqs = [await window.append([envelope("d", "reused")], {"reused": False}) for _ in range(3)]
+    seqs = []
+    for _ in range(3):
+        seqs.append(await window.append([envelope("d", "reused")], {"reused": False}))
+        await window.sent([envelope("d", "reused")])
     assert seqs == [[1], [2], [3]]
     # And a redelivery of the latest is still recognised.
     assert await window.append([envelope("d", "reused")], {"reused": True}) == [COPY]
