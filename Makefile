@@ -7,9 +7,10 @@ PORT ?= 8000
 MQTT_PORT ?= 1883
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+SOAK_ARGS ?= --minutes 30
 FUZZ_SECONDS ?= 60
 
-.PHONY: run test lint typecheck format system-deps install install-test screenshots bench chaos fuzz clean
+.PHONY: run test lint typecheck format system-deps install install-test screenshots bench soak chaos fuzz clean
 
 $(VENV)/.run-installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +54,11 @@ screenshots: install-test system-deps
 ## 25 minutes; needs Node 18+. BENCH_ARGS=--quick for a tiny subset (see benchmarks/README.md).
 bench: $(VENV)/.bench-installed benchmarks/node_modules/.installed system-deps
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+## Soak: the gateway under a steady mixed load for 30 minutes; exits non-zero if memory or
+## descriptors grow. SOAK_ARGS='--minutes 5' for a shorter one (see benchmarks/README.md).
+soak: $(VENV)/.bench-installed benchmarks/node_modules/.installed system-deps
+	$(PY) -m benchmarks soak $(SOAK_ARGS)
 
 ## Faults on real Mosquitto, Redis, daphne and bridge processes, five times longer than in
 ## `make test`; prints what each scenario sent, lost and repeated, and its recovery time.

@@ -4,6 +4,8 @@ python -m benchmarks                      # everything (about 25 minutes on 2 co
 python -m benchmarks --quick              # a tiny subset, well under a minute
 python -m benchmarks --systems mosquitto,gateway --scenarios fanout,uplink
 python -m benchmarks report               # rewrite report.md and plots from results.json
+python -m benchmarks soak --minutes 30    # the gateway under mixed load: does memory grow?
+python -m benchmarks report --out benchmarks/results/soak   # rewrite soak.md and soak.png
 """
 
 import argparse
@@ -26,6 +28,7 @@ from benchmarks.measure import background_cores
 from benchmarks.nodeproc import HarnessError, node_binary
 from benchmarks.report import write_report
 from benchmarks.scenarios import FULL, QUICK, SCENARIOS, Plan, Scenario
+from benchmarks.soak import rewrite_report, run_soak
 from benchmarks.systems import SYSTEM_NAMES, SystemFailed, make_system
 
 HERE = Path(__file__).resolve().parent
@@ -38,7 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("command", nargs="?", choices=["run", "report"], default="run")
+    parser.add_argument("command", nargs="?", choices=["run", "report", "soak"], default="run")
     parser.add_argument("--quick", action="store_true", help="a tiny subset, for a smoke test")
     parser.add_argument("--systems", help=f"comma-separated, from: {', '.join(SYSTEM_NAMES)}")
     parser.add_argument("--scenarios", help=f"comma-separated, from: {', '.join(SCENARIOS)}")
@@ -50,6 +53,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         type=int,
         help="seconds to wait before each run for other processes to calm down (10; quick: 3)",
     )
+    parser.add_argument(
+        "--minutes", type=float, default=30.0, help="soak: how long the load runs (30)"
+    )
+    parser.add_argument(
+        "--warmup", type=float, help="soak: minutes left out of the trends (a fifth, at most 5)"
+    )
+    parser.add_argument("--interval", type=float, help="soak: seconds between samples (10)")
     parser.add_argument(
         "--plan",
         action="append",
@@ -246,6 +256,10 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.command == "report":
         out = args.out or HERE / "results"
+        if (out / "soak.json").exists():
+            status = rewrite_report(out)
+            print(out / "soak.md")
+            return status
         write_report(json.loads((out / "results.json").read_text()), out)
         print(out / "report.md")
         return 0
@@ -254,6 +268,13 @@ def main(argv: list[str]) -> int:
     except HarnessError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.command == "soak":
+        raise_file_limit()
+        out = args.out or HERE / "results" / "soak"
+        soak = run_soak(
+            args.minutes, out, machine=machine(), warmup=args.warmup, interval=args.interval
+        )
+        return asyncio.run(soak)
     return asyncio.run(run_all(args))
 
 

@@ -74,8 +74,10 @@ class Run:
         subscribe: bool = True,
         concurrency: int = HANDSHAKES_IN_FLIGHT,
         handshake_timeout: float = 60.0,
+        config: dict[str, Any] | None = None,
     ) -> tuple[list[NodeProcess], dict[str, Any]]:
-        """One browser per entry of ``rooms``, spread over a few processes, all joined.
+        """One browser per entry of ``rooms``, spread over a few processes, all joined;
+        ``config`` adds to each process's configuration (see ``load/ws-clients.js``).
 
         Returns the processes and the setup: connected, failed, handshake latencies.
         """
@@ -93,6 +95,7 @@ class Run:
                 "publish": "rooms/{room}/gateway",
                 "concurrency": max(1, concurrency // len(parts)),
                 "timeout_ms": int(handshake_timeout * 1000),
+                **(config or {}),
             }
             for part in parts
         ]
@@ -119,11 +122,22 @@ class Run:
         return [node for node, _ in started], setup
 
     async def devices(
-        self, clients: int, *, subscribe: Sequence[str] = (), role: str = "load"
+        self,
+        clients: int,
+        *,
+        subscribe: Sequence[str] = (),
+        role: str = "load",
+        config: dict[str, Any] | None = None,
     ) -> NodeProcess:
-        """``clients`` MQTT connections in one process; the first subscribes to ``subscribe``."""
-        config = {"url": self.endpoint.mqtt_url, "clients": clients, "subscribe": list(subscribe)}
-        node, ready = await self._start("mqtt-clients.js", config, role, 120)
+        """``clients`` MQTT connections in one process; the first subscribes to ``subscribe``;
+        ``config`` adds to the process's configuration (``qos``, ``max_seconds``)."""
+        settings = {
+            "url": self.endpoint.mqtt_url,
+            "clients": clients,
+            "subscribe": list(subscribe),
+            **(config or {}),
+        }
+        node, ready = await self._start("mqtt-clients.js", settings, role, 120)
         if ready["failed"]:
             raise HarnessError(f"{ready['failed']} MQTT clients failed: {ready['errors']}")
         return node

@@ -45,6 +45,14 @@ def rss_bytes(pid: int) -> int | None:
         return None
 
 
+def fd_count(pid: int) -> int | None:
+    """Open file descriptors of ``pid`` (sockets included), or None once it is gone."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return None
+
+
 def machine_cpu_seconds() -> tuple[float, float]:
     """CPU seconds all cores spent so far running processes (user, nice, system, steal) and
     handling interrupts (irq, softirq: mostly the kernel's loopback network work)."""

@@ -8,6 +8,8 @@
 //   clients    how many connections (devices) to open
 //   subscribe  topic filters the first connection subscribes to (QoS 0), or []
 //   qos        the QoS of publications
+//
+// A `send` command may say `"retain": true`: its publications are then retained messages.
 
 const mqtt = require('mqtt');
 const { Receipts, bounded, deadline, emit, runSchedule, serve } = require('./common');
@@ -70,7 +72,7 @@ serve(
       case 'send': {
         // Topic j is always published by the same connection: topic j belongs to device j % N.
         const topics = command.topics;
-        const options = { qos: config.qos || 0 };
+        const options = { qos: config.qos || 0, retain: Boolean(command.retain) };
         emit(
           await runSchedule(command, (i, text) => {
             const j = i % topics.length;

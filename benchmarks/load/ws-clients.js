@@ -11,24 +11,42 @@
 //   subscribe  mqtt-ws mode: a topic filter with {room}, subscribed at QoS 0
 //   publish    mqtt-ws mode: the topic with {room} that sending publishes to
 //   concurrency, timeout_ms  handshakes in flight at once, and the limit for each
+//   track_seq  ws mode: remember the highest seq each connection saw (for `churn`)
+//
+// The `churn` command (ws mode) closes `count` connections, the next ones round the list, every
+// other one abruptly (no close handshake), and opens them again in the same rooms; with
+// `resume`, every other one comes back with ?since=<the last seq it saw>, and the messages its
+// welcome replays are counted (as are welcomes that report a gap).
 
 const WebSocket = require('ws');
 const packets = require('./mqtt-packets');
-const { Histogram, Receipts, bounded, deadline, emit, nowUs, runSchedule, serve } = require('./common');
+const { Histogram, Receipts, bounded, deadline, emit, markers, nowUs, runSchedule, serve } = require('./common');
 
 let config = {};
 const receipts = new Receipts();
 const conns = [];
-let closed = 0;
+let closed = 0; // connections the server closed (not those `churn` closed)
+const churned = { reconnects: 0, resumed: 0, replayed: 0, gaps: 0, failed: 0, errors: [] };
+let churnNext = 0;
+const SEQ = /"seq":\s*(\d+)/g;
+const GAP = /"gap":\s*true/;
+
+/** The highest seq a frame mentions (a message's, or a welcome's watermark), or 0. */
+function highestSeq(data) {
+  let highest = 0;
+  for (const match of data.toString().matchAll(SEQ)) highest = Math.max(highest, Number(match[1]));
+  return highest;
+}
 
 function fill(template, room) {
   return template.split('{room}').join(room);
 }
 
-function openWs(room) {
+function openWs(room, _index, since = null) {
   return new Promise((resolve, reject) => {
-    const conn = { room, ready: false };
-    const ws = new WebSocket(fill(config.url, room), { origin: config.origin, perMessageDeflate: false });
+    const conn = { room, ready: false, seq: 0, closing: false };
+    const url = fill(config.url, room) + (since === null ? '' : `?since=${since}`);
+    const ws = new WebSocket(url, { origin: config.origin, perMessageDeflate: false });
     conn.ws = ws;
     ws.on('open', () => {
       if (!config.welcome) {
@@ -37,9 +55,14 @@ function openWs(room) {
       }
     });
     ws.on('message', (data) => {
+      if (config.track_seq) conn.seq = Math.max(conn.seq, highestSeq(data));
       if (!conn.ready) {
         conn.ready = true; // the welcome, which may replay old payloads: not counted
         receipts.frames += 1;
+        if (since !== null) {
+          churned.replayed += markers(data).length;
+          if (GAP.test(data.toString())) churned.gaps += 1;
+        }
         resolve(conn);
         return;
       }
@@ -47,7 +70,7 @@ function openWs(room) {
     });
     ws.on('error', (error) => reject(error));
     ws.on('close', () => {
-      if (conn.ready) closed += 1;
+      if (conn.ready && !conn.closing) closed += 1;
       reject(new Error('closed before it was ready'));
     });
   });
@@ -116,6 +139,36 @@ function closeAll() {
   for (const conn of conns) conn.ws.terminate();
 }
 
+/** Close `count` connections and open them again (see `churn` at the top); the totals so far. */
+async function churn({ count, resume }) {
+  const picks = [];
+  for (let k = 0; k < Math.min(count, conns.length); k += 1) {
+    picks.push([churnNext % conns.length, churnNext]);
+    churnNext += 1;
+  }
+  await bounded(picks.length, config.concurrency || 8, async (k) => {
+    const [index, n] = picks[k];
+    const old = conns[index];
+    old.closing = true;
+    if (n % 2 === 0) old.ws.close(1000);
+    else old.ws.terminate();
+    const since = resume && Math.floor(n / 2) % 2 === 0 && old.seq > 0 ? old.seq : null;
+    const opening = openWs(old.room, index, since);
+    try {
+      conns[index] = await deadline(opening, config.timeout_ms || 30000, 'reconnect');
+      churned.reconnects += 1;
+      if (since !== null) churned.resumed += 1;
+    } catch (error) {
+      // The slot keeps the closed connection until its turn comes round again; a handshake
+      // that completes after the deadline is closed at once.
+      opening.then((late) => { late.closing = true; late.ws.terminate(); }, () => {});
+      churned.failed += 1;
+      if (churned.errors.length < 5) churned.errors.push(String(error && error.message ? error.message : error));
+    }
+  });
+  return { event: 'churned', ...churned, errors: churned.errors.slice() };
+}
+
 serve(
   (given) => {
     config = given;
@@ -137,6 +190,9 @@ serve(
       case 'close':
         closeAll();
         emit({ event: 'closed' });
+        break;
+      case 'churn':
+        emit(await churn(command));
         break;
       default:
         emit({ event: 'error', detail: `unknown command ${command.cmd}` });
