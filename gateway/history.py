@@ -264,12 +264,9 @@ class History:
             if seq == COPY:
                 metrics.inc("duplicates_removed", "redelivery")
                 continue
-            if seq < 0:  # appended before a crash, perhaps never sent: send it now
-                envelope["seq"] = -seq
-                self._keep(envelope)  # the database keeps one copy per id
-                new.append(envelope)
-                continue
-            envelope["seq"] = seq
+            # Negative: appended before a crash, perhaps never sent; it is sent now, with its
+            # first seq, and kept again (the database keeps one copy per id).
+            envelope["seq"] = abs(seq)
             self._keep(envelope)
             new.append(envelope)
         return new
