@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridges.conf import MqttSettings
+from bridges.packets import Publish, read_publish
 from bridges.sockets import ReadBuffer
 from gateway import metrics
 from gateway.errors import GatewayError
@@ -120,11 +121,11 @@ class MqttLink:
         self._origin = origin
         self._shared_group = shared_group if self.is_v5 else None
         # Bounded by `_slots`: the network thread takes a slot before queueing, and waits for one.
-        self._queue: asyncio.Queue[tuple[paho.MQTTMessage, Incoming]] = asyncio.Queue()
+        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
         self._slots = threading.Semaphore(queue_size)
         # Messages the network thread passed on that the loop has not queued yet: the loop is
         # woken once for a burst, not once per message.
-        self._inbox: list[tuple[paho.MQTTMessage, Incoming]] = []
+        self._inbox: list[Incoming] = []
         self._inbox_lock = threading.Lock()
         self._stopping = threading.Event()  # no more connects
         self._draining = threading.Event()  # take no new messages
@@ -167,9 +168,10 @@ class MqttLink:
         future.add_done_callback(logged)
         return future
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> "_Client":
         s = self.settings
-        client = paho.Client(
+        client = _Client(
+            self._receive,
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             protocol=paho.MQTTv5 if self.is_v5 else paho.MQTTv311,
@@ -392,6 +394,23 @@ class MqttLink:
         self._call_in_loop(lambda: self._settle(future, reason))
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        """A PUBLISH that paho decoded itself (see `_Client`)."""
+        props = message.properties if self.is_v5 else None
+        self._receive(
+            Publish(
+                topic=message.topic,
+                payload=bytes(message.payload),
+                qos=message.qos,
+                mid=message.mid,
+                retain=bool(message.retain),
+                dup=bool(message.dup),
+                subscription_ids=tuple(getattr(props, "SubscriptionIdentifier", None) or ()),
+                user_properties=tuple(getattr(props, "UserProperty", None) or ()),
+                content_type=getattr(props, "ContentType", None),
+            )
+        )
+
+    def _receive(self, message: Publish) -> None:
         loop = self._loop
         incoming = self._describe(message)
         if incoming is None:
@@ -403,7 +422,7 @@ class MqttLink:
             if self._draining.is_set():
                 return
         with self._inbox_lock:
-            self._inbox.append((message, incoming))
+            self._inbox.append(incoming)
             if len(self._inbox) > 1:
                 return  # the loop has been woken for this burst already
         loop.call_soon_threadsafe(self._take_inbox)
@@ -414,30 +433,28 @@ class MqttLink:
         for item in arrived:
             self._queue.put_nowait(item)
 
-    def _describe(self, message: paho.MQTTMessage) -> Incoming | None:
-        origin = content_type = None
-        snapshot = bool(message.retain) and not self.is_v5
-        props = message.properties if self.is_v5 else None
-        if props is not None:
-            identifiers = getattr(props, "SubscriptionIdentifier", None) or []
+    def _describe(self, message: Publish) -> Incoming | None:
+        origin = None
+        snapshot = message.retain and not self.is_v5
+        if self.is_v5:
+            identifiers = message.subscription_ids
             if _SNAPSHOT in identifiers and _LIVE not in identifiers:
                 if not message.retain:
                     return None  # a live copy during the snapshot; the share delivers it
                 snapshot = True
-            for key, value in getattr(props, "UserProperty", None) or []:
+            for key, value in message.user_properties:
                 if key == ORIGIN_PROPERTY:
                     origin = value
-            content_type = getattr(props, "ContentType", None)
         return Incoming(
             topic=message.topic,
-            payload=bytes(message.payload),
+            payload=message.payload,
             qos=message.qos,
             mid=message.mid,
-            retain=bool(message.retain),
+            retain=message.retain,
             snapshot=snapshot,
             origin=origin,
-            content_type=content_type,
-            dup=bool(message.dup),
+            content_type=message.content_type,
+            dup=message.dup,
         )
 
     def _call_in_loop(self, callback: Callable[[], object]) -> None:
@@ -454,17 +471,38 @@ class MqttLink:
                 batch.append(self._queue.get_nowait())
             acknowledge = True
             try:
-                await self._handler([incoming for _, incoming in batch])
+                await self._handler(batch)
             except asyncio.CancelledError:
                 raise
             except RedeliverError:
                 acknowledge = False  # the broker gives them to the next session
             except Exception:
-                for _, incoming in batch:
+                for incoming in batch:
                     metrics.dropped("handler_error", f"topic {incoming.topic}")
                 logger.exception("handling %d messages from the broker failed", len(batch))
-            for message, _ in batch:
+            for incoming in batch:
                 if acknowledge:  # only now that it was handed on (or counted as dropped)
-                    self._client.ack(message.mid, message.qos)
+                    self._client.ack(incoming.mid, incoming.qos)
                 self._queue.task_done()
                 self._slots.release()
+
+
+class _Client(paho.Client):
+    """paho's client, reading the common PUBLISH packets with `read_publish`.
+
+    Those go straight to ``receive``; the rest (QoS 2, topic aliases, anything odd) take paho's
+    own path and reach ``on_message`` as before. With manual acknowledgement paho sends nothing
+    back for a QoS 0 or 1 PUBLISH, so the fast path has nothing to send either.
+    """
+
+    def __init__(self, receive: Callable[[Publish], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._receive_publish = receive
+
+    def _handle_publish(self) -> MQTTErrorCode:
+        packet = self._in_packet
+        message = read_publish(packet["command"], packet["packet"], v5=self.protocol == paho.MQTTv5)
+        if message is None:
+            return super()._handle_publish()
+        self._receive_publish(message)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS

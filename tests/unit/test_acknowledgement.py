@@ -2,7 +2,6 @@
 
 import asyncio
 
-import paho.mqtt.client as paho
 import pytest
 
 from bridges.client import Incoming, MqttLink, RedeliverError
@@ -10,10 +9,8 @@ from bridges.conf import MqttSettings
 from gateway import metrics
 
 
-def message(mid: int) -> tuple[paho.MQTTMessage, Incoming]:
-    raw = paho.MQTTMessage(mid=mid, topic=b"rooms/a/b")
-    raw.qos = 1
-    incoming = Incoming(
+def message(mid: int) -> Incoming:
+    return Incoming(
         topic="rooms/a/b",
         payload=b"{}",
         qos=1,
@@ -23,7 +20,6 @@ def message(mid: int) -> tuple[paho.MQTTMessage, Incoming]:
         origin=None,
         content_type=None,
     )
-    return raw, incoming
 
 
 @pytest.mark.parametrize(
