@@ -176,6 +176,7 @@ class Bridge:
                     redelivery=message.dup,
                     state=message.retain,
                     live=not message.snapshot,
+                    sendable=decoded.sendable,
                 )
             )
         return steps

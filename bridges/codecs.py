@@ -6,7 +6,7 @@ A payload that a codec cannot decode is never dropped: it reaches the room as ba
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
@@ -17,10 +17,15 @@ from gateway.jsonutil import MESSAGE_MAX_DEPTH, check_sendable, dumps, parse_jso
 
 @dataclass(frozen=True, slots=True)
 class Decoded:
-    """A decoded payload: the value, and whether it is base64 text of raw bytes."""
+    """A decoded payload: the value, and whether it is base64 text of raw bytes.
+
+    ``sendable``: the codec has made sure the value passes `check_sendable`, so the way into
+    the room need not check it again. A codec that cannot say so leaves it False.
+    """
 
     message: Any
     base64: bool = False
+    sendable: bool = field(default=False, compare=False)
 
 
 class Codec(Protocol):
@@ -36,7 +41,7 @@ class Codec(Protocol):
 
 def as_base64(payload: bytes) -> Decoded:
     """Raw bytes, carried as base64 text."""
-    return Decoded(base64.b64encode(payload).decode("ascii"), base64=True)
+    return Decoded(base64.b64encode(payload).decode("ascii"), base64=True, sendable=True)
 
 
 def _failed(codec: str, payload: bytes) -> Decoded:
@@ -56,9 +61,9 @@ class JsonCodec:
         except UnicodeDecodeError:
             return _failed(self.name, payload)
         try:
-            return Decoded(parse_json(text, MESSAGE_MAX_DEPTH))
+            return Decoded(parse_json(text, MESSAGE_MAX_DEPTH), sendable=True)
         except ValueError:
-            return Decoded(text)
+            return Decoded(text, sendable=True)  # decoded from UTF-8: no lone surrogate
 
     def encode(self, message: Any) -> bytes:
         return dumps(message).encode("utf-8")
@@ -72,7 +77,7 @@ class TextCodec:
 
     def decode(self, payload: bytes) -> Decoded:
         try:
-            return Decoded(payload.decode("utf-8"))
+            return Decoded(payload.decode("utf-8"), sendable=True)
         except UnicodeDecodeError:
             return _failed(self.name, payload)
 
@@ -110,7 +115,7 @@ class MsgpackCodec:
             check_sendable(value)  # deep nesting, lone surrogates; and JSON-compatible
         except (ValueError, TypeError, msgpack.UnpackException):
             return _failed(self.name, payload)
-        return Decoded(value)
+        return Decoded(value, sendable=True)
 
     def encode(self, message: Any) -> bytes:
         return bytes(msgpack.packb(message, use_bin_type=True))

@@ -18,6 +18,7 @@ from gateway.rooms import MAX_ROOM_LENGTH, is_valid_room
 
 Direction = Literal["in", "out", "both"]
 
+ROUTES_KEPT = 10_000  # topics whose rooms the rules remember, at most
 _RULE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -284,6 +285,8 @@ class RuleSet:
     rules: tuple[Rule, ...]
     _in: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
     _out: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
+    # topic -> where it leads: devices publish to the same topics again and again
+    _routes: dict[str, tuple[Inbound, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = [rule.name for rule in self.rules]
@@ -291,15 +294,22 @@ class RuleSet:
             raise ImproperlyConfigured(f"bridge rule {name!r}: the name is used twice")
         object.__setattr__(self, "_in", tuple(r for r in self.rules if r.direction != "out"))
         object.__setattr__(self, "_out", tuple(r for r in self.rules if r.direction != "in"))
+        object.__setattr__(self, "_routes", {})
 
     def inbound(self, topic: str) -> list[Inbound]:
         """Every room ``topic`` reaches, in rule order; the first rule for a room wins."""
-        found: dict[str, Inbound] = {}
-        for rule in self._in:
-            inbound = rule.match(topic)
-            if inbound is not None and inbound.room not in found:
-                found[inbound.room] = inbound
-        return list(found.values())
+        routes = self._routes.get(topic)
+        if routes is None:
+            found: dict[str, Inbound] = {}
+            for rule in self._in:
+                inbound = rule.match(topic)
+                if inbound is not None and inbound.room not in found:
+                    found[inbound.room] = inbound
+            routes = tuple(found.values())
+            if len(self._routes) >= ROUTES_KEPT:  # many one-off topics: start afresh
+                self._routes.clear()
+            self._routes[topic] = routes
+        return list(routes)
 
     def outbound(self, room: str) -> list[tuple[Rule, str]]:
         """Every (rule, topic) ``room``'s messages go to, one per distinct topic."""

@@ -95,22 +95,38 @@ class Window(Protocol):
     async def oldest(self, room: str) -> int | None: ...
 
 
+# Appends a batch, in order. KEYS: per envelope its room's counter and window, then its once key
+# if it has one. ARGV: window size, window TTL, once TTL, then per envelope its JSON and its mode
+# ('0': no once key; '1': a first delivery, whose id is recorded; '2': a flagged redelivery).
+# Per envelope: false (no counter), its seq, COPY (0), or the negated seq of its first append.
 _APPEND = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-if KEYS[3] and ARGV[5] == '1' then
-  local known = redis.call('GET', KEYS[3])
-  if known == 'sent' then return 0 end
-  if known then return -tonumber(known) end
+local size, ttl, once_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local results, k = {}, 1
+for i = 4, #ARGV, 2 do
+  local member, mode = ARGV[i], ARGV[i + 1]
+  local counter, window, once = KEYS[k], KEYS[k + 1], nil
+  k = k + 2
+  if mode ~= '0' then once = KEYS[k]; k = k + 1 end
+  local result = false
+  if redis.call('EXISTS', counter) == 1 then
+    local known = false
+    if mode == '2' then known = redis.call('GET', once) end
+    if known == 'sent' then
+      result = 0
+    elseif known then
+      result = -tonumber(known)
+    else
+      result = redis.call('INCR', counter)
+      redis.call('ZADD', window, result, member)
+      local n = redis.call('ZCARD', window)
+      if n > size then redis.call('ZREMRANGEBYRANK', window, 0, n - size - 1) end
+      redis.call('EXPIRE', window, ttl)
+      if once then redis.call('SET', once, result, 'EX', once_ttl) end
+    end
+  end
+  results[#results + 1] = result
 end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('ZADD', KEYS[2], seq, ARGV[1])
-local size = redis.call('ZCARD', KEYS[2])
-if size > tonumber(ARGV[2]) then
-  redis.call('ZREMRANGEBYRANK', KEYS[2], 0, size - tonumber(ARGV[2]) - 1)
-end
-redis.call('EXPIRE', KEYS[2], tonumber(ARGV[3]))
-if KEYS[3] then redis.call('SET', KEYS[3], seq, 'EX', tonumber(ARGV[4])) end
-return seq
+return results
 """
 
 
@@ -128,24 +144,25 @@ class RedisWindow:
         return connection, f"{self.prefix}seq:{room}", f"{self.prefix}window:{room}"
 
     async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[int | None]:
-        # One round trip per connection, the envelopes in order: seqs follow arrival.
-        pipelines: dict[int, tuple[Any, list[int]]] = {}
+        # One script per connection for the whole batch, the envelopes in order: seqs follow
+        # arrival, and a burst costs one round trip, not one command per message.
+        batches: dict[int, tuple[Any, list[int], list[str], list[Any]]] = {}
         for position, envelope in enumerate(envelopes):
             connection, counter, window = self._keys(envelope["room"])
-            pipeline, positions = pipelines.setdefault(
-                id(connection), (connection.pipeline(transaction=False), [])
+            _, positions, keys, args = batches.setdefault(
+                id(connection), (connection, [], [], [self.window, self.ttl, ONCE_SECONDS])
             )
-            member = dumps({k: v for k, v in envelope.items() if k != "seq"})
-            keys = [counter, window]
+            keys += (counter, window)
             redelivery = once.get(envelope["id"])
             if redelivery is not None:
                 keys.append(self._once_key(envelope))
-            args = (member, self.window, self.ttl, ONCE_SECONDS, "1" if redelivery else "0")
-            pipeline.eval(_APPEND, len(keys), *keys, *args)
+            member = dumps({k: v for k, v in envelope.items() if k != "seq"})
+            args += (member, "0" if redelivery is None else "2" if redelivery else "1")
             positions.append(position)
         seqs: list[int | None] = [None] * len(envelopes)
-        for pipeline, positions in pipelines.values():
-            for position, seq in zip(positions, await pipeline.execute(), strict=True):
+        for connection, positions, keys, args in batches.values():
+            found = await connection.eval(_APPEND, len(keys), *keys, *args)
+            for position, seq in zip(positions, found, strict=True):
                 seqs[position] = int(seq) if seq is not None else None
         return seqs
 

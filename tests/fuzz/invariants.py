@@ -104,13 +104,19 @@ def check_frame(text: str | None, limit: int) -> dict[str, Any] | Refusal:
 
 
 def check_decode(codec: Codec, payload: bytes) -> Decoded:
-    """A codec's decode never raises; what it cannot decode arrives as base64 and is counted."""
+    """A codec's decode never raises; what it cannot decode arrives as base64 and is counted.
+
+    The built-in codecs vouch that what they decode can be sent on (the room's path then skips
+    that check): it can.
+    """
     before = metrics.get("payload_decode_failures", codec.name)
     decoded = codec.decode(payload)
     failures = metrics.get("payload_decode_failures", codec.name) - before
     assert isinstance(decoded, Decoded)
+    assert decoded.sendable
     if decoded.base64:
         assert base64.b64decode(decoded.message, validate=True) == payload
+        check_sendable(decoded.message)
         assert failures == (0 if codec.name in OPAQUE_CODECS else 1)
     else:
         assert failures == 0
