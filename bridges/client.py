@@ -1,10 +1,12 @@
-"""The bridge's connection to the broker: paho-mqtt on a thread of its own, asyncio outside.
+"""The bridge's connection to the broker: paho-mqtt driven by the asyncio event loop.
 
 paho-mqtt 2 is used for its manual acknowledgement: a QoS 1 message is acknowledged to the broker
-only once the bridge has handed it on. Incoming messages cross into the event loop through a
-bounded queue; when the queue is full the network thread waits, so the broker (not our memory)
-holds the backlog. Reconnection is ours: capped exponential backoff with full jitter, and every
-(re)connect subscribes again.
+only once the bridge has handed it on. paho reads and writes when the event loop finds its socket
+ready, on the loop's own thread: no second thread competes with the loop for the interpreter.
+Incoming messages wait in a queue for the loop's consumer; while the queue is full the link stops
+reading the socket, so the broker (not our memory) holds the backlog. Only the connect itself
+(name lookup, TCP, TLS) runs on a worker thread. Reconnection is ours: capped exponential backoff
+with full jitter, and every (re)connect subscribes again.
 
 With MQTT 5 the link subscribes through a shared subscription (``$share/<group>/<filter>``), so
 several bridge processes split the load, and once, at each connect, through a plain subscription
@@ -20,6 +22,7 @@ will: devices never see a stopping bridge reported lost.
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -54,6 +57,7 @@ BATCH_MESSAGES = 256  # messages handed on together at most
 ORIGIN_PROPERTY = "gateway"
 # Where each bridge connection says whether it is up: retained, with a last will saying "lost".
 STATUS_TOPIC = "gateways/{client_id}/status"
+MISC_INTERVAL_SECONDS = 1.0  # how often paho's keepalive and retry timers are looked at
 _LIVE, _SNAPSHOT = 1, 2  # subscription identifiers
 
 
@@ -120,19 +124,21 @@ class MqttLink:
         self._handler = handler
         self._origin = origin
         self._shared_group = shared_group if self.is_v5 else None
-        # Bounded by `_slots`: the network thread takes a slot before queueing, and waits for one.
+        # Past `_queue_size` messages waiting, the socket is not read until the consumer catches up.
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
-        self._slots = threading.Semaphore(queue_size)
-        # Messages the network thread passed on that the loop has not queued yet: the loop is
-        # woken once for a burst, not once per message.
-        self._inbox: list[Incoming] = []
-        self._inbox_lock = threading.Lock()
-        self._stopping = threading.Event()  # no more connects
-        self._draining = threading.Event()  # take no new messages
+        self._queue_size = queue_size
+        self._stopping = asyncio.Event()  # no more connects
+        self._draining = False  # take no new messages
         self.connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._loop_thread: int | None = None
+        self._network: asyncio.Task[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
+        self._sock: ReadBuffer | None = None  # the connection's socket, while it is watched
+        self._fd = -1  # its descriptor: a socket paho has closed has none to unwatch by
+        self._reading = False
+        self._writing = False
+        self._lost: asyncio.Future[None] | None = None
         self._attempt = 0
         self._acks_lock = threading.Lock()
         self._pending: dict[int, asyncio.Future[None]] = {}
@@ -195,18 +201,20 @@ class MqttLink:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
+        client.on_socket_register_write = self._on_write_wanted
+        client.on_socket_unregister_write = self._on_write_wanted
         return client
 
     async def start(self) -> None:
         """Start connecting (in the background, retrying) and handing messages on."""
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self._consumer = asyncio.create_task(self._consume(), name="mqtt-consume")
-        self._thread = threading.Thread(target=self._run, name="mqtt-network", daemon=True)
-        self._thread.start()
+        self._network = asyncio.create_task(self._run(), name="mqtt-network")
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Drain: hand on what was received, wait for publications, then disconnect."""
-        self._draining.set()
+        self._draining = True
         try:
             await asyncio.wait_for(self._queue.join(), drain_seconds)
             pending = list(self._pending.values())
@@ -222,9 +230,12 @@ class MqttLink:
             stopped = self._announce(online=False, reason="stopped")
             await asyncio.wait([stopped], timeout=STATUS_TIMEOUT_SECONDS)
         self._stopping.set()
-        self._client.disconnect()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 10)
+        self._client.disconnect()  # written by the network task, which then ends
+        if self._network is not None:
+            done, _ = await asyncio.wait([self._network], timeout=10)
+            if not done:
+                self._network.cancel()
+                await asyncio.gather(self._network, return_exceptions=True)
         if self._consumer is not None:
             self._consumer.cancel()
             await asyncio.gather(self._consumer, return_exceptions=True)
@@ -269,9 +280,9 @@ class MqttLink:
         else:
             future.set_result(None)
 
-    # The network thread.
+    # The connection, driven by the event loop.
 
-    def _run(self) -> None:
+    async def _run(self) -> None:
         s = self.settings
         properties = None
         if self.is_v5:
@@ -279,7 +290,8 @@ class MqttLink:
             properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
         while not self._stopping.is_set():
             try:
-                self._client.connect(
+                await asyncio.to_thread(
+                    self._client.connect,
                     s.host,
                     s.port,
                     keepalive=s.keepalive,
@@ -287,25 +299,95 @@ class MqttLink:
                     properties=properties,
                 )
             except (OSError, ssl.SSLError) as exc:
-                self._wait_before_retry(f"cannot reach broker {s.describe()}: {exc}")
+                await self._wait_before_retry(f"cannot reach broker {s.describe()}: {exc}")
                 continue
-            self._client._sock = ReadBuffer(self._client._sock)
-            rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-            buffered = self._client._sock
-            while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and not self._stopping.is_set():
-                rc = self._client.loop(timeout=0.5)
-                while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and buffered.pending():
-                    rc = self._client.loop_read()  # packets already read: no select each
+            self._lost = asyncio.get_running_loop().create_future()
+            self._watch(ReadBuffer(self._client._sock))
+            if self._stopping.is_set():
+                self._client.disconnect()  # stopped while connecting
+            misc = asyncio.create_task(self._keep_alive(), name="mqtt-keepalive")
+            try:
+                await self._lost
+            finally:
+                misc.cancel()
+                self._unwatch()
             if not self._stopping.is_set():
-                self._wait_before_retry(f"connection to {s.describe()} lost: {rc.name}")
-        self._client.loop(timeout=0.1)  # flush the DISCONNECT
+                await self._wait_before_retry(f"connection to {s.describe()} lost")
 
-    def _wait_before_retry(self, why: str) -> None:
+    def _watch(self, sock: ReadBuffer) -> None:
+        self._client._sock = self._sock = sock
+        self._fd = sock.fileno()
+        self._resume()
+        self._update_writer()
+
+    def _unwatch(self) -> None:
+        if self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._loop.remove_writer(self._fd)
+        self._sock, self._fd = None, -1
+        self._reading = self._writing = False
+
+    def _check(self, rc: MQTTErrorCode) -> None:
+        """After paho has read, written or kept alive: is the connection still there?"""
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._client.socket() is None:
+            if self._lost is not None and not self._lost.done():
+                self._lost.set_result(None)
+            self._unwatch()
+
+    def _on_readable(self) -> None:
+        if self._sock is None:
+            return
+        rc = self._client.loop_read()
+        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._reading and self._sock.pending():
+            rc = self._client.loop_read()  # packets already read: no wait for the selector
+        self._check(rc)
+        if self._sock is not None:
+            self._update_writer()  # acknowledgements and replies queued while reading
+
+    def _on_writable(self) -> None:
+        self._check(self._client.loop_write())
+        self._update_writer()
+
+    def _on_write_wanted(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
+        self._call_in_loop(self._update_writer)  # the connect's worker thread queues CONNECT
+
+    def _update_writer(self) -> None:
+        if self._sock is None or self._loop is None:
+            return
+        wanted = self._client.want_write()
+        if wanted and not self._writing:
+            self._loop.add_writer(self._fd, self._on_writable)
+        elif not wanted and self._writing:
+            self._loop.remove_writer(self._fd)
+        self._writing = wanted
+
+    def _pause(self) -> None:
+        """Stop reading: the queue is full, and the broker keeps the rest."""
+        if self._reading and self._sock is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+        self._reading = False
+
+    def _resume(self) -> None:
+        if self._reading or self._sock is None or self._loop is None:
+            return
+        self._reading = True
+        self._loop.add_reader(self._fd, self._on_readable)
+        if self._sock.pending():  # read before the pause: the selector will not say so
+            self._loop.call_soon(self._on_readable)
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(MISC_INTERVAL_SECONDS)
+            self._check(self._client.loop_misc())
+            self._update_writer()
+
+    async def _wait_before_retry(self, why: str) -> None:
         delay = backoff_delay(self._attempt)
         self._attempt += 1
         metrics.inc("mqtt_reconnect_attempts")
         logger.warning("%s; retrying in %.1f s", why, delay)
-        self._stopping.wait(delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), delay)
 
     def _on_connect(
         self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _properties: Any
@@ -411,27 +493,15 @@ class MqttLink:
         )
 
     def _receive(self, message: Publish) -> None:
-        loop = self._loop
         incoming = self._describe(message)
         if incoming is None:
             self._client.ack(message.mid, message.qos)  # a copy of one the share delivers
             return
-        if loop is None or loop.is_closed() or self._draining.is_set():
+        if self._draining:
             return  # not acknowledged: the broker redelivers it to the next session
-        while not self._slots.acquire(timeout=0.5):  # the queue is full: hold the broker back
-            if self._draining.is_set():
-                return
-        with self._inbox_lock:
-            self._inbox.append(incoming)
-            if len(self._inbox) > 1:
-                return  # the loop has been woken for this burst already
-        loop.call_soon_threadsafe(self._take_inbox)
-
-    def _take_inbox(self) -> None:
-        with self._inbox_lock:
-            arrived, self._inbox = self._inbox, []
-        for item in arrived:
-            self._queue.put_nowait(item)
+        self._queue.put_nowait(incoming)
+        if self._queue.qsize() >= self._queue_size:
+            self._pause()
 
     def _describe(self, message: Publish) -> Incoming | None:
         origin = None
@@ -458,8 +528,13 @@ class MqttLink:
         )
 
     def _call_in_loop(self, callback: Callable[[], object]) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(callback)
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            loop.call_soon(callback)
+        else:
+            loop.call_soon_threadsafe(callback)
 
     # The event loop.
 
@@ -484,7 +559,8 @@ class MqttLink:
                 if acknowledge:  # only now that it was handed on (or counted as dropped)
                     self._client.ack(incoming.mid, incoming.qos)
                 self._queue.task_done()
-                self._slots.release()
+            if self._queue.qsize() < self._queue_size:
+                self._resume()
 
 
 class _Client(paho.Client):
