@@ -59,6 +59,9 @@ Once = Mapping[str, bool]
 _NONE: Once = MappingProxyType({})
 SEED_MARGIN = 10_000  # seq headroom after a lost counter, above what the database holds
 PRUNE_SECONDS = 60.0
+# The database writer waits this long after the first pending message, so a busy stream is
+# written in a few batches a second instead of one per burst (the window has them meanwhile).
+WRITE_LINGER_SECONDS = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,12 +351,13 @@ class History:
         await self.flush()
 
     async def _write(self) -> None:
-        # Writes as soon as something is pending; what arrives during a write waits for the
-        # next one, so batches grow with the load and a quiet room's message is written at once.
+        # Writes `WRITE_LINGER_SECONDS` after something is pending; what arrives during a write
+        # waits for the next one, so batches grow with the load.
         last_prune = asyncio.get_running_loop().time()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), PRUNE_SECONDS)
+            await asyncio.sleep(WRITE_LINGER_SECONDS if self._pending else 0)
             self._wake.clear()
             try:
                 await self.flush()

@@ -2,6 +2,8 @@
 
 import asyncio
 
+import pytest
+from channels.exceptions import ChannelFull
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 from redis.exceptions import MaxConnectionsError
@@ -49,3 +51,38 @@ async def test_the_pubsub_layer_configured_as_settings_do_takes_the_burst(
         assert await _burst(layer) == [None] * (3 * POOL_CONNECTIONS)
     finally:
         await layer.flush()
+
+
+async def test_a_one_trip_send_is_read_as_channels_redis_sends_and_stops_at_capacity(
+    redis_server: Redis,
+) -> None:
+    ours = CoreLayer(hosts=[redis_server.url], capacity=3)
+    stock = RedisChannelLayer(hosts=[redis_server.url], capacity=3)
+    try:
+        # A process-local channel (a hub's) and a plain one, each read by the stock layer.
+        local = await stock.new_channel("hub")
+        for n in range(3):
+            await ours.send(local, {"type": "room.messages", "n": n})
+        with pytest.raises(ChannelFull):
+            await ours.send(local, {"type": "room.messages", "n": 3})
+        assert [(await stock.receive(local))["n"] for _ in range(3)] == [0, 1, 2]
+        await ours.send("bridge.plain", {"type": "mqtt.publish", "n": 9})
+        assert (await stock.receive("bridge.plain"))["n"] == 9
+        # Both layers keep the channel to the same expiry.
+        await ours.send("bridge.plain", {"type": "mqtt.publish"})
+        ttl = await redis_connection(ours, "x").ttl(ours.prefix + "bridge.plain")
+        assert 0 < ttl <= ours.expiry
+    finally:
+        await ours.close_pools()
+        await stock.close_pools()
+
+
+async def test_a_one_trip_send_drops_what_expired_before_counting(redis_server: Redis) -> None:
+    ours = CoreLayer(hosts=[redis_server.url], capacity=1, expiry=60)
+    try:
+        key = ours.prefix + "stale.channel"
+        await redis_connection(ours, "x").zadd(key, {b"old": 1.0})  # queued long ago
+        await ours.send("stale.channel", {"type": "x"})  # not full: the old one expired
+        assert await redis_connection(ours, "x").zcard(key) == 1
+    finally:
+        await ours.close_pools()
