@@ -86,3 +86,43 @@ async def test_a_one_trip_send_drops_what_expired_before_counting(redis_server: 
         assert await redis_connection(ours, "x").zcard(key) == 1
     finally:
         await ours.close_pools()
+
+
+async def test_a_receive_of_waiting_messages_keeps_order_and_leaves_no_backup(
+    redis_server: Redis,
+) -> None:
+    ours = CoreLayer(hosts=[redis_server.url])
+    stock = RedisChannelLayer(hosts=[redis_server.url])
+    try:
+        channel = await ours.new_channel("hub")
+        for n in range(5):
+            await stock.send(channel, {"type": "room.messages", "n": n})
+        assert [(await ours.receive(channel))["n"] for _ in range(5)] == [0, 1, 2, 3, 4]
+        # One not there yet: the receive blocks for it as channels-redis's does.
+        later = asyncio.create_task(ours.receive(channel))
+        await asyncio.sleep(0.2)
+        assert not later.done()
+        await stock.send(channel, {"type": "room.messages", "n": 5})
+        assert (await asyncio.wait_for(later, 5))["n"] == 5
+        await asyncio.gather(*ours.receive_cleaners)
+        key = ours._backup_channel_name(ours.prefix + ours.non_local_name(channel))
+        assert await redis_connection(ours, "x").zcard(key) == 0
+    finally:
+        await ours.close_pools()
+        await stock.close_pools()
+
+
+async def test_what_an_interrupted_receive_left_in_the_backup_comes_first(
+    redis_server: Redis,
+) -> None:
+    ours = CoreLayer(hosts=[redis_server.url])
+    try:
+        channel = await ours.new_channel("hub")
+        key = ours.prefix + ours.non_local_name(channel)
+        await ours.send(channel, {"type": "room.messages", "n": 2})
+        # A message popped by a receive that was cancelled before handling it.
+        first = ours.serialize({"type": "room.messages", "n": 1, "__asgi_channel__": channel})
+        await redis_connection(ours, "x").zadd(ours._backup_channel_name(key), {first: 1.0})
+        assert [(await ours.receive(channel))["n"] for _ in range(2)] == [1, 2]
+    finally:
+        await ours.close_pools()
