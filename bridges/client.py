@@ -322,8 +322,11 @@ class MqttLink:
 
     def _unwatch(self) -> None:
         if self._sock is not None and self._loop is not None:
-            self._loop.remove_reader(self._fd)
-            self._loop.remove_writer(self._fd)
+            # paho may have closed the socket already: the selector then forgets it anyway.
+            with contextlib.suppress(OSError):
+                self._loop.remove_reader(self._fd)
+            with contextlib.suppress(OSError):
+                self._loop.remove_writer(self._fd)
         self._sock, self._fd = None, -1
         self._reading = self._writing = False
 
