@@ -29,6 +29,7 @@ class Envelope(TypedDict):
     seq: NotRequired[int]
 
 
+_TO_THE_SECOND = "%Y-%m-%dT%H:%M:%S."
 _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
 
 
@@ -36,12 +37,10 @@ def utc_timestamp(now: datetime | None = None) -> str:
     """An ISO 8601 UTC timestamp with milliseconds, e.g. ``2026-11-20T23:59:00.123Z``."""
     global _second  # noqa: PLW0603 - a one-entry cache: formatting a date costs more than a message
     if now is not None:
-        return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-    milliseconds = time.time_ns() // 1_000_000
-    second, millisecond = divmod(milliseconds, 1000)
+        return f"{now.strftime(_TO_THE_SECOND)}{now.microsecond // 1000:03d}Z"
+    second, millisecond = divmod(time.time_ns() // 1_000_000, 1000)
     if _second[0] != second:
-        text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        _second = (second, text)
+        _second = (second, datetime.fromtimestamp(second, UTC).strftime(_TO_THE_SECOND))
     return f"{_second[1]}{millisecond:03d}Z"
 
 
