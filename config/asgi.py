@@ -14,6 +14,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from bridges.consumer import MqttBridgeConsumer  # noqa: E402
 from gateway.events import BRIDGE_CHANNEL  # noqa: E402
 from protocols.auth import TokenAuthMiddleware  # noqa: E402
+from protocols.flatten import Flattened  # noqa: E402
 from protocols.origin import OriginOrBearerValidator  # noqa: E402
 from protocols.routing import websocket_urlpatterns  # noqa: E402
 
@@ -21,8 +22,11 @@ application = ProtocolTypeRouter(
     {
         # Static files are served by the gateway itself so a fresh install works offline.
         "http": ASGIStaticFilesHandler(django_asgi_app),
-        "websocket": OriginOrBearerValidator(
-            AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+        # Flattened: the layers resolve the scope, then leave the socket to its consumer.
+        "websocket": Flattened(
+            OriginOrBearerValidator(
+                AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+            )
         ),
         "channel": ChannelNameRouter({BRIDGE_CHANNEL: MqttBridgeConsumer.as_asgi()}),
     }
