@@ -19,12 +19,14 @@ by the broker) after a bridge crash, however long the restart took, is then a co
 no further if it was sent, or is sent again with its first ``seq`` if the crash came between
 the append and the send: no loss, and no second ``seq``. Only flagged redeliveries are checked:
 a fresh delivery that happens to get the same id as an old one (packet ids are reused once
-acknowledged) records it again and goes through.
+acknowledged) records it again and goes through. On the gateway's core layer the append and the
+send are one script (`History.append_and_send`), so there is no step between them to crash in.
 """
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.jsonutil import dumps, parse_json
-from gateway.layers import per_layer, redis_connection, uses_redis
+from gateway.layers import EVENT_HEAD, ScriptSends, per_layer, redis_connection, uses_redis
 from gateway.models import Message
 
 logger = logging.getLogger(__name__)
@@ -98,11 +100,25 @@ class Window(Protocol):
     async def oldest(self, room: str) -> int | None: ...
 
 
+# Gives a member its room's next seq and keeps the room's window to its size.
+_KEEP = """
+local function keep(counter, window, member, size, ttl)
+  local seq = redis.call('INCR', counter)
+  redis.call('ZADD', window, seq, member)
+  local kept = redis.call('ZCARD', window)
+  if kept > size then redis.call('ZREMRANGEBYRANK', window, 0, kept - size - 1) end
+  redis.call('EXPIRE', window, ttl)
+  return seq
+end
+"""
+
 # Appends a batch, in order. KEYS: per envelope its room's counter and window, then its once key
 # if it has one. ARGV: window size, window TTL, once TTL, then per envelope its JSON and its mode
 # ('0': no once key; '1': a first delivery, whose id is recorded; '2': a flagged redelivery).
 # Per envelope: false (no counter), its seq, COPY (0), or the negated seq of its first append.
-_APPEND = """
+_APPEND = (
+    _KEEP
+    + """
 local size, ttl, once_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local results, k = {}, 1
 for i = 4, #ARGV, 2 do
@@ -119,11 +135,7 @@ for i = 4, #ARGV, 2 do
     elseif known then
       result = -tonumber(known)
     else
-      result = redis.call('INCR', counter)
-      redis.call('ZADD', window, result, member)
-      local n = redis.call('ZCARD', window)
-      if n > size then redis.call('ZREMRANGEBYRANK', window, 0, n - size - 1) end
-      redis.call('EXPIRE', window, ttl)
+      result = keep(counter, window, member, size, ttl)
       if once then redis.call('SET', once, result, 'EX', once_ttl) end
     end
   end
@@ -131,6 +143,115 @@ for i = 4, #ARGV, 2 do
 end
 return results
 """
+)
+
+
+# `_APPEND`, then the sends, in one step: a burst costs one round trip from the broker to the
+# rooms' channels. Nothing is done if a room has no counter yet (returns {0}). KEYS: per envelope
+# its counter, window and once key (if it has one), then per chunk its room's group key. ARGV:
+# window size, window TTL, once TTL, the number of envelopes; per envelope its JSON and mode;
+# then the sends' parameters (see `ScriptSends`: now, members joined since, messages stale
+# before, capacity, channel TTL, channel key prefix, envelopes per event, the random part of
+# the events' prefix, `EVENT_HEAD`) and per chunk (a room's envelopes in order, a run of the
+# list) its first and last envelope (1-based) and the envelopes packed. Each member channel gets
+# one event for all its rooms' chunks (a new one past the limit), with the ``seqs`` of its
+# envelopes (COPY: not sent).
+# Returns {1, per envelope its seq (COPY for a copy), per channel that was full its name and the
+# messages it did not get}. A once key is marked sent at once: the send is in the same step.
+_APPEND_AND_SEND = (
+    _KEEP
+    + """
+local size, ttl, once_ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  tonumber(ARGV[4])
+local k = 1
+local spans = {}
+for i = 1, n do
+  local mode = ARGV[4 + 2 * i]
+  if redis.call('EXISTS', KEYS[k]) == 0 then return {0} end
+  spans[i] = k
+  k = k + (mode == '0' and 2 or 3)
+end
+local seqs = {}
+for i = 1, n do
+  local member, mode = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
+  local counter, window, once = KEYS[spans[i]], KEYS[spans[i] + 1], KEYS[spans[i] + 2]
+  local known = false
+  if mode == '2' then known = redis.call('GET', once) end
+  local seq
+  if known == 'sent' then
+    seq = 0
+  elseif known then
+    seq = tonumber(known)
+  else
+    seq = keep(counter, window, member, size, ttl)
+  end
+  if mode ~= '0' and seq ~= 0 then redis.call('SET', once, 'sent', 'EX', once_ttl) end
+  seqs[i] = seq
+end
+local a = 5 + 2 * n
+local now, since, stale, capacity, channel_ttl, prefix, limit, random, head =
+  ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5],
+  tonumber(ARGV[a + 6]), ARGV[a + 7], ARGV[a + 8]
+local members, batches, order, full, events = {}, {}, {}, {}, 0
+local function flush(channel, batch)
+  if batch.count == 0 then return end
+  local bang = string.find(channel, '!', 1, true)
+  local key = prefix .. (bang and string.sub(channel, 1, bang) or channel)
+  redis.call('ZREMRANGEBYSCORE', key, 0, stale)
+  if redis.call('ZCARD', key) < capacity then
+    -- Events queued together have the same score, which Redis breaks by their bytes: a
+    -- counter after the random part keeps them in order.
+    events = events + 1
+    local counter = string.char(math.floor(events / 65536) % 256, math.floor(events / 256) % 256,
+      events % 256)
+    local size = batch.count < 16 and string.char(0x90 + batch.count)
+      or string.char(0xdc, math.floor(batch.count / 256), batch.count % 256)
+    redis.call('ZADD', key, now, random .. counter .. head .. size .. table.concat(batch.parts)
+      .. cmsgpack.pack('__asgi_channel__') .. cmsgpack.pack(channel)
+      .. cmsgpack.pack('seqs') .. cmsgpack.pack(batch.seqs))
+    redis.call('EXPIRE', key, channel_ttl)
+  else
+    full[#full + 1] = channel
+    full[#full + 1] = batch.fresh
+  end
+  batch.parts, batch.seqs, batch.count, batch.fresh = {}, {}, 0, 0
+end
+for e = 0, #KEYS - k do
+  local group = KEYS[k + e]
+  local first, last, packed = tonumber(ARGV[a + 9 + 3 * e]), tonumber(ARGV[a + 10 + 3 * e]),
+    ARGV[a + 11 + 3 * e]
+  local fresh = 0
+  for i = first, last do
+    if seqs[i] ~= 0 then fresh = fresh + 1 end
+  end
+  if fresh > 0 then
+    if not members[group] then
+      members[group] = redis.call('ZRANGEBYSCORE', group, since, '+inf')
+    end
+    for _, channel in ipairs(members[group]) do
+      local batch = batches[channel]
+      if not batch then
+        batch = {parts = {}, seqs = {}, count = 0, fresh = 0}
+        batches[channel] = batch
+        order[#order + 1] = channel
+      end
+      if batch.count + last - first + 1 > limit then flush(channel, batch) end
+      batch.parts[#batch.parts + 1] = packed
+      for i = first, last do batch.seqs[#batch.seqs + 1] = seqs[i] end
+      batch.count = batch.count + last - first + 1
+      batch.fresh = batch.fresh + fresh
+    end
+  end
+end
+for _, channel in ipairs(order) do flush(channel, batches[channel]) end
+return {1, seqs, full}
+"""
+)
+
+
+# A chunk for `RedisWindow.append_and_send`: its room's group key, its first and last envelope
+# (0-based, inclusive) and those envelopes packed (`ScriptSends.packed`).
+ScriptChunk = tuple[bytes, int, int, bytes]
 
 
 class RedisWindow:
@@ -151,16 +272,11 @@ class RedisWindow:
         # arrival, and a burst costs one round trip, not one command per message.
         batches: dict[int, tuple[Any, list[int], list[str], list[Any]]] = {}
         for position, envelope in enumerate(envelopes):
-            connection, counter, window = self._keys(envelope["room"])
+            connection = redis_connection(self.layer, envelope["room"])
             _, positions, keys, args = batches.setdefault(
                 id(connection), (connection, [], [], [self.window, self.ttl, ONCE_SECONDS])
             )
-            keys += (counter, window)
-            redelivery = once.get(envelope["id"])
-            if redelivery is not None:
-                keys.append(self._once_key(envelope))
-            member = dumps({k: v for k, v in envelope.items() if k != "seq"})
-            args += (member, "0" if redelivery is None else "2" if redelivery else "1")
+            self._add(envelope, once, keys, args)
             positions.append(position)
         seqs: list[int | None] = [None] * len(envelopes)
         for connection, positions, keys, args in batches.values():
@@ -168,6 +284,55 @@ class RedisWindow:
             for position, seq in zip(positions, found, strict=True):
                 seqs[position] = int(seq) if seq is not None else None
         return seqs
+
+    async def append_and_send(
+        self,
+        envelopes: Sequence[Envelope],
+        once: Once,
+        chunks: Sequence[ScriptChunk],
+        sends: ScriptSends,
+    ) -> list[int] | None:
+        """`append`, and queue ``chunks`` to their groups' members in the same step; each
+        envelope's seq (`COPY` for a copy), or None, having done nothing, if a room has no
+        counter yet. Counts the messages a full channel did not get."""
+        keys: list[Any] = []
+        args: list[Any] = [self.window, self.ttl, ONCE_SECONDS, len(envelopes)]
+        for envelope in envelopes:
+            self._add(envelope, once, keys, args)
+        now = time.time()
+        args += (
+            repr(now),
+            int(now) - sends.group_expiry,
+            int(now) - sends.expiry,
+            sends.capacity,
+            sends.expiry,
+            sends.channel_prefix,
+            sends.event_envelopes,
+            sends.random_prefix(),
+            EVENT_HEAD,
+        )
+        for group_key, first, last, packed in chunks:
+            keys.append(group_key)
+            args += (first + 1, last + 1, packed)
+        connection = redis_connection(self.layer)
+        found = await connection.eval(_APPEND_AND_SEND, len(keys), *keys, *args)
+        if not found[0]:
+            return None
+        full = found[2]
+        for channel, lost in zip(full[::2], full[1::2], strict=True):
+            name = channel.decode() if isinstance(channel, bytes) else str(channel)
+            metrics.dropped("channel_full", f"{lost} messages for {name}, which is full", lost)
+        return [int(seq) for seq in found[1]]
+
+    def _add(self, envelope: Envelope, once: Once, keys: list[Any], args: list[Any]) -> None:
+        """An envelope's keys and arguments, as the append scripts take them."""
+        _, counter, window = self._keys(envelope["room"])
+        keys += (counter, window)
+        redelivery = once.get(envelope["id"])
+        if redelivery is not None:
+            keys.append(self._once_key(envelope))
+        member = dumps({k: v for k, v in envelope.items() if k != "seq"})
+        args += (member, "0" if redelivery is None else "2" if redelivery else "1")
 
     def _once_key(self, envelope: Envelope) -> str:
         return f"{self.prefix}once:{envelope['room']}:{envelope['id']}"
@@ -287,6 +452,33 @@ class History:
             # Negative: appended before a crash, perhaps never sent; it is sent now, with its
             # first seq, and kept again (the database keeps one copy per id).
             envelope["seq"] = abs(seq)
+            self._keep(envelope)
+            new.append(envelope)
+        return new
+
+    async def append_and_send(
+        self,
+        envelopes: Sequence[Envelope],
+        once: Once,
+        chunks: Sequence[ScriptChunk],
+        sends: ScriptSends,
+    ) -> list[Envelope] | None:
+        """`append`, `sent` and the sends to the rooms in one step, where the window is in
+        Redis and every room has its counter; else None, having done nothing.
+
+        ``chunks`` cover ``envelopes`` (each room's a run of the list, in order), packed
+        without their seqs, which travel beside them."""
+        if not envelopes or not isinstance(self.window, RedisWindow):
+            return None
+        seqs = await self.window.append_and_send(envelopes, once, chunks, sends)
+        if seqs is None:
+            return None
+        new: list[Envelope] = []
+        for envelope, seq in zip(envelopes, seqs, strict=True):
+            if seq == COPY:
+                metrics.inc("duplicates_removed", "redelivery")
+                continue
+            envelope["seq"] = seq
             self._keep(envelope)
             new.append(envelope)
         return new

@@ -1,18 +1,28 @@
 """What the gateway needs to know about its channel layer, in one place."""
 
 import asyncio
+import os
 import time
+import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import msgpack
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer
 from channels_redis.core import RedisChannelLayer
 from channels_redis.pubsub import RedisPubSubChannelLayer
+from channels_redis.serializers import MsgPackSerializer
 from channels_redis.utils import decode_hosts
 from redis.asyncio import BlockingConnectionPool, Redis
 
+from gateway.events import ROOM_MESSAGES
+
 T = TypeVar("T")
+
+# Envelopes per channel-layer event at most, which bounds an event's size.
+EVENT_ENVELOPES = 64
 
 # Connections per pool (per process, event loop and Redis host), and how long a burst of
 # operations waits for one of them before failing like an unreachable Redis. redis-py's own
@@ -90,6 +100,31 @@ class CoreLayer(RedisChannelLayer):  # type: ignore[misc]
         if not queued:
             raise ChannelFull
 
+    async def new_own_channel(self) -> str:
+        """A channel only this process reads, by `receive_many` (not by ``receive``)."""
+        return f"own.{self.client_prefix}.{uuid.uuid4().hex}"
+
+    async def receive_many(self, channel: str, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` messages waiting on ``channel`` (from `new_own_channel`), oldest
+        first, in one round trip; when none is waiting, the first to arrive. Empty when none
+        came within channels-redis's blocking timeout.
+
+        A reader that is cancelled here loses what was popped: only a process that stops
+        cancels it, and the sockets it served go with it.
+        """
+        key = self.prefix + channel
+        connection = self.connection(0)
+        members = [member for member, _ in await connection.zpopmin(key, limit)]
+        if not members:
+            popped = await connection.bzpopmin(key, timeout=self.brpop_timeout)
+            if popped is None:
+                return []
+            members = [popped[1]]
+        messages = [self.deserialize(member) for member in members]
+        for message in messages:
+            message.pop("__asgi_channel__", None)
+        return messages
+
     async def _brpop_with_clean(
         self,
         index: int,
@@ -109,6 +144,73 @@ class CoreLayer(RedisChannelLayer):  # type: ignore[misc]
         _, member, score = popped
         await connection.zadd(backup, {member: float(score)})
         return member
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptSends:
+    """What a Redis script needs to queue events on the core layer's channels as
+    `CoreLayer.send` queues them: the same keys, format, capacity and expiries.
+
+    The script reads a group's members and, for each member channel, builds one event: the
+    layer's prefix (`random_prefix`, then a counter), `EVENT_HEAD`, the envelopes (`packed`)
+    and the fields only it knows (``__asgi_channel__``, as channels-redis adds it, and the
+    envelopes' ``seqs``).
+    """
+
+    layer: "CoreLayer"
+    channel_prefix: str
+    capacity: int
+    expiry: int
+    group_expiry: int
+    event_envelopes: int
+
+    def group_key(self, group: str) -> bytes:
+        key: bytes = self.layer._group_key(group)
+        return key
+
+    def random_prefix(self) -> bytes:
+        """The random start of the prefix channels-redis puts before each message; a script
+        ends it with a counter of its own, three bytes."""
+        random: bytes = os.urandom(self.layer._serializer.random_prefix_length - 3)
+        return random
+
+    @staticmethod
+    def packed(envelopes: Iterable[Any]) -> bytes:
+        """Envelopes as the elements of an event's ``envelopes`` array."""
+        return b"".join(msgpack.packb(envelope) for envelope in envelopes)
+
+
+# An event's first bytes after the prefix: a map of four fields (type, envelopes,
+# ``__asgi_channel__``, ``seqs``), the type and the key ``envelopes``, whose array follows.
+EVENT_HEAD: bytes = (
+    b"\x84" + msgpack.packb("type") + msgpack.packb(ROOM_MESSAGES) + msgpack.packb("envelopes")
+)
+
+
+def script_sends(layer: BaseChannelLayer | None) -> ScriptSends | None:
+    """How a script can send on ``layer``; None unless it is the gateway's core layer on one
+    Redis, serialising with msgpack, unencrypted, with one capacity for every channel."""
+    if not isinstance(layer, CoreLayer) or layer.ring_size != 1 or layer.channel_capacity:
+        return None
+    serializer = layer._serializer
+    if not isinstance(serializer, MsgPackSerializer) or serializer.crypter is not None:
+        return None
+    if serializer.random_prefix_length < 3:  # room for the script's counter
+        return None
+    return ScriptSends(
+        layer=layer,
+        channel_prefix=layer.prefix,
+        capacity=int(layer.capacity),
+        expiry=int(layer.expiry),
+        group_expiry=int(layer.group_expiry),
+        event_envelopes=EVENT_ENVELOPES,
+    )
+
+
+def reads_many(layer: BaseChannelLayer | None) -> bool:
+    """Whether a channel of ``layer``'s can be read many messages at a time
+    (`CoreLayer.receive_many`)."""
+    return isinstance(layer, CoreLayer) and layer.ring_size == 1
 
 
 def uses_redis(layer: BaseChannelLayer | None) -> bool:

@@ -6,9 +6,12 @@ their rooms' groups and, unless they came from MQTT, to the bridge worker. Messa
 never sent back to the bridge: that is the first half of loop prevention (the bridge ignores its
 own publications for the second). `publish` is the same path for one message.
 
-Messages that enter together (a burst from the broker) travel together: one history round trip
-for all of them and one channel-layer event per room, so a busy room costs the channel layer a
-few events a second, not one per message.
+Messages that enter together (a burst from the broker) travel together. On the gateway's core
+layer (one Redis), one script appends the burst and queues it to every process in its rooms, one
+event per process for all its rooms: one round trip from the broker to the rooms. Elsewhere, one
+history round trip for all of them and one channel-layer event per room (per process when the
+burst spans rooms), so a busy room costs the channel layer a few events a second, not one per
+message.
 """
 
 import asyncio
@@ -33,16 +36,19 @@ from gateway.events import (
     RoomMessagesEvent,
     room_error,
 )
-from gateway.history import history_for
+from gateway.history import History, ScriptChunk, history_for
 from gateway.jsonutil import check_sendable
-from gateway.layers import members_of, shows_group_members
+from gateway.layers import (
+    EVENT_ENVELOPES,
+    ScriptSends,
+    members_of,
+    script_sends,
+    shows_group_members,
+)
 from gateway.models import Room
 from gateway.rooms import group_name, validate_room
 
 logger = logging.getLogger(__name__)
-
-# Envelopes per channel-layer event at most, which bounds an event's size.
-EVENT_ENVELOPES = 64
 
 # Rooms this process has already recorded, so the database is touched once per room.
 _known_rooms: set[str] = set()
@@ -126,7 +132,11 @@ async def publish_many(
         for entry, envelope in accepted
         if entry.message_id is not None
     }
-    new = await history_for(layer).append(live, once)  # before the room sees them: history.py
+    history = history_for(layer)
+    new = await _append_and_send(layer, history, accepted, once)
+    sent = new is not None
+    if new is None:
+        new = await history.append(live, once)  # before the room sees them: history.py
     if len(new) < len(live):
         kept = {id(envelope) for envelope in new}
         accepted = [(e, v) for e, v in accepted if not e.live or id(v) in kept]
@@ -139,15 +149,49 @@ async def publish_many(
                 envelope["room"],
                 envelope["topic"],
             )
-    await _send_to_rooms(layer, live)
-    if once:  # from now on a redelivery of these is a copy
-        await history_for(layer).sent([envelope for envelope in live if envelope["id"] in once])
+    if not sent:
+        await _send_to_rooms(layer, live)
+        if once:  # from now on a redelivery of these is a copy
+            await history.sent([envelope for envelope in live if envelope["id"] in once])
     for entry, envelope in accepted:
         if entry.live and entry.source != "mqtt":
             await _send_to_bridge(layer, envelope, entry.reply_channel, entry.reply_to)
         if entry.live:
             metrics.inc("messages_published", entry.source)
     return results
+
+
+async def _append_and_send(
+    layer: BaseChannelLayer,
+    history: History,
+    accepted: list[tuple[Entry, Envelope]],
+    once: dict[str, bool],
+) -> list[Envelope] | None:
+    """Append and send a burst in one step, where the layer allows it (see `script_sends`);
+    the envelopes sent, each room's in order, or None if the burst takes the usual path.
+
+    A burst holding state (retained messages) takes the usual path: the state is stored
+    between the append and the send."""
+    sends = script_sends(layer)
+    if sends is None or not accepted or any(e.state or not e.live for e, _ in accepted):
+        return None
+    by_room: dict[str, list[Envelope]] = {}
+    for _, envelope in accepted:
+        by_room.setdefault(envelope["room"], []).append(envelope)
+    envelopes = [envelope for batch in by_room.values() for envelope in batch]
+    return await history.append_and_send(envelopes, once, list(_chunks(sends, by_room)), sends)
+
+
+def _chunks(sends: ScriptSends, by_room: dict[str, list[Envelope]]) -> Iterator[ScriptChunk]:
+    """Each room's envelopes (a run of the list they make, in that order) in chunks of at
+    most `EVENT_ENVELOPES`."""
+    first = 0
+    for room, batch in by_room.items():
+        group = sends.group_key(group_name(room))
+        for start in range(0, len(batch), EVENT_ENVELOPES):
+            chunk = batch[start : start + EVENT_ENVELOPES]
+            yield group, first, first + len(chunk) - 1, sends.packed(chunk)
+            first += len(chunk)
 
 
 def _envelope(entry: Entry) -> Envelope | GatewayError:

@@ -31,9 +31,9 @@ from channels.layers import BaseChannelLayer
 from gateway import metrics
 from gateway.envelope import Envelope
 from gateway.events import ROOM_ERROR, ROOM_MESSAGES
-from gateway.history import history_for
+from gateway.history import COPY, history_for
 from gateway.jsonutil import dumps
-from gateway.layers import per_layer
+from gateway.layers import per_layer, reads_many
 from gateway.presence import ROOM_PRESENCE
 from gateway.rooms import group_name
 
@@ -46,6 +46,7 @@ SEND_BACKLOG_BYTES = 1 << 20
 PENDING_FRAMES = 10_000  # frames held for a socket while its welcome is being prepared
 DEDUPE_WINDOW = 256  # recent ids per room: a redelivered copy comes soon after the original
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0)  # waits between attempts when the layer fails
+RECEIVE_EVENTS = 100  # channel-layer events read at once, at most
 RENEW_FRACTION = 0.25  # renew group memberships every quarter of the layer's group expiry
 
 
@@ -301,7 +302,10 @@ class RoomHub:
 
     async def _start(self) -> None:
         if self.channel is None:
-            self.channel = await self.layer.new_channel()
+            if reads_many(self.layer):
+                self.channel = await self.layer.new_own_channel()
+            else:
+                self.channel = await self.layer.new_channel()
         loop = asyncio.get_running_loop()
         if self._reader is None or self._reader.done():
             self._reader = loop.create_task(self._read(), name="fanout-reader")
@@ -322,7 +326,10 @@ class RoomHub:
                 stale = False
                 await self._catch_up()
             try:
-                event = await self.layer.receive(self.channel)
+                if reads_many(self.layer):  # what waits, in one round trip
+                    events = await self.layer.receive_many(self.channel, RECEIVE_EVENTS)
+                else:
+                    events = [await self.layer.receive(self.channel)]
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -332,11 +339,12 @@ class RoomHub:
                 await asyncio.sleep(delay)
                 continue
             failures = 0
-            try:
-                self.dispatch(event)
-            except Exception:
-                metrics.inc("messages_dropped", "fanout_error")
-                logger.exception("could not fan out an event of type %r", event.get("type"))
+            for event in events:
+                try:
+                    self.dispatch(event)
+                except Exception:
+                    metrics.inc("messages_dropped", "fanout_error")
+                    logger.exception("could not fan out an event of type %r", event.get("type"))
 
     async def _catch_up(self) -> None:
         """After a layer failure, send each room what history has past the last seq it got.
@@ -361,7 +369,12 @@ class RoomHub:
         """Write ``event`` to the sockets of its room in this process."""
         kind = event.get("type")
         if kind == ROOM_MESSAGES:
-            for envelope in event["envelopes"]:
+            seqs = event.get("seqs")  # beside the envelopes when appended and sent in one step
+            for index, envelope in enumerate(event["envelopes"]):
+                if seqs is not None:
+                    if seqs[index] == COPY:
+                        continue  # a redelivery of one sent before: went no further
+                    envelope["seq"] = seqs[index]
                 self._message(envelope)
         elif kind == ROOM_PRESENCE:
             self._presence(event)
