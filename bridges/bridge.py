@@ -118,11 +118,12 @@ class Bridge:
         never covers a message that went nowhere.
         """
         entries: list[Entry] = []
+        limit = gateway_settings().max_payload_bytes  # once: settings are a lazy object
         for message in messages:
             # A QoS 1 or 2 message's id comes from its delivery, which a redelivery repeats:
             # the history appends a redelivery only if the first delivery never got there.
             message_id = self._identity(message) if message.qos > 0 else None
-            for step in self._steps(message, message_id):
+            for step in self._steps(message, message_id, limit):
                 if isinstance(step, Entry):
                     entries.append(step)
                     continue
@@ -132,7 +133,7 @@ class Bridge:
         await self._enter(entries)
 
     def _steps(
-        self, message: Incoming, message_id: str | None
+        self, message: Incoming, message_id: str | None, limit: int
     ) -> list["Entry | Callable[[], Awaitable[Any]]"]:
         """What one device message asks for: room entries, or presence and state changes."""
         if message.origin == self.gateway_id:
@@ -142,7 +143,6 @@ class Bridge:
         if not targets:
             metrics.dropped("no_rule", f"topic {message.topic!r} matches no rule or no valid room")
             return []
-        limit = gateway_settings().max_payload_bytes
         if len(message.payload) > limit:
             detail = (
                 f"topic {message.topic!r}: {len(message.payload)} bytes, over the {limit} allowed"

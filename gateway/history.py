@@ -326,8 +326,8 @@ class RedisWindow:
 
     def _add(self, envelope: Envelope, once: Once, keys: list[Any], args: list[Any]) -> None:
         """An envelope's keys and arguments, as the append scripts take them."""
-        _, counter, window = self._keys(envelope["room"])
-        keys += (counter, window)
+        room = envelope["room"]
+        keys += (f"{self.prefix}seq:{room}", f"{self.prefix}window:{room}")
         redelivery = once.get(envelope["id"])
         if redelivery is not None:
             keys.append(self._once_key(envelope))

@@ -2,7 +2,10 @@
 
 import json
 import math
+import re
 from typing import Any
+
+import orjson
 
 
 def _finite(text: str) -> float:
@@ -64,9 +67,13 @@ def check_sendable(value: Any, max_depth: int = MESSAGE_MAX_DEPTH) -> None:
     if nests_deeper_than(value, max_depth):
         raise ValueError(f"JSON nests too deeply (more than {max_depth} levels)")
     try:
-        dumps(value).encode("utf-8")
+        _strict_dumps(value).encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError("a string holds a lone surrogate, which UTF-8 cannot carry") from exc
+    try:
+        dumps(value)  # what every edge writes it with: integers of 64 bits at most
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"cannot be written as JSON: {exc}") from exc
 
 
 def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
@@ -77,6 +84,44 @@ def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
     Raises:
         ValueError: the text is not such JSON (UnicodeDecodeError for bytes that are not UTF-8).
     """
+    # orjson refuses all of these too, except that it reads an integer past 64 bits as a
+    # float: text with a run of digits that long, and whatever orjson refuses, is read again
+    # by the strict parser, which says why.
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _parse_strictly(text, max_depth)
+    if isinstance(text, bytes | bytearray):
+        long_digits = _LONG_DIGITS_BYTES.search(text) is not None
+    else:
+        long_digits = _LONG_DIGITS.search(text) is not None
+    if long_digits:
+        return _parse_strictly(text, max_depth)
+    _check_depth(value, text, max_depth)
+    return value
+
+
+# 19 digits: the shortest integer outside the range has 20, the longest inside it 20.
+_LONG_DIGITS = re.compile("[0-9]{19}")
+_LONG_DIGITS_BYTES = re.compile(b"[0-9]{19}")
+
+
+def _check_depth(value: Any, text: str | bytes, max_depth: int) -> None:
+    # Cheap tests first: only text with that many brackets can nest that deep, and only an
+    # escape can make a lone surrogate of text that encodes.
+    if isinstance(text, bytes | bytearray):
+        brackets = text.count(b"[") + text.count(b"{")
+        escape = b"\\u" in text
+    else:
+        brackets = text.count("[") + text.count("{")
+        escape = "\\u" in text
+    if brackets > max_depth or escape:
+        check_sendable(value, max_depth)
+
+
+def _parse_strictly(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
+    """`parse_json` with the standard library's parser, refusing what it refuses with a
+    reason."""
     if isinstance(text, bytes | bytearray):
         text = text.decode("utf-8")  # json.loads would accept UTF-16 and encoded surrogates
     elif not text.isascii():
@@ -87,13 +132,15 @@ def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
         )
     except RecursionError as exc:
         raise ValueError(f"JSON nests too deeply (more than {max_depth} levels)") from exc
-    # Cheap tests first: only text with that many brackets can nest that deep, and only an
-    # escape can make a lone surrogate of text that encodes.
-    if text.count("[") + text.count("{") > max_depth or "\\u" in text:
-        check_sendable(value, max_depth)
+    _check_depth(value, text, max_depth)
     return value
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text; the inverse of `parse_json`."""
+    """Compact JSON text; the inverse of `parse_json`. For values `check_sendable` passes
+    (NaN, for one, is not refused here)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode("utf-8")
+
+
+def _strict_dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

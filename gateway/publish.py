@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 _known_rooms: set[str] = set()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen one takes 3x as long to make
 class Entry:
     """One message on its way into a room.
 
@@ -117,7 +117,8 @@ async def publish_many(
     layer = layer or get_channel_layer()
     if layer is None:
         raise InvalidMessageError("no channel layer is configured")
-    results = [_envelope(entry) for entry in entries]
+    gateway_id = gateway_settings().gateway_id  # once: settings are a lazy object
+    results = [_envelope(entry, gateway_id) for entry in entries]
     accepted = [
         (entry, result)
         for entry, result in zip(entries, results, strict=True)
@@ -194,7 +195,7 @@ def _chunks(sends: ScriptSends, by_room: dict[str, list[Envelope]]) -> Iterator[
             first += len(chunk)
 
 
-def _envelope(entry: Entry) -> Envelope | GatewayError:
+def _envelope(entry: Entry, gateway_id: str) -> Envelope | GatewayError:
     try:
         validate_room(entry.room)
         if not entry.sendable:
@@ -211,7 +212,7 @@ def _envelope(entry: Entry) -> Envelope | GatewayError:
         topic=entry.topic,
         base64=entry.base64,
         message_id=entry.message_id,
-        gateway=gateway_settings().gateway_id,
+        gateway=gateway_id,
     )
 
 

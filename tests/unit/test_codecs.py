@@ -10,8 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridges.codecs import Decoded, _registry, get_codec
-from gateway import metrics
-from gateway.jsonutil import INT_MAX, INT_MIN, MESSAGE_MAX_DEPTH, dumps, parse_json
+from gateway import jsonutil, metrics
+from gateway.jsonutil import (
+    INT_MAX,
+    INT_MIN,
+    MESSAGE_MAX_DEPTH,
+    _parse_strictly,
+    dumps,
+    parse_json,
+)
 from tests.fuzz.invariants import (
     check_decode,
     check_parse_json,
@@ -187,6 +194,34 @@ def test_parse_json_reads_the_edges_of_what_it_allows(text: str, value: Any) -> 
     assert parse_json(text) == value
     assert parse_json(text.encode()) == value
     assert parse_json(dumps(value)) == value
+
+
+def _outcome(parse: Any, data: str | bytes) -> str:
+    """What ``parse`` makes of ``data``, exactly: the value's repr (1 and 1.0 differ), or
+    that it refused."""
+    try:
+        return repr(parse(data))
+    except ValueError:
+        return "refused"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    json_like_texts
+    | json_values().map(json.dumps)
+    | st.floats().map(json.dumps)
+    | st.integers(min_value=-(2**70), max_value=2**70).map(str)
+)
+def test_parse_json_reads_exactly_what_the_strict_parser_reads(text: str) -> None:
+    # The fast parser may only be faster: the same values, the same refusals.
+    for data in (text, text.encode("utf-8", "surrogatepass")):
+        assert _outcome(parse_json, data) == _outcome(_parse_strictly, data)
+
+
+def test_a_message_with_an_integer_past_64_bits_cannot_be_sent() -> None:
+    # Python code may build one; no edge could write it.
+    with pytest.raises(ValueError, match="cannot be written as JSON"):
+        jsonutil.check_sendable({"n": 2**64})
 
 
 @pytest.mark.parametrize(
