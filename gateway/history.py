@@ -34,6 +34,7 @@ from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, Protocol, cast
 
+import msgpack
 from channels.db import database_sync_to_async
 from channels.layers import BaseChannelLayer
 from django.db import connection, transaction
@@ -100,9 +101,21 @@ class Window(Protocol):
     async def oldest(self, room: str) -> int | None: ...
 
 
-# Gives a member its room's next seq and keeps the room's window to its size.
-_KEEP = """
-local function keep(counter, window, member, size, ttl)
+# What both append scripts share. ARGV[1..5]: window size, window TTL, once TTL, key prefix, and
+# the envelopes as one MessagePack array of [room, id, JSON, mode] (mode '0': no once key; '1': a
+# first delivery, whose id is recorded; '2': a flagged redelivery). One argument for them all:
+# the client's cost per argument is most of a burst's. The keys are named here, from the rooms.
+_RECORDS = """
+local size, ttl, once_ttl, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
+  ARGV[4]
+local records = cmsgpack.unpack(ARGV[5])
+local function keys(record)
+  local room = record[1]
+  return prefix .. 'seq:' .. room, prefix .. 'window:' .. room,
+    prefix .. 'once:' .. room .. ':' .. record[2]
+end
+-- Gives a member its room's next seq and keeps the room's window to its size.
+local function keep(counter, window, member)
   local seq = redis.call('INCR', counter)
   redis.call('ZADD', window, seq, member)
   local kept = redis.call('ZCARD', window)
@@ -112,20 +125,15 @@ local function keep(counter, window, member, size, ttl)
 end
 """
 
-# Appends a batch, in order. KEYS: per envelope its room's counter and window, then its once key
-# if it has one. ARGV: window size, window TTL, once TTL, then per envelope its JSON and its mode
-# ('0': no once key; '1': a first delivery, whose id is recorded; '2': a flagged redelivery).
-# Per envelope: false (no counter), its seq, COPY (0), or the negated seq of its first append.
+# Appends a batch, in order (ARGV: see `_RECORDS`). Per envelope: false (no counter), its seq,
+# COPY (0), or the negated seq of its first append.
 _APPEND = (
-    _KEEP
+    _RECORDS
     + """
-local size, ttl, once_ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local results, k = {}, 1
-for i = 4, #ARGV, 2 do
-  local member, mode = ARGV[i], ARGV[i + 1]
-  local counter, window, once = KEYS[k], KEYS[k + 1], nil
-  k = k + 2
-  if mode ~= '0' then once = KEYS[k]; k = k + 1 end
+local results = {}
+for i, record in ipairs(records) do
+  local counter, window, once = keys(record)
+  local mode = record[4]
   local result = false
   if redis.call('EXISTS', counter) == 1 then
     local known = false
@@ -135,11 +143,11 @@ for i = 4, #ARGV, 2 do
     elseif known then
       result = -tonumber(known)
     else
-      result = keep(counter, window, member, size, ttl)
-      if once then redis.call('SET', once, result, 'EX', once_ttl) end
+      result = keep(counter, window, record[3])
+      if mode ~= '0' then redis.call('SET', once, result, 'EX', once_ttl) end
     end
   end
-  results[#results + 1] = result
+  results[i] = result
 end
 return results
 """
@@ -147,34 +155,25 @@ return results
 
 
 # `_APPEND`, then the sends, in one step: a burst costs one round trip from the broker to the
-# rooms' channels. Nothing is done if a room has no counter yet (returns {0}). KEYS: per envelope
-# its counter, window and once key (if it has one), then per chunk its room's group key. ARGV:
-# window size, window TTL, once TTL, the number of envelopes; per envelope its JSON and mode;
-# then the sends' parameters (see `ScriptSends`: now, members joined since, messages stale
-# before, capacity, channel TTL, channel key prefix, envelopes per event, the random part of
-# the events' prefix, `EVENT_HEAD`) and per chunk (a room's envelopes in order, a run of the
-# list) its first and last envelope (1-based) and the envelopes packed. Each member channel gets
-# one event for all its rooms' chunks (a new one past the limit), with the ``seqs`` of its
-# envelopes (COPY: not sent).
-# Returns {1, per envelope its seq (COPY for a copy), per channel that was full its name and the
-# messages it did not get}. A once key is marked sent at once: the send is in the same step.
+# rooms' channels. Nothing is done if a room has no counter yet (returns {0}). ARGV[1..5]: see
+# `_RECORDS`; then the sends' parameters (see `ScriptSends`: now, members joined since,
+# messages stale before, capacity, channel TTL, channel key prefix, envelopes per event, the
+# random part of the events' prefix, `EVENT_HEAD`) and the chunks as one MessagePack array of
+# [group key, first, last, the envelopes packed] (a chunk: a room's envelopes in order, a run of
+# the list, 1-based). Each member channel gets one event for all its rooms' chunks (a new one
+# past the limit), with the ``seqs`` of its envelopes (COPY: not sent). Returns {1, per
+# envelope its seq (COPY for a copy), per channel that was full its name and the messages it
+# did not get}. A once key is marked sent at once: the send is in the same step.
 _APPEND_AND_SEND = (
-    _KEEP
+    _RECORDS
     + """
-local size, ttl, once_ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-  tonumber(ARGV[4])
-local k = 1
-local spans = {}
-for i = 1, n do
-  local mode = ARGV[4 + 2 * i]
-  if redis.call('EXISTS', KEYS[k]) == 0 then return {0} end
-  spans[i] = k
-  k = k + (mode == '0' and 2 or 3)
+for _, record in ipairs(records) do
+  if redis.call('EXISTS', prefix .. 'seq:' .. record[1]) == 0 then return {0} end
 end
 local seqs = {}
-for i = 1, n do
-  local member, mode = ARGV[3 + 2 * i], ARGV[4 + 2 * i]
-  local counter, window, once = KEYS[spans[i]], KEYS[spans[i] + 1], KEYS[spans[i] + 2]
+for i, record in ipairs(records) do
+  local counter, window, once = keys(record)
+  local mode = record[4]
   local known = false
   if mode == '2' then known = redis.call('GET', once) end
   local seq
@@ -183,20 +182,19 @@ for i = 1, n do
   elseif known then
     seq = tonumber(known)
   else
-    seq = keep(counter, window, member, size, ttl)
+    seq = keep(counter, window, record[3])
   end
   if mode ~= '0' and seq ~= 0 then redis.call('SET', once, 'sent', 'EX', once_ttl) end
   seqs[i] = seq
 end
-local a = 5 + 2 * n
-local now, since, stale, capacity, channel_ttl, prefix, limit, random, head =
-  ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3]), ARGV[a + 4], ARGV[a + 5],
-  tonumber(ARGV[a + 6]), ARGV[a + 7], ARGV[a + 8]
+local now, since, stale, capacity, channel_ttl, channels, limit, random, head =
+  ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10], ARGV[11], tonumber(ARGV[12]),
+  ARGV[13], ARGV[14]
 local members, batches, order, full, events = {}, {}, {}, {}, 0
 local function flush(channel, batch)
   if batch.count == 0 then return end
   local bang = string.find(channel, '!', 1, true)
-  local key = prefix .. (bang and string.sub(channel, 1, bang) or channel)
+  local key = channels .. (bang and string.sub(channel, 1, bang) or channel)
   redis.call('ZREMRANGEBYSCORE', key, 0, stale)
   if redis.call('ZCARD', key) < capacity then
     -- Events queued together have the same score, which Redis breaks by their bytes: a
@@ -216,10 +214,8 @@ local function flush(channel, batch)
   end
   batch.parts, batch.seqs, batch.count, batch.fresh = {}, {}, 0, 0
 end
-for e = 0, #KEYS - k do
-  local group = KEYS[k + e]
-  local first, last, packed = tonumber(ARGV[a + 9 + 3 * e]), tonumber(ARGV[a + 10 + 3 * e]),
-    ARGV[a + 11 + 3 * e]
+for _, chunk in ipairs(cmsgpack.unpack(ARGV[15])) do
+  local group, first, last, packed = chunk[1], chunk[2], chunk[3], chunk[4]
   local fresh = 0
   for i = first, last do
     if seqs[i] ~= 0 then fresh = fresh + 1 end
@@ -265,22 +261,21 @@ class RedisWindow:
 
     def _keys(self, room: str) -> tuple[Any, str, str]:
         connection = redis_connection(self.layer, room)
+        # The scripts name them the same way (`_RECORDS`).
         return connection, f"{self.prefix}seq:{room}", f"{self.prefix}window:{room}"
 
     async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[int | None]:
         # One script per connection for the whole batch, the envelopes in order: seqs follow
         # arrival, and a burst costs one round trip, not one command per message.
-        batches: dict[int, tuple[Any, list[int], list[str], list[Any]]] = {}
+        batches: dict[int, tuple[Any, list[int], list[Any]]] = {}
         for position, envelope in enumerate(envelopes):
             connection = redis_connection(self.layer, envelope["room"])
-            _, positions, keys, args = batches.setdefault(
-                id(connection), (connection, [], [], [self.window, self.ttl, ONCE_SECONDS])
-            )
-            self._add(envelope, once, keys, args)
+            _, positions, records = batches.setdefault(id(connection), (connection, [], []))
+            records.append(self._record(envelope, once))
             positions.append(position)
         seqs: list[int | None] = [None] * len(envelopes)
-        for connection, positions, keys, args in batches.values():
-            found = await connection.eval(_APPEND, len(keys), *keys, *args)
+        for connection, positions, records in batches.values():
+            found = await connection.eval(_APPEND, 0, *self._args(records))
             for position, seq in zip(positions, found, strict=True):
                 seqs[position] = int(seq) if seq is not None else None
         return seqs
@@ -295,12 +290,11 @@ class RedisWindow:
         """`append`, and queue ``chunks`` to their groups' members in the same step; each
         envelope's seq (`COPY` for a copy), or None, having done nothing, if a room has no
         counter yet. Counts the messages a full channel did not get."""
-        keys: list[Any] = []
-        args: list[Any] = [self.window, self.ttl, ONCE_SECONDS, len(envelopes)]
-        for envelope in envelopes:
-            self._add(envelope, once, keys, args)
         now = time.time()
-        args += (
+        found = await redis_connection(self.layer).eval(
+            _APPEND_AND_SEND,
+            0,
+            *self._args([self._record(envelope, once) for envelope in envelopes]),
             repr(now),
             int(now) - sends.group_expiry,
             int(now) - sends.expiry,
@@ -310,12 +304,12 @@ class RedisWindow:
             sends.event_envelopes,
             sends.random_prefix(),
             EVENT_HEAD,
+            # Bytes as MessagePack's old raw strings: Redis's Lua reads no bin types.
+            msgpack.packb(
+                [(group, first + 1, last + 1, packed) for group, first, last, packed in chunks],
+                use_bin_type=False,
+            ),
         )
-        for group_key, first, last, packed in chunks:
-            keys.append(group_key)
-            args += (first + 1, last + 1, packed)
-        connection = redis_connection(self.layer)
-        found = await connection.eval(_APPEND_AND_SEND, len(keys), *keys, *args)
         if not found[0]:
             return None
         full = found[2]
@@ -324,15 +318,17 @@ class RedisWindow:
             metrics.dropped("channel_full", f"{lost} messages for {name}, which is full", lost)
         return [int(seq) for seq in found[1]]
 
-    def _add(self, envelope: Envelope, once: Once, keys: list[Any], args: list[Any]) -> None:
-        """An envelope's keys and arguments, as the append scripts take them."""
-        room = envelope["room"]
-        keys += (f"{self.prefix}seq:{room}", f"{self.prefix}window:{room}")
+    def _record(self, envelope: Envelope, once: Once) -> list[str]:
+        """An envelope as the append scripts take it (see `_RECORDS`)."""
         redelivery = once.get(envelope["id"])
-        if redelivery is not None:
-            keys.append(self._once_key(envelope))
         member = dumps({k: v for k, v in envelope.items() if k != "seq"})
-        args += (member, "0" if redelivery is None else "2" if redelivery else "1")
+        mode = "0" if redelivery is None else "2" if redelivery else "1"
+        return [envelope["room"], envelope["id"], member, mode]
+
+    def _args(self, records: list[list[str]]) -> list[Any]:
+        # MessagePack's old raw strings: what every Redis's Lua reads.
+        records_packed = msgpack.packb(records, use_bin_type=False)
+        return [self.window, self.ttl, ONCE_SECONDS, self.prefix, records_packed]
 
     def _once_key(self, envelope: Envelope) -> str:
         return f"{self.prefix}once:{envelope['room']}:{envelope['id']}"
