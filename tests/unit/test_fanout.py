@@ -84,6 +84,19 @@ async def test_a_redelivered_copy_is_dropped_for_everyone(hub: RoomHub) -> None:
     assert metrics.get("duplicates_removed") == before + 1
 
 
+async def test_seqs_beside_the_envelopes_number_them_and_a_copy_goes_to_no_one(
+    hub: RoomHub,
+) -> None:
+    # An event queued by the one-step append script: seqs travel beside the envelopes.
+    outlet = await joined(hub, "lab", "a")
+    unnumbered = [envelope("lab", n) for n in (1, 2, 3)]
+    for item in unnumbered:
+        del item["seq"]
+    hub.dispatch({**event(*unnumbered), "seqs": [41, 0, 42]})  # 0: a copy of one sent before
+    assert [text.count('"seq":41') + text.count('"seq":42') for text in outlet.texts] == [1, 1]
+    assert '"n":2' not in "".join(outlet.texts)
+
+
 async def test_a_joining_socket_waits_for_its_welcome_then_gets_only_newer_messages(
     hub: RoomHub,
 ) -> None:
