@@ -32,7 +32,7 @@ from gateway import metrics
 from gateway.envelope import Envelope
 from gateway.events import ROOM_ERROR, ROOM_MESSAGES
 from gateway.history import COPY, history_for
-from gateway.jsonutil import dumps
+from gateway.jsonutil import dumps, dumps_bytes
 from gateway.layers import per_layer, reads_many
 from gateway.presence import ROOM_PRESENCE
 from gateway.rooms import group_name
@@ -53,12 +53,25 @@ RENEW_FRACTION = 0.25  # renew group memberships every quarter of the layer's gr
 class Frame:
     """One server frame, encoded once for every socket that gets it."""
 
-    __slots__ = ("_prepared", "data", "text")
+    __slots__ = ("_prepared", "_text", "data")
 
     def __init__(self, text: str) -> None:
-        self.text = text
+        self._text: str | None = text
         self.data = text.encode("utf-8")
         self._prepared: tuple[Any, Any] | None = None
+
+    @classmethod
+    def of(cls, value: Any) -> "Frame":
+        """The frame of a JSON value, written straight to bytes."""
+        frame = cls.__new__(cls)
+        frame._text, frame.data, frame._prepared = None, dumps_bytes(value), None
+        return frame
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.data.decode("utf-8")
+        return self._text
 
     def prepared(self, factory: Any) -> Any:
         """The frame as autobahn's ``factory`` frames it (done once per factory)."""
@@ -392,7 +405,7 @@ class RoomHub:
         if not self._first_sight(room, envelope["id"]):
             metrics.inc("duplicates_removed")
             return
-        frame = Frame(dumps(client_view(envelope)))
+        frame = Frame.of(client_view(envelope))
         seq = envelope.get("seq", 0)
         if seq > self._delivered.get(room, 0):
             self._delivered[room] = seq
@@ -407,7 +420,7 @@ class RoomHub:
         if not members:
             return
         member = event["member"]
-        frame = Frame(dumps({"type": "presence", "event": event["event"], "member": member}))
+        frame = Frame.of({"type": "presence", "event": event["event"], "member": member})
         for subscriber in list(members.values()):
             if subscriber.key != member["key"]:  # its own join is in its welcome
                 subscriber.deliver(frame, 0)
@@ -456,8 +469,8 @@ def error_frame(code: str, detail: str, **extra: str) -> str:
 
 def client_view(envelope: Envelope) -> dict[str, Any]:
     """The frame browsers get for a message: the envelope without the broker-side fields."""
-    frame: dict[str, Any] = {"type": "message"}
-    frame.update((k, v) for k, v in envelope.items() if k != "gateway")
+    frame: dict[str, Any] = {"type": "message", **envelope}
+    frame.pop("gateway", None)
     return frame
 
 
