@@ -15,6 +15,7 @@ from gateway import metrics
 from gateway.envelope import Envelope, new_envelope
 from gateway.history import COPY, RedisWindow, ScriptChunk
 from gateway.layers import EVENT_ENVELOPES, CoreLayer, ScriptSends, script_sends
+from gateway.publish import _chunks
 from gateway.rooms import group_name
 from tests.support.processes import Redis
 
@@ -39,21 +40,11 @@ def envelope(room: str, text: str, message_id: str | None = None) -> Envelope:
 
 def chunks(sends: ScriptSends, envelopes: Sequence[Envelope]) -> list[ScriptChunk]:
     """The envelopes (each room's a run, in order) in chunks, as the publish path cuts them."""
-    found: list[ScriptChunk] = []
-    start = 0
-    while start < len(envelopes):
-        room = envelopes[start]["room"]
-        end = start
-        while (
-            end + 1 < len(envelopes)
-            and envelopes[end + 1]["room"] == room
-            and end + 1 - start < EVENT_ENVELOPES
-        ):
-            end += 1
-        batch = envelopes[start : end + 1]
-        found.append((sends.group_key(group_name(room)), start, end, sends.packed(batch)))
-        start = end + 1
-    return found
+    by_room: dict[str, list[Envelope]] = {}
+    for item in envelopes:
+        by_room.setdefault(item["room"], []).append(item)
+    assert [e for batch in by_room.values() for e in batch] == list(envelopes)
+    return list(_chunks(sends, by_room))
 
 
 async def hub(layer: CoreLayer, *rooms: str) -> str:
