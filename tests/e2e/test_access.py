@@ -101,7 +101,9 @@ async def test_a_flood_gets_error_frames_then_1008(gateway: Gateway) -> None:
             except ConnectionClosed:
                 break
         frames, code = await read_until_closed(ws)
-    kinds = [f.get("code", f["type"]) for f in frames]
     assert code == 1008
-    assert kinds[:5] == ["message"] * 5  # the burst
-    assert kinds[5:] == ["rate_limited"] * 5  # then warnings, then the close
+    # The burst goes through the room (its echoes come back through the channel layer); the
+    # warnings come straight from the socket's consumer, so the two may interleave.
+    assert [f["message"] for f in frames if f["type"] == "message"] == [0, 1, 2, 3, 4]
+    refusals = [f.get("code") for f in frames if f["type"] != "message"]
+    assert refusals == ["rate_limited"] * 5  # then the close
