@@ -45,7 +45,14 @@ from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.jsonutil import dumps, parse_json
-from gateway.layers import EVENT_HEAD, ScriptSends, per_layer, redis_connection, uses_redis
+from gateway.layers import (
+    EVENT_ENVELOPES,
+    EVENT_HEAD,
+    ScriptSends,
+    per_layer,
+    redis_connection,
+    uses_redis,
+)
 from gateway.models import Message
 
 logger = logging.getLogger(__name__)
@@ -301,7 +308,7 @@ class RedisWindow:
             sends.capacity,
             sends.expiry,
             sends.channel_prefix,
-            sends.event_envelopes,
+            EVENT_ENVELOPES,
             sends.random_prefix(),
             EVENT_HEAD,
             # Bytes as MessagePack's old raw strings: Redis's Lua reads no bin types.
@@ -442,14 +449,8 @@ class History:
                 await self.window.seed(envelope["room"], floor + SEED_MARGIN if floor else 0)
                 [seq] = await self.window.append([envelope], once)
                 assert seq is not None
-            if seq == COPY:
-                metrics.inc("duplicates_removed", "redelivery")
-                continue
-            # Negative: appended before a crash, perhaps never sent; it is sent now, with its
-            # first seq, and kept again (the database keeps one copy per id).
-            envelope["seq"] = abs(seq)
-            self._keep(envelope)
-            new.append(envelope)
+            if self._take(envelope, seq):
+                new.append(envelope)
         return new
 
     async def append_and_send(
@@ -469,15 +470,19 @@ class History:
         seqs = await self.window.append_and_send(envelopes, once, chunks, sends)
         if seqs is None:
             return None
-        new: list[Envelope] = []
-        for envelope, seq in zip(envelopes, seqs, strict=True):
-            if seq == COPY:
-                metrics.inc("duplicates_removed", "redelivery")
-                continue
-            envelope["seq"] = seq
-            self._keep(envelope)
-            new.append(envelope)
-        return new
+        return [e for e, seq in zip(envelopes, seqs, strict=True) if self._take(e, seq)]
+
+    def _take(self, envelope: Envelope, seq: int) -> bool:
+        """Number and keep an appended envelope, unless the window says it is a copy (counted).
+
+        A negative seq: appended before a crash, perhaps never sent; it is sent now, with its
+        first seq, and kept again (the database keeps one copy per id)."""
+        if seq == COPY:
+            metrics.inc("duplicates_removed", "redelivery")
+            return False
+        envelope["seq"] = abs(seq)
+        self._keep(envelope)
+        return True
 
     async def sent(self, envelopes: Sequence[Envelope]) -> None:
         """Record that ``envelopes``, appended with ``once``, have been sent to their rooms:

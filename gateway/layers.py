@@ -162,7 +162,6 @@ class ScriptSends:
     capacity: int
     expiry: int
     group_expiry: int
-    event_envelopes: int
 
     def group_key(self, group: str) -> bytes:
         key: bytes = self.layer._group_key(group)
@@ -203,7 +202,6 @@ def script_sends(layer: BaseChannelLayer | None) -> ScriptSends | None:
         capacity=int(layer.capacity),
         expiry=int(layer.expiry),
         group_expiry=int(layer.group_expiry),
-        event_envelopes=EVENT_ENVELOPES,
     )
 
 
