@@ -157,6 +157,8 @@ class Rule:
     _sender: tuple[str, ...] | None = field(init=False, repr=False, compare=False)
     _publish_to: tuple[str, ...] | None = field(init=False, repr=False, compare=False)
     _reversed: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    _room_re: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _sender_re: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
@@ -216,6 +218,8 @@ class Rule:
             "_sender": sender,
             "_publish_to": publish_to,
             "_reversed": _reverse(room) if publish_to is not None else None,
+            "_room_re": _reverse(room),
+            "_sender_re": _reverse(sender) if sender is not None else None,
         }.items():
             object.__setattr__(self, key, value)
 
@@ -257,6 +261,38 @@ class Rule:
         found = self._reversed.fullmatch(room)
         # Values come from a valid room: no '/', '+', '#', '$' or NUL can enter the topic.
         return None if found is None else _render(self._publish_to, found.groupdict())
+
+    def inbound_filter(self, room: str | None, sender: str | None) -> str | None:
+        """The filter of this rule's topics that reach ``room`` under sender ``sender``.
+
+        None means any room or sender (``+``); the answer is None when the rule takes no
+        topic in, or cannot make that room or sender.
+        """
+        if self.direction == "out":
+            return None
+        values: dict[str, str] = {}
+        for wanted, pattern in ((room, self._room_re), (sender, self._sender_re)):
+            if wanted is None:
+                continue
+            found = None if pattern is None else pattern.fullmatch(wanted)
+            if found is None:
+                return None
+            for name, value in found.groupdict().items():
+                if values.setdefault(name, value) != value:
+                    return None
+        levels = list(self._levels)
+        for index, name in self._captures:
+            levels[index] = values.get(name, "+")
+        return "/".join((*levels, "#") if self._multi else levels)
+
+    def outbound_filter(self, room: str | None) -> str | None:
+        """The topic ``room``'s messages go to by this rule; for any room, with ``+`` levels."""
+        if self._publish_to is None:
+            return None
+        if room is not None:
+            return self.outbound_topic(room)
+        topic = _render(self._publish_to, dict.fromkeys(self._publish_to[1::2], "{}"))
+        return "/".join("+" if "{}" in level else level for level in topic.split("/"))
 
 
 def _check_publish_to(publish_to: str, placeholders: set[str]) -> tuple[str, ...]:
@@ -338,6 +374,23 @@ class RuleSet:
             else:
                 qos[wider] = kept[wider] = max(level, qos[wider], kept.get(wider, 0))
         return [(topic, kept[topic]) for topic in qos if topic in kept]
+
+    # The topics of rooms, for the permission model (`gateway.mqtt_acl.RoomTopics`).
+
+    def sender_filters(self, room: str | None, sender: str | None) -> list[str]:
+        """Inbound filters reaching ``room`` under sender level ``sender`` (None: any)."""
+        found = (rule.inbound_filter(room, sender) for rule in self._in if rule.sender)
+        return [topic for topic in dict.fromkeys(found) if topic is not None]
+
+    def senderless_filters(self, room: str | None) -> list[str]:
+        """Inbound filters reaching ``room`` whose messages name no sender."""
+        found = (rule.inbound_filter(room, None) for rule in self._in if not rule.sender)
+        return [topic for topic in dict.fromkeys(found) if topic is not None]
+
+    def outbound_filters(self, room: str | None) -> list[str]:
+        """The topics the bridge publishes ``room``'s messages to (any room: ``+`` levels)."""
+        found = (rule.outbound_filter(room) for rule in self._out)
+        return [topic for topic in dict.fromkeys(found) if topic is not None]
 
     def codec_for(self, topic: str) -> str:
         """The codec of the first rule that takes ``topic`` in, ``json`` if none does."""

@@ -213,6 +213,34 @@ if not 0.1 <= BRIDGE_PUBLISH_TIMEOUT <= 3600:
 # Topic <-> room rules of the bridge: BRIDGE_RULES is inline JSON or a JSON file's path.
 BRIDGE_RULES: RuleSet = load_rules(_read("BRIDGE_RULES", env.str, "") or None)
 
+# The MQTT half of the permission model (gateway/mqtt_acl.py).
+# MQTT_ANONYMOUS: "none" (anonymous MQTT clients get nothing) or "public" (public rooms' anonymous
+# level, as on the WebSocket). Unset: "none", but rungateway's embedded broker opens public rooms.
+MQTT_ANONYMOUS: str | None = _read("MQTT_ANONYMOUS", env.str, "") or None
+if MQTT_ANONYMOUS not in (None, "none", "public"):
+    raise ImproperlyConfigured(f"MQTT_ANONYMOUS={MQTT_ANONYMOUS!r} is invalid: use none or public")
+# MQTT_AUTH: "none" (the broker is configured by other means) or "dynsec" (the bridge keeps
+# Mosquitto's dynamic security plugin in step with the gateway's devices and grants).
+MQTT_AUTH: str = _read("MQTT_AUTH", env.str, "none")
+if MQTT_AUTH not in ("none", "dynsec"):
+    raise ImproperlyConfigured(f"MQTT_AUTH={MQTT_AUTH!r} is invalid: use none or dynsec")
+MQTT_AUTH_SYNC_SECONDS: float = _read("MQTT_AUTH_SYNC_SECONDS", env.float, 2.0)
+if not 0.1 <= MQTT_AUTH_SYNC_SECONDS <= 3600:
+    raise ImproperlyConfigured(
+        f"MQTT_AUTH_SYNC_SECONDS={MQTT_AUTH_SYNC_SECONDS} is out of range (0.1-3600 seconds)"
+    )
+# The shared secret brokers send to the gateway's HTTP authentication and authorization hooks
+# (/mqtt/...); unset, the hooks answer 404.
+MQTT_HOOK_TOKEN: str | None = _read("MQTT_HOOK_TOKEN", env.str, "") or None
+if MQTT_HOOK_TOKEN is not None and len(MQTT_HOOK_TOKEN) < 16:
+    raise ImproperlyConfigured("MQTT_HOOK_TOKEN is too short: use at least 16 characters")
+# Seconds between checks that an open WebSocket may still read its room (revocation).
+ACCESS_RECHECK_SECONDS: float = _read("GATEWAY_ACCESS_RECHECK_SECONDS", env.float, 5.0)
+if not 0.1 <= ACCESS_RECHECK_SECONDS <= 3600:
+    raise ImproperlyConfigured(
+        f"GATEWAY_ACCESS_RECHECK_SECONDS={ACCESS_RECHECK_SECONDS} is out of range (0.1-3600)"
+    )
+
 # daphne's own frame limit (runserver); the same limit the room consumer enforces.
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = GATEWAY.max_frame_bytes
 DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = GATEWAY.max_frame_bytes

@@ -11,6 +11,11 @@ messages; writing is also sending to it. The rules, for a user and a room name:
 - In a private room, an anonymous user gets ``"none"``, always; a logged-in user gets only
   their grants: the highest of their own `RoomGrant` and those of their groups, or ``"none"``.
 - An inactive user is treated as anonymous.
+
+A registered `Device` is an identity like a logged-in user (never a superuser): in a public
+room it gets the highest of ``policy.authenticated`` and its grants (its own and its
+groups'); in a private room, its grants only. `mqtt_access` turns that into the facts the MQTT
+decision (`gateway.mqtt_acl`) needs.
 """
 
 from typing import Literal, cast
@@ -20,7 +25,8 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import Q, QuerySet
 
-from gateway.models import Room, RoomGrant, RoomPolicy
+from gateway.models import Device, Room, RoomGrant, RoomPolicy
+from gateway.mqtt_acl import Identity, RoomAccess
 
 Access = Literal["none", "read", "write"]
 
@@ -105,3 +111,47 @@ def _grants_of(user: AbstractBaseUser | AnonymousUser) -> Q:
         # A subquery, not a list: the grants stay one query.
         condition |= Q(group__in=groups.all())
     return condition
+
+
+def mqtt_identity(username: str | None, *, bridge_username: str | None) -> Identity:
+    """The identity behind an MQTT user name: the bridge, a device, or anonymous (None)."""
+    if username is None or username == "":
+        return Identity.anonymous()
+    if bridge_username is not None and username == bridge_username:
+        return Identity("bridge", username)
+    return Identity("device", username)
+
+
+def mqtt_access(identity: Identity, *, anonymous_mqtt: bool) -> RoomAccess:
+    """What ``identity`` may do over MQTT, read from the policies and grants (a few queries).
+
+    A device that is not registered, or not active, may do nothing, connect included.
+    """
+    if identity.kind == "bridge":
+        return RoomAccess(default="write", connect=True)
+    policies = {p.room: p for p in RoomPolicy.objects.all()}
+    if identity.kind == "anonymous":
+        if not anonymous_mqtt:
+            return RoomAccess()
+        anonymous: dict[str, Access] = {
+            room: "none" if p.private else cast(Access, p.anonymous) for room, p in policies.items()
+        }
+        devices = frozenset(Device.objects.values_list("name", flat=True))
+        return RoomAccess(default=DEFAULT_ACCESS, rooms=anonymous, connect=True, devices=devices)
+    device = Device.objects.filter(name=identity.name, is_active=True).first()
+    if device is None:
+        return RoomAccess()
+    granted: dict[str, list[Access]] = {}
+    for room, level in RoomGrant.objects.filter(
+        Q(device=device) | Q(group__in=device.groups.all())
+    ).values_list("room", "access"):
+        granted.setdefault(room, []).append(cast(Access, level))
+    rooms: dict[str, Access] = {}
+    for room in policies.keys() | granted.keys():
+        policy = policies.get(room)
+        if policy is None:
+            base: Access = DEFAULT_ACCESS
+        else:
+            base = "none" if policy.private else cast(Access, policy.authenticated)
+        rooms[room] = highest(base, *granted.get(room, ()))
+    return RoomAccess(default=DEFAULT_ACCESS, rooms=rooms, connect=True)

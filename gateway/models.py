@@ -1,6 +1,7 @@
 """Rooms the gateway has seen."""
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
 
@@ -92,8 +93,12 @@ class RoomPolicy(models.Model):
         max_length=5,
         choices=ACCESS_CHOICES,
         default="write",
-        help_text="What any logged-in or token user gets (public rooms only); grants add to it.",
+        help_text=(
+            "What any logged-in or token user, and any registered device, gets (public rooms "
+            "only); grants add to it."
+        ),
     )
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ("room",)
@@ -105,8 +110,54 @@ class RoomPolicy(models.Model):
         return f"{self.room} (anonymous {self.anonymous}, users {self.authenticated})"
 
 
+# A device's name is its MQTT user name and its sender level in topics: one topic level, safe in
+# a Mosquitto ACL (no '+', '#', '/', '$', NUL) and as a room-like name.
+DEVICE_NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}"
+# Sender levels the gateway itself uses: a device of that name could pass for the gateway.
+RESERVED_DEVICE_NAMES = frozenset({"gateway", "status"})
+
+
+def _not_reserved(name: str) -> None:
+    if name.lower() in RESERVED_DEVICE_NAMES:
+        raise ValidationError(f"{name!r} is reserved by the gateway: choose another name.")
+
+
+class Device(models.Model):
+    """An MQTT device as an identity: its name is its MQTT user name and its sender level.
+
+    Only a hash of its secret is kept (Django's password hashers); grants to rooms come
+    through `RoomGrant`, to the device itself or to one of its groups.
+    """
+
+    name = models.CharField(
+        max_length=64,
+        unique=True,
+        validators=[
+            RegexValidator(
+                rf"\A{DEVICE_NAME_PATTERN}\Z",
+                "Use 1-64 letters, digits, '_', '.' and '-', not starting with '.' or '-'.",
+            ),
+            _not_reserved,
+        ],
+        help_text="The device's MQTT user name, and its level in topics (rooms/<room>/<name>).",
+    )
+    secret_hash = models.CharField(max_length=256, editable=False)
+    is_active = models.BooleanField(
+        default=True, help_text="An inactive device is disconnected and may not connect."
+    )
+    groups = models.ManyToManyField("auth.Group", blank=True, related_name="devices")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name if self.is_active else f"{self.name} (revoked)"
+
+
 class RoomGrant(models.Model):
-    """Access to one room for one user or for every member of one group."""
+    """Access to one room for one user, one device, or every member of one group."""
 
     room = models.CharField(max_length=64, validators=[_room_name])
     user = models.ForeignKey(
@@ -123,25 +174,36 @@ class RoomGrant(models.Model):
         on_delete=models.CASCADE,
         related_name="room_grants",
     )
+    device = models.ForeignKey(
+        Device, null=True, blank=True, on_delete=models.CASCADE, related_name="room_grants"
+    )
     access = models.CharField(max_length=5, choices=GRANT_CHOICES, default="read")
+    updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         constraints = (
             models.CheckConstraint(
                 condition=(
-                    models.Q(user__isnull=False, group__isnull=True)
-                    | models.Q(user__isnull=True, group__isnull=False)
+                    models.Q(user__isnull=False, group__isnull=True, device__isnull=True)
+                    | models.Q(user__isnull=True, group__isnull=False, device__isnull=True)
+                    | models.Q(user__isnull=True, group__isnull=True, device__isnull=False)
                 ),
-                name="grant_to_user_or_group",
-                violation_error_message="A grant names either a user or a group, not both.",
+                name="grant_to_user_group_or_device",
+                violation_error_message="A grant names one user, one group or one device.",
             ),
             models.UniqueConstraint(fields=("room", "user"), name="one_grant_per_room_user"),
             models.UniqueConstraint(fields=("room", "group"), name="one_grant_per_room_group"),
+            models.UniqueConstraint(fields=("room", "device"), name="one_grant_per_room_device"),
         )
         ordering = ("room", "id")
 
     def __str__(self) -> str:
-        who = f"user {self.user}" if self.user_id is not None else f"group {self.group}"
+        if self.user_id is not None:
+            who = f"user {self.user}"
+        elif self.device_id is not None:
+            who = f"device {self.device}"
+        else:
+            who = f"group {self.group}"
         return f"{self.room}: {who} may {self.access}"
 
 

@@ -105,3 +105,11 @@ def start_gateway(
     except Exception:
         gateway.stop()
         raise
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(request: pytest.FixtureRequest) -> None:
+    """Device secrets hashed quickly in the test process (servers it starts hash for real)."""
+    if "django_db" in request.keywords or "settings" in request.fixturenames:
+        settings = request.getfixturevalue("settings")
+        settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
