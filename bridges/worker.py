@@ -6,8 +6,10 @@ from typing import Any
 
 from channels.layers import BaseChannelLayer
 from channels.worker import Worker
+from django.conf import settings
 
 from bridges.bridge import Bridge
+from bridges.dynsec import keep_in_step
 from bridges.heartbeat import start_heartbeat, stop_heartbeat
 from bridges.runtime import set_bridge
 from gateway import metrics
@@ -75,9 +77,23 @@ async def serve_bridge(
     )
     serving = asyncio.create_task(worker.arun(), name="bridge-worker")
     heartbeat = start_heartbeat(bridge, channel_layer)
+    access_sync = None
+    if settings.MQTT_AUTH == "dynsec":
+        access_sync = asyncio.create_task(
+            keep_in_step(
+                link.settings,
+                settings.BRIDGE_RULES,
+                anonymous_mqtt=settings.MQTT_ANONYMOUS == "public",
+                interval=settings.MQTT_AUTH_SYNC_SECONDS,
+            ),
+            name="dynsec-sync",
+        )
     try:
         await stop.wait()
     finally:
+        if access_sync is not None:
+            access_sync.cancel()
+            await asyncio.gather(access_sync, return_exceptions=True)
         # First: a stopping bridge must not be counted as ready.
         await stop_heartbeat(heartbeat, bridge, channel_layer)
         serving.cancel()

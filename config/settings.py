@@ -224,6 +224,10 @@ if MQTT_ANONYMOUS not in (None, "none", "public"):
 MQTT_AUTH: str = _read("MQTT_AUTH", env.str, "none")
 if MQTT_AUTH not in ("none", "dynsec"):
     raise ImproperlyConfigured(f"MQTT_AUTH={MQTT_AUTH!r} is invalid: use none or dynsec")
+if MQTT_AUTH == "dynsec" and MQTT is not None and not (MQTT.username and MQTT.password):
+    raise ImproperlyConfigured(
+        "MQTT_AUTH=dynsec needs MQTT_URL with the dynamic security admin's user name and password"
+    )
 MQTT_AUTH_SYNC_SECONDS: float = _read("MQTT_AUTH_SYNC_SECONDS", env.float, 2.0)
 if not 0.1 <= MQTT_AUTH_SYNC_SECONDS <= 3600:
     raise ImproperlyConfigured(

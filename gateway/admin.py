@@ -6,7 +6,16 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from gateway.models import ApiToken, Message, RetainedState, Room, RoomGrant, RoomPolicy
+from gateway.devices import SecretNotDeliveredError, add_device, revoke_device
+from gateway.models import (
+    ApiToken,
+    Device,
+    Message,
+    RetainedState,
+    Room,
+    RoomGrant,
+    RoomPolicy,
+)
 from gateway.tokens import issue_token, revoke
 
 # ModelAdmin is generic to the type checker only: subscripting it at run time fails.
@@ -44,10 +53,53 @@ class RoomPolicyAdmin(ModelAdmin):
 
 @admin.register(RoomGrant)
 class RoomGrantAdmin(ModelAdmin):
-    list_display = ("room", "user", "group", "access")
+    list_display = ("room", "user", "group", "device", "access")
     list_filter = ("access",)
-    list_select_related = ("user", "group")
-    search_fields = ("room", "user__username", "group__name")
+    list_select_related = ("user", "group", "device")
+    search_fields = ("room", "user__username", "group__name", "device__name")
+
+
+@admin.register(Device)
+class DeviceAdmin(ModelAdmin):
+    list_display = ("name", "is_active", "created_at", "updated_at")
+    list_filter = ("is_active",)
+    search_fields = ("name",)
+    filter_horizontal = ("groups",)
+    actions = ("revoke_selected",)
+
+    def get_readonly_fields(
+        self, request: HttpRequest, obj: Device | None = None
+    ) -> tuple[str, ...]:
+        # A device's name is its identity on the broker: renaming would be a new device.
+        return () if obj is None else ("name", "created_at", "updated_at")
+
+    def save_model(self, request: HttpRequest, obj: Device, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        try:
+            device, secret = add_device(obj.name)
+        except SecretNotDeliveredError as exc:
+            messages.error(request, str(exc))
+            device = Device.objects.get(name=obj.name)
+            secret = None
+        device.is_active = obj.is_active
+        device.save(update_fields=["is_active", "updated_at"])
+        obj.pk = device.pk
+        obj.refresh_from_db()
+        if secret is not None:
+            messages.success(
+                request,
+                f"The device {obj.name!r} connects with user name {obj.name} and secret {secret}"
+                " — copy it now: it cannot be shown again.",
+            )
+
+    @admin.action(description="Revoke selected devices")
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[Device]) -> None:
+        devices = list(queryset.filter(is_active=True))
+        for device in devices:
+            revoke_device(device)
+        self.message_user(request, f"Revoked {len(devices)} device(s).", messages.SUCCESS)
 
 
 @admin.register(ApiToken)

@@ -14,12 +14,27 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.dispatch import Signal
 
+from gateway.errors import GatewayError
 from gateway.models import Device, RoomGrant
 
 # Sent with ``name`` and ``secret`` once a device's new secret is stored (after the commit).
 secret_set = Signal()
 # Sent with ``name`` when a device is revoked or deleted (after the commit).
 device_revoked = Signal()
+
+
+class SecretNotDeliveredError(GatewayError):
+    """A broker that keeps its own credentials could not be given a device's new secret."""
+
+    code = "secret_not_delivered"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"the broker could not be given device {name}'s secret: once it is reachable, "
+            f"run manage.py add_device {name} --rotate"
+        )
+        self.name = name
+
 
 SECRET_BYTES = 24  # 32 URL-safe characters
 MAX_SECRET_LENGTH = 256

@@ -196,6 +196,7 @@ _KNOWN_FAMILIES = (
     ("mqtt_reconnect_attempts", "Failed broker connections, each followed by a retry.", "reason"),
     ("mqtt_subscriptions_refused", "Subscriptions the broker refused.", "reason"),
     ("mqtt_own_publications_skipped", "The bridge's own publications it ignored.", "reason"),
+    ("dynsec_changes", "Changes sent to the broker's dynamic security, or failed syncs.", "reason"),
     ("payload_decode_failures", "Device payloads their codec could not decode.", "codec"),
     ("ws_refused", "WebSocket connections refused, by reason.", "reason"),
     ("ws_closed", "WebSocket connections closed by the gateway, by reason.", "reason"),
@@ -216,6 +217,9 @@ _KNOWN_FAMILIES = (
     ("handoff_retries", "Device messages retried while the channel layer failed.", "reason"),
     ("frames_fanned_out", "Frames this process wrote to its sockets of a room.", "reason"),
     ("fanout_rooms", "Rooms this process has sockets in (one group membership each).", "reason"),
+    ("mqtt_hook_denied", "Brokers' HTTP hook checks answered with a denial.", "check"),
+    ("mqtt_hook_errors", "Brokers' HTTP hook requests that failed (answered: deny).", "endpoint"),
+    ("mqtt_hook_refused", "Brokers' HTTP hook requests refused unanswered, by reason.", "reason"),
 )
 _families: dict[str, tuple[str, str]] = {
     name: (text, label) for name, text, label in _KNOWN_FAMILIES

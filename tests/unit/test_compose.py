@@ -30,6 +30,7 @@ APP_SERVICES = ("web", "worker")
 # MQTT 3.1.1 CONNECT (connect flags 0x02, keepalive 60, client id "test"), and an accepting CONNACK.
 MQTT_CONNECT = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04test"
 MQTT_CONNACK_OK = b"\x20\x02\x00\x00"
+MQTT_CONNACK_REFUSED = b"\x20\x02\x00\x05"  # not authorised
 DAPHNE_PARSE = "from daphne.cli import CommandLineInterface as C; C().parser.parse_args()"
 
 
@@ -39,8 +40,26 @@ def compose() -> dict[str, Any]:
     return data
 
 
+# What a user exports before `docker compose up`, as the compose file's comment says.
+USER_ENV = {"MQTT_ADMIN_PASSWORD": "s3cret-admin", "DJANGO_SECRET_KEY": "k" * 50}
+
+
+def interpolate(value: str, env: dict[str, str] = USER_ENV) -> str:
+    """Compose's variable interpolation: ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``."""
+
+    def one(found: re.Match[str]) -> str:
+        name, op, arg = found.group(1), found.group(2) or "", found.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise AssertionError(f"compose would stop: {name} unset ({arg})")
+        return arg
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}", one, value)
+
+
 def environment(service: dict[str, Any]) -> dict[str, str]:
-    return {str(key): str(value) for key, value in service["environment"].items()}
+    return {str(key): interpolate(str(value)) for key, value in service["environment"].items()}
 
 
 def mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -127,13 +146,16 @@ def test_app_services_share_environment_and_database_volume() -> None:
             assert not source.startswith(".") or (ROOT / source).exists(), source
 
 
-def mqtt_connack(port: int, proc: subprocess.Popen[bytes], seconds: float) -> bytes:
+def mqtt_connack(
+    port: int, proc: subprocess.Popen[bytes], seconds: float, connect: bytes = b""
+) -> bytes:
     """Send CONNECT until the broker answers, it exits, or `seconds` pass."""
+    connect = connect or MQTT_CONNECT
     reply, deadline = b"", time.monotonic() + seconds
     while not reply and proc.poll() is None and time.monotonic() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
-                sock.sendall(MQTT_CONNECT)
+                sock.sendall(connect)
                 while len(reply) < 4 and (chunk := sock.recv(4 - len(reply))):
                     reply += chunk
         except OSError:
@@ -141,32 +163,97 @@ def mqtt_connack(port: int, proc: subprocess.Popen[bytes], seconds: float) -> by
     return reply
 
 
-def test_mosquitto_accepts_config() -> None:
+def dynsec_plugin() -> str:
+    for pattern in ("/usr/lib/*/mosquitto_dynamic_security.so", "/usr/lib/mosquitto_*.so"):
+        found = sorted(Path("/").glob(pattern.lstrip("/")))
+        if found:
+            return str(found[0])
+    pytest.fail("mosquitto_dynamic_security.so not found: install Debian's `mosquitto` package")
+
+
+def mqtt_connect_packet(username: str | None = None, password: str | None = None) -> bytes:
+    """An MQTT 3.1.1 CONNECT with client id "test", and the credentials if given."""
+    flags, payload = 0x02, b"\x00\x04test"
+    for value, flag in ((username, 0x80), (password, 0x40)):
+        if value is not None:
+            flags |= flag
+            payload += len(value).to_bytes(2, "big") + value.encode()
+    body = b"\x00\x04MQTT\x04" + bytes([flags]) + b"\x00\x3c" + payload
+    return b"\x10" + bytes([len(body)]) + body
+
+
+def test_compose_locks_mosquitto_down_and_gives_the_bridge_its_credentials() -> None:
+    document = compose()
+    mosquitto = document["services"]["mosquitto"]
+    assert command_lines(mosquitto["command"]) == [["sh", "/mosquitto/start.sh"]]
+    assert mounts(mosquitto)["/mosquitto/start.sh"] == "./mosquitto/start.sh"
+    admin = environment(mosquitto)
+    assert admin["MQTT_ADMIN_PASSWORD"] == USER_ENV["MQTT_ADMIN_PASSWORD"]
+    with pytest.raises(AssertionError, match="MQTT_ADMIN_PASSWORD unset"):
+        interpolate(mosquitto["environment"]["MQTT_ADMIN_PASSWORD"], {})
+    for name in APP_SERVICES:
+        env = environment(document["services"][name])
+        url = urlparse(env["MQTT_URL"])
+        assert env["MQTT_AUTH"] == "dynsec", name
+        assert (url.username, url.password) == (admin["MQTT_ADMIN_USER"], "s3cret-admin"), name
+        assert url.hostname == "mosquitto", name
+        assert env["MQTT_ANONYMOUS"] == "none", name
+    conf = MOSQUITTO_CONF.read_text(encoding="utf-8").splitlines()
+    assert "allow_anonymous false" in conf
+    assert "plugin /usr/lib/mosquitto_dynamic_security.so" in conf
+    assert "plugin_opt_config_file /mosquitto/data/dynamic-security.json" in conf
+
+
+def test_mosquitto_refuses_strangers_and_admits_the_bridge() -> None:
+    """The shipped mosquitto.conf and start.sh, run for real (paths moved into a temp dir)."""
     conf = MOSQUITTO_CONF.read_text(encoding="utf-8").splitlines()
     keys = [line.split()[0] for line in conf if line.strip() and not line.startswith("#")]
     assert keys.count("listener") == 1
     assert "listener 1883" in conf
     assert "1883:1883" in compose()["services"]["mosquitto"]["ports"]
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
-    binary = shutil.which("mosquitto", path=search)
-    if binary is None:
+    if shutil.which("mosquitto", path=search) is None:
         pytest.fail("mosquitto binary not found: install Debian's `mosquitto` package")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o777)  # mosquitto started as root drops to its own user
+        dynsec = f"{tmp}/dynamic-security.json"
         rewrites = {
             "listener": f"listener {port} 127.0.0.1",
             "persistence_location": f"persistence_location {tmp}/",
             "log_dest": "log_dest stdout",
+            "plugin": f"plugin {dynsec_plugin()}",
+            "plugin_opt_config_file": f"plugin_opt_config_file {dynsec}",
         }
         adapted = [rewrites.get(line.split(" ", 1)[0], line) for line in conf]
         (Path(tmp) / "test.conf").write_text("\n".join(adapted) + "\n", encoding="utf-8")
-        cmd = [binary, "-c", str(Path(tmp) / "test.conf")]
-        with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        env = {
+            **os.environ,
+            "PATH": search,
+            "DYNSEC_FILE": dynsec,
+            "MOSQUITTO_CONF": f"{tmp}/test.conf",
+            "MQTT_ADMIN_USER": "gateway",
+            "MQTT_ADMIN_PASSWORD": "from-the-environment",
+        }
+        unset = subprocess.run(
+            ["sh", str(ROOT / "mosquitto" / "start.sh"), "init"],
+            env={**env, "DYNSEC_FILE": f"{tmp}/other.json", "MQTT_ADMIN_PASSWORD": ""},
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert unset.returncode == 1
+        assert "MQTT_ADMIN_PASSWORD is not set" in unset.stderr
+        cmd = ["sh", str(ROOT / "mosquitto" / "start.sh")]
+        with subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as proc:
             try:
-                reply = mqtt_connack(port, proc, seconds=10)
+                anonymous = mqtt_connack(port, proc, 10, mqtt_connect_packet())
+                wrong = mqtt_connack(port, proc, 10, mqtt_connect_packet("gateway", "guess"))
+                bridge = mqtt_connack(
+                    port, proc, 10, mqtt_connect_packet("gateway", "from-the-environment")
+                )
             finally:
                 proc.terminate()
                 try:
@@ -175,4 +262,6 @@ def test_mosquitto_accepts_config() -> None:
                     proc.kill()
                     output, _ = proc.communicate(timeout=5)
     log = output.decode(errors="replace")
-    assert reply == MQTT_CONNACK_OK, f"no accepting CONNACK from mosquitto ({reply!r}); log:\n{log}"
+    assert bridge == MQTT_CONNACK_OK, f"the bridge was not admitted ({bridge!r}); log:\n{log}"
+    assert anonymous == MQTT_CONNACK_REFUSED, f"anonymous: {anonymous!r}; log:\n{log}"
+    assert wrong == MQTT_CONNACK_REFUSED, f"wrong password: {wrong!r}; log:\n{log}"
