@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
 
-from protocols import api, ops, views
+from protocols import api, mqtt_hooks, ops, views
 
 urlpatterns = [
     path("", views.index, name="index"),
@@ -15,6 +15,12 @@ urlpatterns = [
     re_path(r"^api/rooms/(?P<room>.+)/messages\Z", api.messages, name="api-messages"),
     re_path(r"^api/rooms/(?P<room>.+)/presence\Z", api.presence, name="api-presence"),
     re_path(r"^api/", api.not_found),
+    # Brokers that ask the gateway (answered only when MQTT_HOOK_TOKEN is set).
+    path("mqtt/emqx/authn", mqtt_hooks.emqx_authn, name="mqtt-emqx-authn"),
+    path("mqtt/emqx/authz", mqtt_hooks.emqx_authz, name="mqtt-emqx-authz"),
+    path("mqtt/goauth/user", mqtt_hooks.goauth_user, name="mqtt-goauth-user"),
+    path("mqtt/goauth/superuser", mqtt_hooks.goauth_superuser, name="mqtt-goauth-superuser"),
+    path("mqtt/goauth/acl", mqtt_hooks.goauth_acl, name="mqtt-goauth-acl"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]
