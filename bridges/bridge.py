@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
+from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
@@ -44,6 +45,7 @@ from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError
 from gateway.events import room_error
+from gateway.models import Device
 from gateway.presence import presence_for
 from gateway.publish import Entry, publish_many
 
@@ -213,7 +215,10 @@ class Bridge:
         assert layer is not None
         presence = presence_for(layer)
         if online:
-            await presence.join(room, f"device:{device}", "device", device, hold=False)
+            verified = await database_sync_to_async(_is_registered_device)(device)
+            await presence.join(
+                room, f"device:{device}", "device", device, hold=False, verified=verified
+            )
         else:
             await presence.leave(room, f"device:{device}")
 
@@ -320,3 +325,10 @@ def _encode(codec: Codec, envelope: Envelope) -> bytes:
     if codec.name in ENVELOPE_CODECS:
         return codec.encode(envelope)
     return codec.encode(envelope["message"])
+
+
+def _is_registered_device(name: str) -> bool:
+    """Whether ``name`` is a registered, active device's: its presence is then a verified
+    identity (a broker that enforces the gateway's MQTT access lets only that device, signed
+    in, publish under its name)."""
+    return Device.objects.filter(name=name, is_active=True).exists()

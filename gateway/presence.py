@@ -7,13 +7,15 @@ members expire. Every process sweeps expired members and tells their rooms they 
 decides which process removed a member, so a leave is announced once).
 
 Devices are members while their status topic says ``online`` (a rule with ``"presence": true``,
-usually with the broker's last will saying ``offline`` when a device vanishes).
+usually with the broker's last will saying ``offline`` when a device vanishes). A device member
+says whether it is ``verified``: whether its name was a registered, active device's when it came
+online (the bridge looks it up then). Browser members have no such field.
 """
 
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypedDict, cast
 
 from channels.layers import BaseChannelLayer
@@ -34,12 +36,42 @@ ROOM_PRESENCE: Literal["room.presence"] = "room.presence"
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One presence in a room: ``key`` is unique in the room (a connection, a device)."""
+    """One presence in a room: ``key`` is unique in the room (a connection, a device).
+
+    ``verified`` is for devices only (None for browsers): whether ``name`` was a registered,
+    active device when the device joined.
+    """
 
     key: str
     kind: Kind
     name: str
     since: str
+    verified: bool | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The member as clients see it (and as it is stored): ``verified`` only when set."""
+        data: dict[str, Any] = {
+            "key": self.key,
+            "kind": self.kind,
+            "name": self.name,
+            "since": self.since,
+        }
+        if self.verified is not None:
+            data["verified"] = self.verified
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Member":
+        """A stored member; records written before ``verified`` existed, or with fields added
+        since, decode too."""
+        verified = data.get("verified")
+        return cls(
+            key=data["key"],
+            kind=data["kind"],
+            name=data["name"],
+            since=data["since"],
+            verified=verified if isinstance(verified, bool) else None,
+        )
 
 
 class PresenceEvent(TypedDict):
@@ -48,7 +80,7 @@ class PresenceEvent(TypedDict):
     type: Literal["room.presence"]
     room: str
     event: Literal["join", "leave"]
-    member: dict[str, str]
+    member: dict[str, Any]
 
 
 class Store(Protocol):
@@ -82,7 +114,7 @@ class RedisStore:
         members, expiry = self._keys(room)
         connection = self._connection(room)
         async with connection.pipeline(transaction=True) as pipe:
-            pipe.hset(members, member.key, dumps(asdict(member)))
+            pipe.hset(members, member.key, dumps(member.as_dict()))
             pipe.zadd(expiry, {member.key: expires})
             pipe.sadd(f"{self.prefix}rooms", room)
             added, _, _ = await pipe.execute()
@@ -98,7 +130,7 @@ class RedisStore:
             raw, removed, _ = await pipe.execute()
         if not removed or raw is None:
             return None  # another process removed it first
-        return Member(**parse_json(raw))
+        return Member.from_dict(parse_json(raw))
 
     async def touch(self, room: str, keys: list[str], expires: float) -> None:
         if keys:
@@ -112,7 +144,7 @@ class RedisStore:
         if not live:
             return []
         raws = await connection.hmget(members, live)
-        return [Member(**parse_json(raw)) for raw in raws if raw is not None]
+        return [Member.from_dict(parse_json(raw)) for raw in raws if raw is not None]
 
     async def expired(self, now: float) -> list[tuple[str, Member]]:
         gone: list[tuple[str, Member]] = []
@@ -175,10 +207,22 @@ class Presence:
         self._local: dict[str, set[str]] = {}  # room -> keys of members held by this process
         self._keeper: asyncio.Task[None] | None = None
 
-    async def join(self, room: str, key: str, kind: Kind, name: str, *, hold: bool) -> None:
-        """``key`` is in ``room``; with ``hold``, this process keeps it alive until `leave`."""
+    async def join(
+        self,
+        room: str,
+        key: str,
+        kind: Kind,
+        name: str,
+        *,
+        hold: bool,
+        verified: bool | None = None,
+    ) -> None:
+        """``key`` is in ``room``; with ``hold``, this process keeps it alive until `leave`.
+
+        ``verified``: for a device, whether ``name`` is a registered, active device.
+        """
         ttl = self.ttl if hold else DEVICE_TTL_SECONDS
-        member = Member(key=key, kind=kind, name=name, since=utc_timestamp())
+        member = Member(key=key, kind=kind, name=name, since=utc_timestamp(), verified=verified)
         if await self.store.add(room, member, time.time() + ttl):
             await self._announce(room, "join", member)
         if hold:
@@ -193,13 +237,13 @@ class Presence:
         if member is not None:
             await self._announce(room, "leave", member)
 
-    async def members(self, room: str) -> list[dict[str, str]]:
+    async def members(self, room: str) -> list[dict[str, Any]]:
         """Who is in ``room`` now."""
-        return [asdict(m) for m in await self.store.members(room, time.time())]
+        return [m.as_dict() for m in await self.store.members(room, time.time())]
 
     async def _announce(self, room: str, event: Literal["join", "leave"], member: Member) -> None:
         metrics.inc("presence_events", event)
-        payload = PresenceEvent(type=ROOM_PRESENCE, room=room, event=event, member=asdict(member))
+        payload = PresenceEvent(type=ROOM_PRESENCE, room=room, event=event, member=member.as_dict())
         await self.layer.group_send(group_name(room), cast(dict[str, Any], payload))
 
     async def _keep(self) -> None:

@@ -7,6 +7,7 @@ open; a frame over the size limit closes the socket with 1009.
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -38,9 +39,7 @@ logger = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008  # flooding, too many sockets
 CLOSE_UNAUTHORISED = 4401  # an invalid or revoked token, an ended session
-CLOSE_FORBIDDEN = 4403  # no read access to the room
-CREDENTIALS_RECHECK_SECONDS = 5.0
-ACCESS_RECHECK_SECONDS = 5.0
+CLOSE_FORBIDDEN = 4403  # no read access to the room, at connect or since
 WELCOME_MESSAGES = 50  # recent messages in the welcome of a browser that joins afresh
 
 
@@ -66,7 +65,8 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         self._access: Access = "none"
         self._access_checked = 0.0
         self._claimed: str | None = None
-        self._credentials_watch: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._closing = False
         self._flood = FloodGuard.for_websocket()
 
     async def connect(self) -> None:
@@ -95,13 +95,11 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         await hub_for(self.layer).join(room, self.subscriber)
         await self.accept(subprotocol)
         metrics.add_gauge("ws_connections", 1)
-        credentials = self._credentials()
-        if credentials is not None:
-            self._credentials_watch = asyncio.create_task(self._watch_credentials(*credentials))
         await presence_for(self.layer).join(room, self.key, "browser", self.sender, hold=True)
         if since_error:
             await self.send_error("invalid_since", since_error)
         await self._welcome(room, since)
+        self._watch = asyncio.create_task(self._keep_checking(self._credentials()))
 
     async def _welcome(self, room: str, since: int | None) -> None:
         history = history_for(self.layer)
@@ -143,8 +141,9 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         return None
 
     async def disconnect(self, code: int) -> None:
-        if self._credentials_watch is not None:
-            self._credentials_watch.cancel()
+        self._closing = True
+        if self._watch is not None:
+            self._watch.cancel()
         if self._claimed is not None:
             _sockets_per_user.release(self._claimed)
         if self.subscriber is not None and self.room is not None:
@@ -164,29 +163,61 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
                 return partial(asession_is_current, key, user.pk), "your session has ended"
         return None
 
-    async def _watch_credentials(
-        self, still_valid: Callable[[], Awaitable[bool]], why: str
+    async def _keep_checking(
+        self, credentials: tuple[Callable[[], Awaitable[bool]], str] | None
     ) -> None:
-        """Close the socket once its credentials no longer hold, checked every few seconds."""
+        """Close the socket once its credentials no longer hold (4401) or it may no longer
+        read the room (4403), both checked every ``ACCESS_RECHECK_SECONDS``.
+
+        One task per socket does both. Its first check comes at a random point of the first
+        interval, so sockets that connected together do not query the database together.
+        """
+        interval: float = settings.ACCESS_RECHECK_SECONDS
+        delay = random.uniform(0, interval)  # noqa: S311 - spreading load, not a secret
         while True:
-            await asyncio.sleep(CREDENTIALS_RECHECK_SECONDS)
+            await asyncio.sleep(delay)
+            delay = interval
             try:
-                valid = await still_valid()
+                valid = credentials is None or await credentials[0]()
+                if valid:
+                    await self._check_access()
             except Exception:
-                logger.exception("checking a socket's credentials failed; checking again")
+                logger.exception("checking a socket's credentials or access failed; checking again")
                 continue
             if not valid:
-                metrics.inc("ws_closed", "credentials_revoked")
-                await self.send_error("unauthorised", why)
-                await self.close(code=CLOSE_UNAUTHORISED)
+                assert credentials is not None
+                await self._close_with(
+                    "unauthorised", credentials[1], CLOSE_UNAUTHORISED, "credentials_revoked"
+                )
+                return
+            if not can_read(self._access):
+                await self._access_revoked()
                 return
 
-    async def _may_write(self) -> bool:
-        """Write access to the room, checked again when the last check is a few seconds old."""
+    async def _check_access(self) -> None:
         assert self.room is not None
-        if time.monotonic() - self._access_checked > ACCESS_RECHECK_SECONDS:
-            self._access = await aaccess_for(self.scope.get("user"), self.room)
-            self._access_checked = time.monotonic()
+        self._access = await aaccess_for(self.scope.get("user"), self.room)
+        self._access_checked = time.monotonic()
+
+    async def _access_revoked(self) -> None:
+        assert self.room is not None
+        detail = f"you may no longer enter room {self.room}"
+        await self._close_with("forbidden", detail, CLOSE_FORBIDDEN, "access_revoked")
+
+    async def _close_with(self, error: str, detail: str, code: int, reason: str) -> None:
+        """Say why in an error frame, then close with ``code`` (once, whoever asks first)."""
+        if self._closing:
+            return
+        self._closing = True
+        metrics.inc("ws_closed", reason)
+        await self.send_error(error, detail)
+        await self.close(code=code)
+
+    async def _may_write(self) -> bool:
+        """Write access to the room, as the watcher last found it (or found now, if that was
+        longer than ``ACCESS_RECHECK_SECONDS`` ago)."""
+        if time.monotonic() - self._access_checked > settings.ACCESS_RECHECK_SECONDS:
+            await self._check_access()
         return can_write(self._access)
 
     def _user_key(self) -> str | None:
@@ -196,13 +227,18 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         return None
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self._closing:  # refused already: frames that were on their way go nowhere
+            return
         if not await self._within_rate():
             return
         frame = await self._frame(text_data)
         if frame is None:
             return
         if not await self._may_write():
-            await self.send_error("forbidden", "you may read this room but not write to it")
+            if not can_read(self._access):
+                await self._access_revoked()
+            else:
+                await self.send_error("forbidden", "you may read this room but not write to it")
             return
         assert self.room is not None
         try:

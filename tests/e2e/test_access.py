@@ -2,16 +2,17 @@
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import start_gateway
-from tests.support.clients import read_until_closed, recv_json, ws_connect
+from tests.support.clients import frames_within, read_until_closed, recv_json, ws_connect
 from tests.support.processes import Gateway, Mosquitto, Redis, django_shell
 
 SETUP = """
@@ -22,6 +23,30 @@ alice, _ = get_user_model().objects.get_or_create(username="alice")
 RoomPolicy.objects.get_or_create(room="vault", defaults={"private": True})
 RoomGrant.objects.get_or_create(room="vault", user=alice, defaults={"access": "write"})
 print(issue_token(alice, "laptop")[1])
+"""
+RECHECK_SECONDS = 1.0  # GATEWAY_ACCESS_RECHECK_SECONDS of the gateway under test
+SLACK_SECONDS = 2.0
+READER = """
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.sessions.backends.db import SessionStore
+from gateway.models import RoomGrant, RoomPolicy
+user, _ = get_user_model().objects.get_or_create(username="{name}")
+RoomPolicy.objects.update_or_create(room="{room}", defaults={{"private": True}})
+RoomGrant.objects.update_or_create(room="{room}", user=user, defaults={{"access": "{access}"}})
+session = SessionStore()
+session[SESSION_KEY] = str(user.pk)
+session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+session.create()
+print(session.session_key)
+"""
+UNGRANT = """
+from gateway.models import RoomGrant
+print(RoomGrant.objects.filter(room="{room}", user__username="{name}").delete()[0])
+"""
+CLOSE_ROOM = """
+from gateway.models import RoomPolicy
+RoomPolicy.objects.update_or_create(room="{room}", defaults={defaults})
 """
 REVOKE = """
 from gateway.models import ApiToken
@@ -38,9 +63,29 @@ def gateway(
     stack = start_gateway(
         tmp_path, mosquitto, redis_server, database_url,
         GATEWAY_WS_RATE="5", GATEWAY_WS_BURST="5",
+        GATEWAY_ACCESS_RECHECK_SECONDS=str(RECHECK_SECONDS),
     )  # fmt: skip
     yield stack
     stack.stop()
+
+
+async def shell(gateway: Gateway, code: str, **names: str) -> str:
+    return await asyncio.to_thread(django_shell, code.format(**names), env=gateway.env)
+
+
+async def reader(gateway: Gateway, room: str, name: str, access: str = "read") -> dict[str, str]:
+    """The cookie of a signed-in browser granted ``access`` to private ``room``."""
+    key = await shell(gateway, READER, room=room, name=name, access=access)
+    return {"Cookie": f"sessionid={key}"}
+
+
+async def closed_after_revocation(ws: ClientConnection, revoked_at: float) -> list[Any]:
+    """The frames before the server closed ``ws`` with 4403, within the re-check interval."""
+    frames, code = await read_until_closed(ws, RECHECK_SECONDS + SLACK_SECONDS)
+    took = time.monotonic() - revoked_at
+    assert code == 4403
+    assert took <= RECHECK_SECONDS + SLACK_SECONDS, f"closed {took:.1f} s after the revocation"
+    return frames
 
 
 async def refused(url: str, **kwargs: Any) -> tuple[int, list[dict[str, Any]]]:
@@ -107,3 +152,59 @@ async def test_a_flood_gets_error_frames_then_1008(gateway: Gateway) -> None:
     assert [f["message"] for f in frames if f["type"] == "message"] == [0, 1, 2, 3, 4]
     refusals = [f.get("code") for f in frames if f["type"] != "message"]
     assert refusals == ["rate_limited"] * 5  # then the close
+
+
+async def test_revoking_a_browsers_grant_closes_its_open_socket_with_4403(
+    gateway: Gateway,
+) -> None:
+    cookie = await reader(gateway, "access-study", "reader-bob")
+    async with ws_connect(gateway.ws, "access-study", additional_headers=cookie) as bob:
+        assert [m["name"] for m in bob.welcome["presence"]] == ["reader-bob"]  # type: ignore[attr-defined]
+        assert await shell(gateway, UNGRANT, room="access-study", name="reader-bob") == "1"
+        frames = await closed_after_revocation(bob, time.monotonic())
+    # The error frame came before the close, and nothing else did.
+    assert [(f["type"], f["code"]) for f in frames] == [("error", "forbidden")]
+    assert "access-study" in frames[0]["detail"]
+    # Connecting again is refused as for any stranger.
+    async with connect(
+        f"{gateway.ws}/ws/rooms/access-study/", origin=gateway.http, additional_headers=cookie
+    ) as again:
+        frames, code = await read_until_closed(again)
+    assert (code, [f["code"] for f in frames]) == (4403, ["forbidden"])
+
+
+@pytest.mark.parametrize(
+    "closing", [{"private": True}, {"private": False, "anonymous": "none"}], ids=str
+)
+async def test_closing_a_public_room_to_anonymous_visitors_closes_their_sockets_with_4403(
+    gateway: Gateway, closing: dict[str, Any]
+) -> None:
+    room = "access-hall-private" if closing["private"] else "access-hall-none"
+    async with ws_connect(gateway.ws, room) as first, ws_connect(gateway.ws, room) as second:
+        await first.send(json.dumps({"message": "anyone may write here"}))
+        for ws in (first, second):
+            assert (await recv_json(ws))["message"] == "anyone may write here"
+        await shell(gateway, CLOSE_ROOM, room=room, defaults=repr(closing))
+        revoked_at = time.monotonic()
+        for ws in (first, second):
+            frames = await closed_after_revocation(ws, revoked_at)
+            assert [(f["type"], f["code"]) for f in frames] == [("error", "forbidden")]
+
+
+async def test_a_socket_whose_access_is_unchanged_stays_open_and_receives(
+    gateway: Gateway,
+) -> None:
+    cookie = await reader(gateway, "access-library", "reader-carol")
+    writer = await reader(gateway, "access-library", "writer-dave", access="write")
+    async with ws_connect(gateway.ws, "access-library", additional_headers=cookie) as carol:
+        # Several re-check intervals pass: no frame, no close.
+        assert await frames_within(carol, RECHECK_SECONDS * 3.5) == []
+        async with ws_connect(gateway.ws, "access-library", additional_headers=writer) as dave:
+            await dave.send(json.dumps({"message": "still reading?"}))
+            frame = await recv_json(carol)
+            assert (frame["message"], frame["sender"]) == ("still reading?", "writer-dave")
+            # Carol may read, not write: her sends are refused, her socket stays open.
+            await carol.send(json.dumps({"message": "may I?"}))
+            error = await recv_json(carol)
+            assert (error["type"], error["code"]) == ("error", "forbidden")
+            assert await frames_within(carol, RECHECK_SECONDS * 1.5) == []

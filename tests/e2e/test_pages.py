@@ -12,7 +12,7 @@ from playwright.async_api import Browser, Page, expect
 
 from tests.support.browser import chromium, screenshot_dir
 from tests.support.devices import Device
-from tests.support.processes import Gateway, Mosquitto
+from tests.support.processes import Gateway, Mosquitto, django_shell
 from tests.support.proxy import Proxy
 
 
@@ -131,3 +131,38 @@ async def test_the_index_lists_rooms_with_live_counts(
     await expect(kitchen.locator(".people")).to_have_attribute("data-count", "1", timeout=15_000)
     await expect(kitchen.locator(".devices")).to_have_attribute("data-count", "1")
     await index.screenshot(path=str(screenshot_dir() / "index.png"))
+
+
+REGISTER = """
+from gateway.devices import add_device
+from gateway.models import Device
+if not Device.objects.filter(name="page-pump").exists():
+    add_device("page-pump")
+"""
+
+
+async def test_registered_devices_show_as_verified_and_others_as_unverified(
+    browser: Browser, proxy: Proxy, broker: Mosquitto, gateway: Gateway
+) -> None:
+    await asyncio.to_thread(django_shell, REGISTER, env=gateway.env)
+    page = await open_room(browser, proxy, "page-pumphouse")
+    evil = "<img src=x onerror=alert(1)>"
+    with Device(broker.port, "pumphouse-devices") as device:
+        for name in ("page-pump", "page-impostor", evil):
+            device.publish(f"rooms/page-pumphouse/{name}/status", b"online", retain=True)
+    devices = page.locator("#presence li[data-kind='device']")
+    await expect(devices).to_have_count(3, timeout=10_000)
+    pump = devices.filter(has_text="page-pump")
+    await expect(pump).to_have_attribute("data-verified", "true")
+    await expect(pump.locator(".verified")).to_have_text("\u2713")
+    await expect(pump.locator(".verified")).to_have_attribute("title", "verified device")
+    for name in ("page-impostor", evil):
+        other = devices.filter(has_text=name)
+        await expect(other).to_have_attribute("data-verified", "false")
+        await expect(other.locator(".unverified")).to_have_text("unverified")
+        await expect(other.locator(".verified")).to_have_count(0)
+    assert await page.locator("#presence img").count() == 0  # a name is text, never markup
+    # A browser that comes later sees the same marks, from its welcome.
+    later = await open_room(browser, proxy, "page-pumphouse")
+    await expect(later.locator("#presence li[data-verified='true']")).to_have_count(1)
+    await expect(later.locator("#presence li[data-verified='false']")).to_have_count(2)

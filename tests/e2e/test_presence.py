@@ -1,6 +1,7 @@
 """Presence across processes: browsers on several daphne processes, and devices with a last will."""
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -11,8 +12,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import start_gateway
-from tests.support.clients import frames_within, ws_connect
-from tests.support.processes import Gateway, Mosquitto, Process, Redis
+from tests.support.clients import frames_within, mqtt_client, recv_json, ws_connect
+from tests.support.processes import Gateway, Mosquitto, Process, Redis, django_shell, http_get
 
 TTL = 3.0  # PRESENCE_TTL_SECONDS for these tests
 
@@ -100,3 +101,49 @@ async def test_a_killed_device_goes_offline_within_one_and_a_half_keepalives(
         assert all(f["type"] != "message" for f in await frames_within(browser, 0.5))
     async with ws_connect(gateway.ws, "pumps") as later:
         assert "pump-7" not in names(later.welcome)  # type: ignore[attr-defined]
+
+
+REGISTER = """
+from gateway.devices import add_device
+from gateway.models import Device
+if not Device.objects.filter(name="{name}").exists():
+    add_device("{name}")
+"""
+
+
+async def joined(ws: ClientConnection, name: str, within: float) -> dict[str, Any]:
+    """The member of the first presence frame that says ``name`` joined."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        frame = await recv_json(ws, max(0.0, deadline - loop.time()), presence=True)
+        member: dict[str, Any] = frame.get("member", {})
+        if frame["type"] == "presence" and (frame["event"], member.get("name")) == ("join", name):
+            return member
+
+
+async def test_a_registered_device_is_verified_in_presence_and_an_unknown_one_is_not(
+    gateway: Gateway, mosquitto: Mosquitto
+) -> None:
+    await asyncio.to_thread(django_shell, REGISTER.format(name="verify-meter"), env=gateway.env)
+    async with ws_connect(gateway.ws, "verify-lab") as browser:
+        await browser.send(json.dumps({"message": "the room exists now"}))
+        async with mqtt_client(mosquitto.port) as device:
+            for name in ("verify-meter", "verify-stranger"):
+                await device.publish(f"rooms/verify-lab/{name}/status", b"online", qos=1)
+            registered = await joined(browser, "verify-meter", 10)
+            stranger = await joined(browser, "verify-stranger", 10)
+        assert (registered["kind"], registered["verified"]) == ("device", True)
+        assert (stranger["kind"], stranger["verified"]) == ("device", False)
+    async with ws_connect(gateway.ws, "verify-lab") as later:
+        members = {m["name"]: m for m in later.welcome["presence"]}  # type: ignore[attr-defined]
+        assert members["verify-meter"]["verified"] is True
+        assert members["verify-stranger"]["verified"] is False
+        (me,) = (m for m in members.values() if m["kind"] == "browser")
+        assert "verified" not in me  # browsers have no such field
+        status, text = await asyncio.to_thread(
+            http_get, f"{gateway.http}/api/rooms/verify-lab/presence"
+        )
+    assert status == 200
+    answered = {m["name"]: m.get("verified") for m in json.loads(text)["presence"]}
+    assert (answered["verify-meter"], answered["verify-stranger"]) == (True, False)

@@ -1,9 +1,11 @@
 """The room consumer at the ASGI level, on the in-memory channel layer."""
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.layers import channel_layers, get_channel_layer
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
@@ -12,6 +14,8 @@ from gateway import metrics
 from gateway.conf import GatewaySettings
 from gateway.events import BRIDGE_CHANNEL
 from gateway.history import close_histories
+from gateway.models import RoomPolicy
+from gateway.presence import Member, presence_for
 from protocols.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -120,3 +124,57 @@ async def test_a_bad_since_is_answered_and_the_join_goes_on() -> None:
     error = await ws.receive_json_from()
     assert (error["type"], error["code"]) == ("error", "invalid_since")
     assert (await ws.receive_json_from())["type"] == "welcome"
+
+
+async def test_a_socket_that_loses_read_access_gets_forbidden_then_4403(settings: Any) -> None:
+    settings.ACCESS_RECHECK_SECONDS = 0.2
+    ws, _ = await join("lab-closing")
+    stays, _ = await join("lab-open")
+    before = metrics.get("ws_closed", "access_revoked")
+    await database_sync_to_async(RoomPolicy.objects.create)(room="lab-closing", private=True)
+    error = await ws.receive_json_from(timeout=2)
+    assert (error["type"], error["code"]) == ("error", "forbidden")
+    assert await ws.receive_output(timeout=2) == {"type": "websocket.close", "code": 4403}
+    assert metrics.get("ws_closed", "access_revoked") == before + 1
+    # A socket whose access is unchanged stays open across intervals.
+    assert await stays.receive_nothing(0.6)
+    await stays.send_json_to({"message": "still here"})
+    assert (await stays.receive_json_from())["message"] == "still here"
+    await stays.disconnect()
+
+
+async def test_a_socket_that_may_only_read_is_refused_each_send_and_stays_open(
+    settings: Any,
+) -> None:
+    settings.ACCESS_RECHECK_SECONDS = 0.2
+    ws, _ = await join("lab-readonly")
+    await database_sync_to_async(RoomPolicy.objects.create)(room="lab-readonly", anonymous="read")
+    await asyncio.sleep(0.5)  # a check has seen the new policy
+    await ws.send_json_to({"message": "hello"})
+    error = await ws.receive_json_from()
+    assert (error["type"], error["code"]) == ("error", "forbidden")
+    assert await ws.receive_nothing(0.5)  # still open: it may read
+    await ws.disconnect()
+
+
+async def test_browsers_have_no_verified_field_and_devices_say_whether_they_are_registered() -> (
+    None
+):
+    layer = get_channel_layer()
+    await presence_for(layer).join("lab-who", "device:a", "device", "a", hold=False, verified=True)
+    await presence_for(layer).join("lab-who", "device:b", "device", "b", hold=False, verified=False)
+    ws, welcome = await join("lab-who")
+    by_name = {m["name"]: m for m in welcome["presence"]}
+    assert (by_name["a"]["verified"], by_name["b"]["verified"]) == (True, False)
+    (browser,) = (m for m in welcome["presence"] if m["kind"] == "browser")
+    assert "verified" not in browser
+    await ws.disconnect()
+
+
+def test_a_member_stored_before_verified_existed_still_decodes() -> None:
+    old = {"key": "device:c", "kind": "device", "name": "c", "since": "2024-01-01T00:00:00Z"}
+    member = Member.from_dict(old)
+    assert member.verified is None
+    assert member.as_dict() == old
+    newer = Member.from_dict({**old, "verified": True, "added_later": 1})
+    assert newer.as_dict() == {**old, "verified": True}

@@ -14,13 +14,25 @@ export class PresenceList {
     const li = el("li");
     li.dataset.key = String(member.key ?? "");
     li.dataset.kind = kind;
+    if (kind === "device") li.dataset.verified = String(member.verified === true);
     const marker = el("span", `kind kind-${KINDS[kind] ?? "other"}`, KINDS[kind] ?? (kind || "?"));
     li.append(marker, el("span", "name", member.name ?? member.key ?? ""));
+    if (kind === "device") li.append(PresenceList.identity(member.verified === true));
     if (member.since) {
       const since = timeEl(member.since);
       li.title = `here since ${since.textContent}`;
     }
     return li;
+  }
+
+  /** A device's identity mark: a check for a registered device, "unverified" otherwise. */
+  static identity(verified) {
+    const mark = verified
+      ? el("span", "identity verified", "\u2713")
+      : el("span", "identity unverified", "unverified");
+    mark.title = verified ? "verified device" : "unverified device";
+    mark.setAttribute("aria-label", mark.title);
+    return mark;
   }
 
   static order(li) {
