@@ -54,7 +54,7 @@ def can_write(access: Access) -> bool:
 
 def access_for(user: User, room: str) -> Access:
     """What ``user`` may do in ``room``, by the rules above (at most two queries)."""
-    if not _is_known(user):
+    if not is_known(user):
         policy = RoomPolicy.objects.filter(room=room).first()
         if policy is None:
             return DEFAULT_ACCESS
@@ -80,7 +80,7 @@ async def aaccess_for(user: User, room: str) -> Access:
 
 def visible_rooms(user: User) -> QuerySet[Room]:
     """The rooms ``user`` may read: the public ones open to them and those they are granted."""
-    if not _is_known(user):
+    if not is_known(user):
         hidden = RoomPolicy.objects.filter(Q(private=True) | Q(anonymous="none"))
         return Room.objects.exclude(name__in=hidden.values("room"))
     assert user is not None
@@ -94,7 +94,7 @@ def visible_rooms(user: User) -> QuerySet[Room]:
     )
 
 
-def _is_known(user: User) -> bool:
+def is_known(user: User) -> bool:
     """Whether ``user`` is logged in and active (anyone else is anonymous)."""
     return user is not None and user.is_authenticated and bool(user.is_active)
 

@@ -5,12 +5,10 @@ message of the room as an envelope frame. Bad frames get an error frame and the 
 open; a frame over the size limit closes the socket with 1009.
 """
 
-import asyncio
 import logging
-import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
@@ -21,6 +19,7 @@ from django.conf import settings
 
 from gateway import metrics, retained
 from gateway.access import Access, aaccess_for, can_read, can_write
+from gateway.access import is_known as _is_known
 from gateway.conf import gateway_settings
 from gateway.dispatch import DirectDispatchMixin
 from gateway.errors import GatewayError
@@ -31,6 +30,7 @@ from gateway.publish import publish
 from gateway.ratelimit import FloodGuard
 from gateway.rooms import is_valid_room
 from gateway.tokens import atoken_is_active
+from protocols.access_watch import access_watch
 from protocols.auth import asession_is_current
 from protocols.fanout import Subscriber, client_view, error_frame, hub_for, outlet_for
 from protocols.frames import Refusal, read_frame
@@ -65,7 +65,6 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         self._access: Access = "none"
         self._access_checked = 0.0
         self._claimed: str | None = None
-        self._watch: asyncio.Task[None] | None = None
         self._closing = False
         self._flood = FloodGuard.for_websocket()
 
@@ -99,7 +98,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         if since_error:
             await self.send_error("invalid_since", since_error)
         await self._welcome(room, since)
-        self._watch = asyncio.create_task(self._keep_checking(self._credentials()))
+        access_watch.add(self)
 
     async def _welcome(self, room: str, since: int | None) -> None:
         history = history_for(self.layer)
@@ -142,8 +141,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
 
     async def disconnect(self, code: int) -> None:
         self._closing = True
-        if self._watch is not None:
-            self._watch.cancel()
+        access_watch.discard(self)
         if self._claimed is not None:
             _sockets_per_user.release(self._claimed)
         if self.subscriber is not None and self.room is not None:
@@ -151,48 +149,44 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             await hub_for(self.layer).leave(self.room, self.subscriber)
             await presence_for(self.layer).leave(self.room, self.key)
 
-    def _credentials(self) -> tuple[Callable[[], Awaitable[bool]], str] | None:
-        """How to tell that the socket's credentials still hold, and what to say when not."""
+    def _credentials(self) -> tuple[Hashable, Callable[[], Awaitable[bool]], str] | None:
+        """How to tell that the socket's credentials still hold (keyed for sharing the
+        answer), and what to say when not."""
         token_id = self.scope.get("api_token_id")
         if token_id is not None:
-            return partial(atoken_is_active, token_id), "your token was revoked"
+            check = partial(atoken_is_active, token_id)
+            return ("token", token_id), check, "your token was revoked"
         user, session = self.scope.get("user"), self.scope.get("session")
         if user is not None and user.is_authenticated and session is not None:
             key = session.session_key
             if key:
-                return partial(asession_is_current, key, user.pk), "your session has ended"
+                check = partial(asession_is_current, key, user.pk)
+                return ("session", key, user.pk), check, "your session has ended"
         return None
 
-    async def _keep_checking(
-        self, credentials: tuple[Callable[[], Awaitable[bool]], str] | None
-    ) -> None:
+    async def recheck(self, answers: dict[Hashable, Any]) -> None:
         """Close the socket once its credentials no longer hold (4401) or it may no longer
-        read the room (4403), both checked every ``ACCESS_RECHECK_SECONDS``.
-
-        One task per socket does both. Its first check comes at a random point of the first
-        interval, so sockets that connected together do not query the database together.
-        """
-        interval: float = settings.ACCESS_RECHECK_SECONDS
-        delay = random.uniform(0, interval)  # noqa: S311 - spreading load, not a secret
-        while True:
-            await asyncio.sleep(delay)
-            delay = interval
-            try:
-                valid = credentials is None or await credentials[0]()
-                if valid:
-                    await self._check_access()
-            except Exception:
-                logger.exception("checking a socket's credentials or access failed; checking again")
-                continue
-            if not valid:
-                assert credentials is not None
+        read the room (4403); called every ``ACCESS_RECHECK_SECONDS`` by `access_watch`,
+        with the answers of this round so far."""
+        if self._closing or self.room is None:
+            return
+        credentials = self._credentials()
+        if credentials is not None:
+            key, check, why = credentials
+            if key not in answers:
+                answers[key] = await check()
+            if not answers[key]:
                 await self._close_with(
-                    "unauthorised", credentials[1], CLOSE_UNAUTHORISED, "credentials_revoked"
+                    "unauthorised", why, CLOSE_UNAUTHORISED, "credentials_revoked"
                 )
                 return
-            if not can_read(self._access):
-                await self._access_revoked()
-                return
+        user = self.scope.get("user")
+        key = ("access", getattr(user, "pk", None) if _is_known(user) else None, self.room)
+        if key not in answers:
+            answers[key] = await aaccess_for(user, self.room)
+        self._access, self._access_checked = answers[key], time.monotonic()
+        if not can_read(self._access):
+            await self._access_revoked()
 
     async def _check_access(self) -> None:
         assert self.room is not None
