@@ -22,9 +22,9 @@ from tests.support.processes import Process, free_port, gateway_env, http_get, w
 
 
 class OneProcessGateway:
-    def __init__(self, workdir: Path, *extra: str) -> None:
+    def __init__(self, workdir: Path, *extra: str, **env_overrides: str) -> None:
         self.port, self.mqtt_port = free_port(), free_port()
-        env = gateway_env(DATABASE_URL=f"sqlite:///{workdir / 'gateway.sqlite3'}")
+        env = gateway_env(DATABASE_URL=f"sqlite:///{workdir / 'gateway.sqlite3'}", **env_overrides)
         argv = [
             sys.executable,
             "manage.py",

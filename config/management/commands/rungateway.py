@@ -1,8 +1,9 @@
 """``manage.py rungateway``: the whole gateway in one process, for one machine.
 
 daphne serves HTTP and WebSocket, the MQTT bridge runs beside it, and where ``MQTT_URL`` is
-unset an embedded broker (amqtt, MQTT 3.1.1) listens on ``--mqtt-port``; where ``REDIS_URL`` is
-unset the in-memory channel layer joins them.
+unset an embedded broker (`bridges.embedded_broker`: amqtt, MQTT 3.1.1, enforcing the gateway's
+MQTT permissions) listens on ``--mqtt-port``; where ``REDIS_URL`` is unset the in-memory channel
+layer joins them.
 """
 
 import asyncio
@@ -12,7 +13,6 @@ import signal
 import socket
 from typing import Any
 
-from amqtt.broker import Broker
 from channels.layers import get_channel_layer
 from channels.routing import get_default_application
 from daphne.endpoints import build_endpoint_description_strings
@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred
 
 from bridges.bridge import Bridge
 from bridges.conf import MqttSettings
+from bridges.embedded_broker import bridge_settings, start_embedded_broker
 from bridges.worker import serve_bridge
 from gateway.conf import gateway_settings
 
@@ -75,14 +76,15 @@ class Command(BaseCommand):
         mqtt: MqttSettings | None = settings.MQTT
         embedded = mqtt is None
         if mqtt is None:
+            if settings.MQTT_AUTH == "dynsec":
+                raise CommandError(
+                    "MQTT_AUTH=dynsec needs MQTT_URL (a Mosquitto broker): the embedded broker "
+                    "enforces the gateway's MQTT permissions itself; unset MQTT_AUTH"
+                )
             mqtt_host, mqtt_port = options["mqtt_host"], options["mqtt_port"]
             check_port_free(mqtt_host, mqtt_port, "MQTT", "--mqtt-port (make run MQTT_PORT=...)")
-            mqtt = MqttSettings(
-                host=mqtt_host,
-                port=mqtt_port,
-                protocol="3.1.1",
-                client_id=f"{gateway_settings().gateway_id}-bridge",
-            )
+            # The bridge signs in to the embedded broker as itself, with a password made now.
+            mqtt = bridge_settings(mqtt_host, mqtt_port, gateway_id=gateway_settings().gateway_id)
         if not options["no_migrate"]:
             call_command("migrate", interactive=False, verbosity=0)
         application = get_default_application()
@@ -148,7 +150,7 @@ class _Sidecars:
         broker = None
         try:
             if self.embedded:
-                broker = await _start_broker(self.mqtt.host, self.mqtt.port)
+                broker = await start_embedded_broker(self.mqtt)
             bridge = Bridge.from_settings(self.mqtt)
             await serve_bridge(
                 bridge,
@@ -163,18 +165,3 @@ class _Sidecars:
         finally:
             if broker is not None:
                 await broker.shutdown()
-
-
-async def _start_broker(host: str, port: int) -> Any:
-
-    broker = Broker(
-        {
-            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-            "plugins": {
-                "amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True},
-            },
-        }
-    )
-    await broker.start()
-    logger.info("embedded MQTT broker listening on %s:%s", host, port)
-    return broker
