@@ -14,6 +14,7 @@ from django.core.exceptions import ImproperlyConfigured
 
 from bridges.codecs import get_codec
 from gateway.jsonutil import parse_json
+from gateway.mqtt_acl import covers
 from gateway.rooms import MAX_ROOM_LENGTH, is_valid_room
 
 Direction = Literal["in", "out", "both"]
@@ -396,19 +397,6 @@ class RuleSet:
         """The codec of the first rule that takes ``topic`` in, ``json`` if none does."""
         inbound = self.inbound(topic)
         return inbound[0].rule.codec if inbound else "json"
-
-
-def covers(wider: str, narrower: str) -> bool:
-    """Whether filter ``wider`` matches every topic filter ``narrower`` matches."""
-    outer, inner = wider.split("/"), narrower.split("/")
-    for index, level in enumerate(outer):
-        if level == "#":
-            return True
-        if index >= len(inner) or inner[index] == "#":
-            return False
-        if level != "+" and level != inner[index]:
-            return False
-    return len(outer) == len(inner)
 
 
 def parse_rules(raw: object) -> RuleSet:

@@ -192,19 +192,9 @@ def matches(topic_filter: str, topic: str) -> bool:
     """MQTT matching: whether ``topic`` (no wildcards) matches ``topic_filter``.
 
     As brokers do, a filter starting with a wildcard does not match a topic starting with ``$``,
-    and ``a/#`` also matches ``a``.
+    and ``a/#`` also matches ``a``. A topic is the narrowest filter: one that covers it.
     """
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    want, got = topic_filter.split("/"), topic.split("/")
-    for index, level in enumerate(want):
-        if level == "#":
-            return True
-        if index >= len(got):
-            return False
-        if level not in ("+", got[index]):
-            return False
-    return len(want) == len(got)
+    return covers(topic_filter, topic)
 
 
 def covers(wider: str, narrower: str) -> bool:
