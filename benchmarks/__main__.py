@@ -5,6 +5,7 @@ python -m benchmarks --quick              # a tiny subset, well under a minute
 python -m benchmarks --systems mosquitto,gateway --scenarios fanout,uplink
 python -m benchmarks report               # rewrite report.md and plots from results.json
 python -m benchmarks soak --minutes 30    # the gateway under mixed load: does memory grow?
+python -m benchmarks brokers              # the embedded broker beside Mosquitto and amqtt
 python -m benchmarks report --out benchmarks/results/soak   # rewrite soak.md and soak.png
 """
 
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.brokers import run_brokers
 from benchmarks.harness import Run
 from benchmarks.measure import background_cores
 from benchmarks.nodeproc import HarnessError, node_binary
@@ -41,7 +43,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("command", nargs="?", choices=["run", "report", "soak"], default="run")
+    parser.add_argument(
+        "command", nargs="?", choices=["run", "report", "soak", "brokers"], default="run"
+    )
     parser.add_argument("--quick", action="store_true", help="a tiny subset, for a smoke test")
     parser.add_argument("--systems", help=f"comma-separated, from: {', '.join(SYSTEM_NAMES)}")
     parser.add_argument("--scenarios", help=f"comma-separated, from: {', '.join(SCENARIOS)}")
@@ -268,6 +272,8 @@ def main(argv: list[str]) -> int:
     except HarnessError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if args.command == "brokers":
+        return run_brokers(args.out or HERE / "results" / "brokers")
     if args.command == "soak":
         raise_file_limit()
         out = args.out or HERE / "results" / "soak"

@@ -269,8 +269,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": _read("LOG_LEVEL", env.str, "INFO").upper()},
     "loggers": {
         "django": {"level": "INFO"},
-        "amqtt": {"level": "WARNING"},
-        "transitions": {"level": "WARNING"},
         # channels-redis reports dropped group messages at INFO only: count them.
         "channels_redis.core": {"level": "INFO", "filters": ["count_channel_drops"]},
     },

@@ -1,6 +1,6 @@
 """``make run``'s embedded broker decides as the decision table says, for real MQTT clients.
 
-First the two amqtt plugins in-process, over every row of the table; then ``rungateway`` as a
+First its authorizer in-process, over every row of the table; then ``rungateway`` as a
 subprocess, with the table's world in its database, browsers in its rooms and MQTT 3.1.1
 clients: anonymous ones, the devices ``pump-7`` (write on ``plant``) and ``panel-1`` (read).
 """
@@ -16,20 +16,14 @@ from typing import Any
 
 import aiomqtt
 import pytest
-from amqtt.contexts import Action, BaseContext
-from amqtt.session import Session
 from channels.db import database_sync_to_async
 from websockets.asyncio.client import ClientConnection
 
-from bridges.embedded_broker import (
-    IDENTITY_ATTRIBUTE,
-    STALE_PERIODS,
-    GatewayAuthPlugin,
-    GatewayTopicPlugin,
-    bridge_settings,
-)
+from bridges.broker.wire import Connect
+from bridges.embedded_broker import GatewayAuthorizer, bridge_settings
 from gateway.devices import revoke_device
 from gateway.models import Device, RoomGrant
+from gateway.mqtt_acl import Identity
 from tests.e2e.test_rungateway import OneProcessGateway
 from tests.support.clients import (
     frames_within,
@@ -43,40 +37,44 @@ from tests.support.processes import django_shell
 
 V311 = aiomqtt.ProtocolVersion.V311
 BRIDGE = bridge_settings("127.0.0.1", 1883, gateway_id="gw")
-REFRESH = 0.3  # the topic plugin's refresh period, in-process
 
 
-# The plugins in-process: a real amqtt session object, the plugin API as the broker calls it.
+# The authorizer in-process: the questions the broker asks, as it asks them.
 
 
-def plugins(
-    *, anonymous: bool = True, refresh: float = 60.0, context: Any = None
-) -> tuple[GatewayAuthPlugin, GatewayTopicPlugin]:
-    auth_context = BaseContext()
-    auth_context.config = GatewayAuthPlugin.Config(
+def authorizer(*, anonymous: bool = True) -> GatewayAuthorizer:
+    return GatewayAuthorizer(
         bridge_username=BRIDGE.username or "",
         bridge_password=BRIDGE.password or "",
-        anonymous=anonymous,
+        anonymous_mqtt=anonymous,
     )
-    topic_context = context or BaseContext()
-    topic_context.config = GatewayTopicPlugin.Config(anonymous=anonymous, refresh_seconds=refresh)
-    return GatewayAuthPlugin(auth_context), GatewayTopicPlugin(topic_context)
 
 
-def session(who: str | None, secrets: dict[str, str], **will: Any) -> Session:
-    """The session of a client signing in as ``who`` (a device, "bridge", or None)."""
-    client = Session()
-    client.client_id = f"{who or 'anonymous'}-client"
-    if who == "bridge":
-        client.username, client.password = BRIDGE.username, BRIDGE.password
-    elif who is not None:
-        client.username, client.password = who, secrets.get(who, "not-its-secret")
-    if will:
-        client.will_flag = True
-        client.will_topic = will["topic"]
-        client.will_retain = will.get("retain", False)
-        client.will_message = b"{}"
-    return client
+def connect(who: str | None, secrets: dict[str, str], *, password: str | None = None) -> Connect:
+    """The CONNECT of a client signing in as ``who`` (a device, "bridge", or None)."""
+    username = None if who is None else (BRIDGE.username if who == "bridge" else who)
+    if password is None and who is not None:
+        password = BRIDGE.password if who == "bridge" else secrets.get(who, "not-its-secret")
+    return Connect(5, f"{who or 'anonymous'}-client", True, 30, username,
+                   None if password is None else password.encode(), None, [])  # fmt: skip
+
+
+class Sessions:
+    """What the authorizer's refresh reads of a broker: its sessions' identities; and kicks."""
+
+    def __init__(self, authorizer: GatewayAuthorizer, *identities: Identity) -> None:
+        self.authorizer = authorizer
+        self.sessions = {str(i): SimpleNamespace(identity=i) for i in identities}
+        self.kicked: list[Identity] = []
+
+    def kick(self) -> int:
+        gone = [
+            s.identity
+            for s in self.sessions.values()
+            if not self.authorizer.may_connect(s.identity)
+        ]
+        self.kicked += gone
+        return len(gone)
 
 
 @pytest.fixture
@@ -87,118 +85,56 @@ def secrets() -> dict[str, str]:
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("row", ROWS, ids=str)
-async def test_the_plugins_answer_every_row_of_the_decision_table(
+async def test_the_authorizer_answers_every_row_of_the_decision_table(
     row: Row, secrets: dict[str, str]
 ) -> None:
-    auth, topics = plugins()
-    client = session(row.who, secrets)
-    admitted = await auth.authenticate(session=client)
+    gate = authorizer()
+    identity = await gate.authenticate(connect(row.who, secrets))
     if row.action == "connect":
-        assert admitted is row.allow
+        assert (identity is not None) is row.allow
         return
-    allowed = await topics.topic_filtering(
-        session=client, topic=row.topic, action=Action(row.action)
-    )
-    assert allowed is row.allow
+    assert identity is not None or not row.allow
+    assert gate.may(identity, row.action, row.topic) is row.allow
 
 
 @pytest.mark.django_db(transaction=True)
 async def test_grants_and_revocations_apply_at_the_next_refresh(secrets: dict[str, str]) -> None:
-    auth, topics = plugins(refresh=REFRESH)
-    pump_8 = session("pump-8", secrets)
-    assert await auth.authenticate(session=pump_8)
-
-    async def may(action: Action, topic: str) -> bool:
-        return bool(await topics.topic_filtering(session=pump_8, topic=topic, action=action))
-
-    assert not await may(Action.SUBSCRIBE, "rooms/plant/#")
+    gate = authorizer()
+    pump_8 = await gate.authenticate(connect("pump-8", secrets))
+    assert pump_8 is not None
+    broker = Sessions(gate, pump_8)
+    assert not gate.may(pump_8, "subscribe", "rooms/plant/#")
     device = await database_sync_to_async(Device.objects.get)(name="pump-8")
     await database_sync_to_async(RoomGrant.objects.create)(
         room="plant", device=device, access="write"
     )
-    assert not await may(Action.SUBSCRIBE, "rooms/plant/#")  # the ACL in hand, no query
-    await asyncio.sleep(REFRESH * (STALE_PERIODS + 0.5))
-    assert await may(Action.SUBSCRIBE, "rooms/plant/#")
-    assert await may(Action.PUBLISH, "rooms/plant/pump-8/t")
+    assert not gate.may(pump_8, "subscribe", "rooms/plant/#")  # the ACL in hand, no query
+    await gate.refresh(broker)  # type: ignore[arg-type]
+    assert gate.may(pump_8, "subscribe", "rooms/plant/#")
+    assert gate.may(pump_8, "publish", "rooms/plant/pump-8/t")
+    assert broker.kicked == []
 
     await database_sync_to_async(revoke_device)(device)
-    await asyncio.sleep(REFRESH * (STALE_PERIODS + 0.5))
-    assert not await may(Action.PUBLISH, "rooms/plant/pump-8/t")
-    assert not await may(Action.RECEIVE, "rooms/plant/gateway")
-    assert not await may(Action.PUBLISH, "rooms/open/pump-8/t")
-    assert not await auth.authenticate(session=session("pump-8", secrets))
+    await gate.refresh(broker)  # type: ignore[arg-type]
+    assert broker.kicked == [pump_8]
+    assert not gate.may(pump_8, "publish", "rooms/plant/pump-8/t")
+    assert not gate.may(pump_8, "receive", "rooms/plant/gateway")
+    assert await gate.authenticate(connect("pump-8", secrets)) is None
 
 
 @pytest.mark.django_db(transaction=True)
 async def test_anonymous_mqtt_off_refuses_anonymous_clients(secrets: dict[str, str]) -> None:
-    auth, topics = plugins(anonymous=False)
-    anonymous = session(None, secrets)
-    assert not await auth.authenticate(session=anonymous)
-    assert not await topics.topic_filtering(
-        session=anonymous, topic="rooms/open/#", action=Action.SUBSCRIBE
-    )
-    assert await auth.authenticate(session=session("pump-7", secrets))
+    gate = authorizer(anonymous=False)
+    assert await gate.authenticate(connect(None, secrets)) is None
+    assert await gate.authenticate(connect("pump-7", secrets)) is not None
 
 
 @pytest.mark.django_db(transaction=True)
 async def test_the_bridge_needs_its_password(secrets: dict[str, str]) -> None:
-    auth, _ = plugins()
-    assert await auth.authenticate(session=session("bridge", secrets))
-    impostor = session("bridge", secrets)
-    impostor.password = "guess"
-    impostor.attributes[IDENTITY_ATTRIBUTE] = "left from an earlier connection"
-    assert not await auth.authenticate(session=impostor)
-    assert IDENTITY_ATTRIBUTE not in impostor.attributes
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_a_will_must_be_publishable_and_is_kept_only_where_everyone_may_read(
-    secrets: dict[str, str],
-) -> None:
-    auth, _ = plugins()
-    assert not await auth.authenticate(
-        session=session("pump-7", secrets, topic="rooms/plant/pump-8/status")
-    )
-    private = session("pump-7", secrets, topic="rooms/plant/pump-7/status", retain=True)
-    assert await auth.authenticate(session=private)
-    assert private.will_flag
-    assert not private.will_retain  # plant is private: delivered live, never kept
-    public = session("pump-7", secrets, topic="rooms/lobby/pump-7/status", retain=True)
-    assert await auth.authenticate(session=public)
-    assert public.will_retain
-
-
-@pytest.mark.django_db(transaction=True)
-async def test_the_refresh_forgets_retained_messages_and_wills_no_longer_allowed(
-    secrets: dict[str, str],
-) -> None:
-    broker = SimpleNamespace(sessions=[], retained_messages={}, logger=None, loop=None)
-    auth, topics = plugins(refresh=REFRESH, context=broker)
-    pump_7 = session("pump-7", secrets, topic="rooms/plant/pump-7/status")
-    assert await auth.authenticate(session=pump_7)
-    pump_7.transitions.connect()
-    broker.sessions.append(pump_7)
-    broker.retained_messages.update(
-        {
-            topic: SimpleNamespace(topic=topic, data=b"1")
-            for topic in ("rooms/plant/pump-7/t", "rooms/lobby/pump-7/t")
-        }
-    )
-    await topics.refresh()
-    assert list(broker.retained_messages) == ["rooms/lobby/pump-7/t"]
-    assert pump_7.will_flag
-
-    # A retained publication is kept only where everyone may read it.
-    for topic, kept in (("rooms/plant/pump-7/t", False), ("rooms/lobby/pump-7/t", True)):
-        packet = SimpleNamespace(retain_flag=True)
-        message = SimpleNamespace(publish_packet=packet, topic=topic, data=b"1")
-        await topics.on_broker_message_received(client_id="pump-7-client", message=message)
-        assert packet.retain_flag is kept
-
-    device = await database_sync_to_async(Device.objects.get)(name="pump-7")
-    await database_sync_to_async(revoke_device)(device)
-    await topics.refresh()
-    assert not pump_7.will_flag  # a revoked device's will is not published
+    gate = authorizer()
+    assert await gate.authenticate(connect("bridge", secrets)) is not None
+    assert await gate.authenticate(connect("bridge", secrets, password="guess")) is None
+    assert await gate.authenticate(connect("bridge", secrets, password="")) is None
 
 
 # rungateway as a subprocess, with the table's world in its database.
@@ -357,20 +293,20 @@ async def test_a_reading_device_hears_its_room_and_nothing_of_another(world: Wor
         assert await frames_within(plant, QUIET) == []
 
 
-async def test_retained_messages_are_kept_only_where_everyone_may_read_them(
-    world: World,
-) -> None:
+async def test_retained_messages_go_only_to_who_may_receive_them(world: World) -> None:
     async with asyncio.timeout(60):
         async with world.device("pump-7") as pump:
             await pump.publish("rooms/plant/pump-7/level", b'{"level": 3}', qos=1, retain=True)
             await pump.publish("rooms/lobby/pump-7/level", b'{"level": 4}', qos=1, retain=True)
-        # amqtt sends a client that connects the retained messages of every filter any client
-        # holds (the bridge holds rooms/...), and those of its own filters when it subscribes.
         async with world.device(None, identifier="anonymous-2") as anonymous:
             assert not await refused(anonymous, "rooms/+/+/#")
             received = topics_of(await mqtt_messages_within(anonymous, QUIET))
         assert ("rooms/lobby/pump-7/level", {"level": 4}) in received
         assert all(not topic.startswith("rooms/plant/") for topic, _ in received), received
+        async with world.device("panel-1") as panel:  # may read plant: gets its state
+            assert not await refused(panel, "rooms/plant/#")
+            received = topics_of(await mqtt_messages_within(panel, QUIET))
+        assert ("rooms/plant/pump-7/level", {"level": 3}) in received
 
 
 async def test_a_revoked_device_is_shut_out_within_seconds(world: World) -> None:
@@ -384,11 +320,12 @@ async def test_a_revoked_device_is_shut_out_within_seconds(world: World) -> None
         assert (await recv_json(plant))["sender"] == "pump-9"
         assert world.gateway.process.env is not None
         await asyncio.to_thread(django_shell, REVOKE, env=world.gateway.process.env)
-        await asyncio.sleep(SYNC_SECONDS * 3)
-        await revoked.publish("rooms/plant/pump-9/t", b'{"n": 2}', qos=1)
+        with pytest.raises(aiomqtt.MqttError):  # noqa: PT012 - the disconnection ends the loop
+            async with asyncio.timeout(10):
+                async for _ in revoked.messages:
+                    pass
         await pump.publish("rooms/plant/pump-7/t", b'{"after": "revocation"}', qos=1)
         assert (await recv_json(plant))["sender"] == "pump-7"
-        assert await frames_within(plant, QUIET) == []
     with pytest.raises(aiomqtt.MqttError):
         async with asyncio.timeout(30), world.device("pump-9"):
             pass

@@ -1,16 +1,19 @@
 """``manage.py rungateway``: the whole gateway in one process, for one machine.
 
 daphne serves HTTP and WebSocket, the MQTT bridge runs beside it, and where ``MQTT_URL`` is
-unset an embedded broker (`bridges.embedded_broker`: amqtt, MQTT 3.1.1, enforcing the gateway's
-MQTT permissions) listens on ``--mqtt-port``; where ``REDIS_URL`` is unset the in-memory channel
-layer joins them.
+unset the gateway's embedded broker (`bridges.embedded_broker`: MQTT 3.1.1 and 5, enforcing
+the gateway's MQTT permissions) listens on ``--mqtt-port``; where ``REDIS_URL`` is unset the
+in-memory channel layer joins them.
 """
 
 import asyncio
 import errno
 import logging
+import os
+import shlex
 import signal
 import socket
+import sys
 from typing import Any
 
 from channels.layers import get_channel_layer
@@ -48,6 +51,73 @@ def check_port_free(host: str, port: int, what: str, option: str) -> None:
                     f"it, or choose another port with {option}"
                 ) from exc
             raise CommandError(f"cannot listen on {host}:{port} ({what}): {exc}") from exc
+
+
+def _reachable(host: str) -> str:
+    """``host`` as a client on this machine writes it: a wildcard address becomes loopback."""
+    if host in ("", "0.0.0.0"):  # noqa: S104 (not binding: naming what to connect to)
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _python() -> str:
+    """The interpreter running this process, as the greeting's commands name it."""
+    if not sys.executable:
+        return "python"
+    relative = os.path.relpath(sys.executable)
+    return shlex.quote(sys.executable if relative.startswith("..") else relative)
+
+
+def greeting(
+    host: str,
+    port: int,
+    mqtt_host: str,
+    mqtt_port: int,
+    *,
+    embedded: bool = True,
+    python: str = ".venv/bin/python",
+) -> str:
+    """What ``rungateway`` prints once it listens: where to go and what to try first.
+
+    ``python`` is the interpreter the commands are shown with (the one running the gateway).
+    """
+    web_host = _reachable(host)
+    page = f"http://{f'[{web_host}]' if ':' in web_host else web_host}:{port}/"
+    broker_host = _reachable(mqtt_host)
+    mqtt = f"-h {broker_host} -p {mqtt_port}"
+    device = "-t rooms/kitchen/sensor-1 -m '{\"t\": 21.5}'"
+    if embedded:
+        broker = [
+            f"  MQTT:    {broker_host} port {mqtt_port} (embedded; anonymous clients may use "
+            "public rooms)"
+        ]
+        sign_in = ""
+    else:
+        broker = [
+            f"  MQTT:    {broker_host} port {mqtt_port} (MQTT_URL); register a device first, its "
+            "secret is the last line:",
+            f"           {python} manage.py add_device sensor-1 --grant kitchen:write",
+        ]
+        sign_in = " -u sensor-1 -P SECRET"
+    return "\n".join(
+        [
+            "",
+            "The gateway is up.",
+            f"  Page:    {page}  (room kitchen: {page}rooms/kitchen/)",
+            "  Sign in: create the first user, then log in on the page:",
+            f"           {python} manage.py createsuperuser",
+            *broker,
+            "Publish as a device to room kitchen:",
+            f"  {python} -m bridges.mqtt_cli pub {mqtt}{sign_in} {device}",
+            "Watch the room's topics (Ctrl-C to stop):",
+            f"  {python} -m bridges.mqtt_cli sub {mqtt}{sign_in} -t 'rooms/kitchen/#' -v",
+            "Or with Debian's mosquitto-clients: mosquitto_pub and mosquitto_sub take the same "
+            "options.",
+            "",
+        ]
+    )
 
 
 class Command(BaseCommand):
@@ -95,13 +165,20 @@ class Command(BaseCommand):
             + f" ; channel layer {settings.CHANNEL_LAYERS['default']['BACKEND']}"
         )
         runner = _Sidecars(mqtt, embedded=embedded, application=application)
+        hello = greeting(host, port, mqtt.host, mqtt.port, embedded=embedded, python=_python())
+
+        def ready() -> None:  # daphne listens: start the rest, and say where everything is
+            runner.schedule()
+            self.stdout.write(hello)
+            self.stdout.flush()
+
         server = Server(
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             signal_handlers=False,
             websocket_max_message_size=limit,
             websocket_max_frame_size=limit,
-            ready_callable=runner.schedule,
+            ready_callable=ready,
         )
         runner.server = server
         server.run()
@@ -164,4 +241,4 @@ class _Sidecars:
             self._request_stop()
         finally:
             if broker is not None:
-                await broker.shutdown()
+                await broker.close()

@@ -1,0 +1,1 @@
+"""The gateway's own MQTT broker, embedded by ``manage.py rungateway`` (see `server`)."""
