@@ -51,7 +51,7 @@ screenshots: install-test system-deps
 	SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest tests/e2e/test_pages.py
 
 ## Benchmarks: Mosquitto, the Channels tutorial and the gateway under the same load, about
-## 25 minutes; needs Node 18+. BENCH_ARGS=--quick for a tiny subset (see benchmarks/README.md).
+## 30 minutes; needs Node 18+. BENCH_ARGS=--quick for a tiny subset (see benchmarks/README.md).
 bench: $(VENV)/.bench-installed benchmarks/node_modules/.installed system-deps
 	$(PY) -m benchmarks $(BENCH_ARGS)
 

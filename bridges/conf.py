@@ -1,6 +1,7 @@
 """How the bridge reaches its broker: ``MQTT_URL`` and friends, parsed once into a frozen value."""
 
 import re
+import socket
 from dataclasses import dataclass, replace
 from typing import Literal, cast, get_args
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -10,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 Protocol = Literal["5", "3.1.1"]
 _QUERY_OPTIONS = ("ca", "cert", "key", "keepalive")
 _CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+HOSTNAME_PLACEHOLDER = "{hostname}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,13 +44,15 @@ class MqttSettings:
     def from_env(
         cls, *, url: str | None, protocol: str, gateway_id: str, client_id: str | None = None
     ) -> "MqttSettings | None":
-        """Parse ``MQTT_URL``, ``MQTT_PROTOCOL`` and ``MQTT_CLIENT_ID``; None when unset."""
+        """Parse ``MQTT_URL``, ``MQTT_PROTOCOL`` and ``MQTT_CLIENT_ID``; None when unset.
+
+        ``{hostname}`` in ``MQTT_CLIENT_ID`` is this machine's (or container's) host name: see
+        `expand_client_id`.
+        """
         if protocol not in get_args(Protocol):
             raise ImproperlyConfigured(f"MQTT_PROTOCOL={protocol!r} is invalid: use 5 or 3.1.1")
-        if client_id is not None and not _CLIENT_ID_RE.fullmatch(client_id):
-            raise ImproperlyConfigured(
-                f"MQTT_CLIENT_ID={client_id!r} is invalid: use 1-64 letters, digits, '_', '.', '-'"
-            )
+        if client_id is not None:
+            client_id = expand_client_id(client_id)
         if url is None:
             return None
         settings = cls.from_url(url, protocol=cast(Protocol, protocol), gateway_id=gateway_id)
@@ -102,6 +106,28 @@ class MqttSettings:
         """The broker address without credentials, for logs and errors."""
         scheme = "mqtts" if self.tls else "mqtt"
         return f"{scheme}://{self.host}:{self.port} (MQTT {self.protocol})"
+
+
+def expand_client_id(template: str) -> str:
+    """``MQTT_CLIENT_ID`` with ``{hostname}`` replaced by this host's name, checked.
+
+    Each replica of a compose service has a host name of its own (its container id), kept
+    across a restart of the container, so ``gateway-bridge-{hostname}`` gives every replica its
+    own client id, and gives a restarted one its old id (and its session) back. A recreated
+    container gets a new host name, so a new id.
+    """
+    client_id = template
+    if HOSTNAME_PLACEHOLDER in template:
+        client_id = template.replace(HOSTNAME_PLACEHOLDER, socket.gethostname())
+    if not _CLIENT_ID_RE.fullmatch(client_id):
+        shown = repr(template)
+        if client_id != template:
+            shown += f" (here {client_id!r})"
+        raise ImproperlyConfigured(
+            f"MQTT_CLIENT_ID={shown} is invalid: use 1-64 letters, digits, '_', '.', '-', "
+            f"and {HOSTNAME_PLACEHOLDER} for the host name"
+        )
+    return client_id
 
 
 def _redact(url: str) -> str:

@@ -24,3 +24,6 @@ urlpatterns = [
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
 ]
+
+# Unknown paths get the gateway's own page (the API answers its own, in JSON).
+handler404 = "protocols.views.page_not_found"

@@ -146,6 +146,35 @@ def test_app_services_share_environment_and_database_volume() -> None:
             assert not source.startswith(".") or (ROOT / source).exists(), source
 
 
+def test_worker_replicas_get_distinct_client_ids_that_survive_a_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Compose cannot number replicas, but gives each container its own host name (its id),
+    kept by `docker compose restart`: the worker's MQTT_CLIENT_ID is made from it."""
+    from bridges.conf import MqttSettings
+
+    services = compose()["services"]
+    worker = environment(services["worker"])
+    assert worker.items() >= environment(services["web"]).items(), "the shared environment"
+
+    def client_id_on(hostname: str) -> str:
+        monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+        settings = MqttSettings.from_env(
+            url=worker["MQTT_URL"],
+            protocol=worker.get("MQTT_PROTOCOL", "5"),
+            gateway_id=worker["GATEWAY_ID"],
+            client_id=worker.get("MQTT_CLIENT_ID"),
+        )
+        assert settings is not None
+        return settings.client_id
+
+    first, second = client_id_on("3f2a9c1b7d4e"), client_id_on("8b0e6d25a913")
+    assert first != second
+    assert first.startswith(worker["GATEWAY_ID"])
+    assert "3f2a9c1b7d4e" in first
+    assert client_id_on("3f2a9c1b7d4e") == first  # the same container, restarted
+
+
 def mqtt_connack(
     port: int, proc: subprocess.Popen[bytes], seconds: float, connect: bytes = b""
 ) -> bytes:

@@ -1,5 +1,7 @@
 """Settings read at start-up: good values parse, bad ones fail naming the variable."""
 
+import socket
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 
@@ -90,3 +92,39 @@ def test_device_limits_out_of_range_fail_naming_them(field: str, value: int, nam
 def test_json_that_browsers_could_not_read_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"JSON|range|deeply"):
         parse_json(text)
+
+
+def client_id_on(monkeypatch: pytest.MonkeyPatch, hostname: str, template: str) -> str:
+    monkeypatch.setattr(socket, "gethostname", lambda: hostname)
+    settings = MqttSettings.from_env(
+        url="mqtt://broker", protocol="5", gateway_id="g", client_id=template
+    )
+    assert settings is not None
+    return settings.client_id
+
+
+def test_mqtt_client_id_takes_the_host_name_for_hostname(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert (
+        client_id_on(monkeypatch, "3f2a9c1b7d4e", "g-bridge-{hostname}") == "g-bridge-3f2a9c1b7d4e"
+    )
+    assert client_id_on(monkeypatch, "worker.lan", "{hostname}") == "worker.lan"
+    assert client_id_on(monkeypatch, "a", "{hostname}-{hostname}") == "a-a"
+    assert client_id_on(monkeypatch, "ignored", "fixed-id") == "fixed-id"
+
+
+@pytest.mark.parametrize(
+    ("hostname", "template"),
+    [
+        ("x" * 60, "bridge-{hostname}"),  # longer than 64 once filled in
+        ("has space", "bridge-{hostname}"),
+        ("", "{hostname}"),
+        ("h", "bridge-{host}"),  # an unknown placeholder
+        ("h", "bridge/{hostname}"),
+    ],
+)
+def test_a_client_id_that_is_invalid_once_filled_in_fails_naming_mqtt_client_id(
+    monkeypatch: pytest.MonkeyPatch, hostname: str, template: str
+) -> None:
+    with pytest.raises(ImproperlyConfigured, match="MQTT_CLIENT_ID") as error:
+        client_id_on(monkeypatch, hostname, template)
+    assert repr(template) in str(error.value)
