@@ -51,9 +51,11 @@ screenshots: install-test system-deps
 	SCREENSHOT_DIR=docs/screenshots $(PY) -m pytest tests/e2e/test_pages.py
 
 ## Benchmarks: Mosquitto, the Channels tutorial and the gateway under the same load, about
-## 30 minutes; needs Node 18+. BENCH_ARGS=--quick for a tiny subset (see benchmarks/README.md).
+## 30 minutes, then the embedded broker beside Mosquitto and amqtt; needs Node 18+.
+## BENCH_ARGS=--quick for a tiny subset (see benchmarks/README.md).
 bench: $(VENV)/.bench-installed benchmarks/node_modules/.installed system-deps
 	$(PY) -m benchmarks $(BENCH_ARGS)
+	$(PY) -m benchmarks brokers
 
 ## Soak: the gateway under a steady mixed load for 30 minutes; exits non-zero if memory or
 ## descriptors grow. SOAK_ARGS='--minutes 5' for a shorter one (see benchmarks/README.md).
