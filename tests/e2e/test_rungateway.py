@@ -126,3 +126,50 @@ def test_a_port_already_taken_is_a_clear_start_up_error(
     assert expected in second.process.log()
     assert "Traceback" not in second.process.log()
     assert one_process.process.alive()
+
+
+def one_shot(port: int, topic: str, payload: bytes) -> None:
+    """Connect, publish QoS 0, disconnect, as ``mosquitto_pub`` does (MQTT 3.1.1)."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv311)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        client.publish(topic, payload, qos=0).wait_for_publish(5)
+        client.disconnect()
+    finally:
+        client.loop_stop()
+
+
+async def test_one_shot_publishers_retained_state_and_no_stray_retained_messages(
+    one_process: OneProcessGateway,
+) -> None:
+    """What a user tries first: mosquitto_pub at QoS 0 while device states are retained."""
+    v311 = aiomqtt.ProtocolVersion.V311
+    async with mqtt_client(one_process.mqtt_port, protocol=v311) as device:
+        for name in ("thermostat", "fridge", "oven"):
+            await device.publish(f"rooms/kitchen/{name}", b'{"on": true}', qos=1, retain=True)
+    async with asyncio.timeout(60):
+        async with (
+            ws_connect(one_process.ws, "kitchen") as browser,
+            mqtt_client(one_process.mqtt_port, protocol=v311) as elsewhere,
+        ):
+            retained = {state["topic"] for state in browser.welcome["retained"]}  # type: ignore[attr-defined]
+            assert "rooms/kitchen/thermostat" in retained
+            await elsewhere.subscribe("elsewhere/#", qos=1)
+            for index in range(50):
+                payload = json.dumps({"n": index}).encode()
+                await asyncio.to_thread(
+                    one_shot, one_process.mqtt_port, "rooms/kitchen/sensor-1", payload
+                )
+            seen = []
+            while len(seen) < 50:
+                frame = await recv_json(browser)
+                if frame.get("sender") == "sensor-1":
+                    seen.append(frame["message"]["n"])
+            # Fifty connections: MQTT orders messages within one, not across them.
+            assert sorted(seen) == list(range(50))
+            stray = await mqtt_messages_within(elsewhere, 1)
+            assert [m.topic.value for m in stray] == []
