@@ -93,7 +93,9 @@ async def start_embedded_broker(
     await broker.start(bridge.host, bridge.port)
     authorizer.keep_fresh(broker, refresh_seconds)
     logger.info(
-        "embedded MQTT broker listening on %s:%s; anonymous clients: %s",
+        "embedded MQTT broker (MQTT 3.1.1 and 5) listening on %s:%s; anonymous clients: %s. "
+        "It keeps sessions and retained messages in memory only, speaks no TLS and is for one "
+        "machine: use Mosquitto (MQTT_URL) in production",
         bridge.host,
         bridge.port,
         "public rooms" if anonymous_mqtt else "refused",
