@@ -196,6 +196,8 @@ _KNOWN_FAMILIES = (
     ("mqtt_reconnect_attempts", "Failed broker connections, each followed by a retry.", "reason"),
     ("mqtt_subscriptions_refused", "Subscriptions the broker refused.", "reason"),
     ("mqtt_own_publications_skipped", "The bridge's own publications it ignored.", "reason"),
+    ("embedded_broker_refused", "What the embedded broker refused, by reason.", "reason"),
+    ("embedded_broker_dropped", "Messages the embedded broker dropped, by reason.", "reason"),
     ("dynsec_changes", "Changes sent to the broker's dynamic security, or failed syncs.", "reason"),
     ("payload_decode_failures", "Device payloads their codec could not decode.", "codec"),
     ("ws_refused", "WebSocket connections refused, by reason.", "reason"),

@@ -64,6 +64,7 @@ class OpenDoor:
 class Limits:
     max_packet_bytes: int = 1024 * 1024
     max_sessions: int = 10_000
+    max_connections: int = 10_000  # open sockets, CONNECT sent or not
     max_queued: int = 1_000  # QoS 1 and 2 messages kept for a session that is away
     max_inflight: int = 100
     max_retained: int = 100_000
@@ -149,6 +150,10 @@ class Broker:
         return kicked
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.limits.max_connections:
+            metrics.inc("embedded_broker_refused", "too_many_connections")
+            writer.close()
+            return
         connection = Connection(self, reader, writer)
         self._connections.add(connection)
         try:

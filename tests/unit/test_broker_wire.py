@@ -112,3 +112,23 @@ def test_a_subscribe_carries_its_options() -> None:
         True,
     )
     assert sub.retain_handling == 2
+
+
+async def test_the_broker_refuses_sockets_past_its_limit_and_counts_them() -> None:
+    import asyncio
+
+    from bridges.broker.server import Broker, Limits
+    from gateway import metrics
+
+    broker = Broker(limits=Limits(max_connections=2, connect_timeout=5))
+    await broker.start("127.0.0.1", 0)
+    before = metrics.get("embedded_broker_refused", "too_many_connections")
+    opened = [await asyncio.open_connection("127.0.0.1", broker.port) for _ in range(3)]
+    try:
+        reader, _ = opened[2]
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # closed at once
+        assert metrics.get("embedded_broker_refused", "too_many_connections") == before + 1
+    finally:
+        for _, writer in opened:
+            writer.close()
+        await broker.close()
