@@ -42,6 +42,7 @@ from gateway.access import mqtt_access, mqtt_identity
 from gateway.devices import authenticate_device
 from gateway.jsonutil import parse_json
 from gateway.mqtt_acl import RoomTopics, TopicAction, acl, decide
+from protocols.api import Refusal
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +59,6 @@ _GOAUTH_ACC: dict[str, Question] = {
     "4": "subscribe",
 }
 _EMQX_ACTIONS: dict[str, Question] = {"publish": "publish", "subscribe": "subscribe"}
-
-
-class _Refusal(Exception):
-    """A request answered without a decision: its status, error code and detail."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.code, self.detail = status, code, detail
-
-    def response(self) -> JsonResponse:
-        return JsonResponse({"error": self.code, "detail": self.detail}, status=self.status)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +143,7 @@ def _presented_secret(header: str | None) -> str:
 def _check_secret(request: HttpRequest, token: str) -> None:
     presented = _presented_secret(request.headers.get("Authorization"))
     if not hmac.compare_digest(_bytes(presented), _bytes(token)):
-        raise _Refusal(401, "unauthorised", "send the hook token as Authorization: Bearer")
+        raise Refusal(401, "unauthorised", "send the hook token as Authorization: Bearer")
 
 
 def _fields(request: HttpRequest) -> dict[str, Any]:
@@ -161,19 +151,19 @@ def _fields(request: HttpRequest) -> dict[str, Any]:
     try:
         declared = int(request.META.get("CONTENT_LENGTH") or 0)
     except ValueError as exc:
-        raise _Refusal(400, "invalid_body", "Content-Length is not a number") from exc
+        raise Refusal(400, "invalid_body", "Content-Length is not a number") from exc
     if declared > MAX_BODY_BYTES:
-        raise _Refusal(413, "too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
+        raise Refusal(413, "too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
     data = request.read(MAX_BODY_BYTES + 1)
     if len(data) > MAX_BODY_BYTES:
-        raise _Refusal(413, "too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
+        raise Refusal(413, "too_large", f"bodies are limited to {MAX_BODY_BYTES} bytes")
     if request.content_type == "application/json":
         try:
             body = parse_json(data, _JSON_DEPTH)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise _Refusal(400, "invalid_json", f"the body must be JSON: {exc}") from exc
+            raise Refusal(400, "invalid_json", f"the body must be JSON: {exc}") from exc
         if not isinstance(body, dict):
-            raise _Refusal(400, "invalid_body", "the body must be a JSON object")
+            raise Refusal(400, "invalid_body", "the body must be a JSON object")
         return body
     if request.content_type == "application/x-www-form-urlencoded":
         try:
@@ -185,20 +175,20 @@ def _fields(request: HttpRequest) -> dict[str, Any]:
                 max_num_fields=_MAX_FIELDS,
             )
         except (ValueError, UnicodeDecodeError) as exc:
-            raise _Refusal(400, "invalid_form", f"the body must be a form: {exc}") from exc
+            raise Refusal(400, "invalid_form", f"the body must be a form: {exc}") from exc
         fields: dict[str, Any] = {}
         for key, value in pairs:
             if key in fields:
-                raise _Refusal(400, "invalid_form", f"{key[:40]!r} is given twice")
+                raise Refusal(400, "invalid_form", f"{key[:40]!r} is given twice")
             fields[key] = value
         return fields
-    raise _Refusal(415, "unsupported_media_type", "send JSON or a form")
+    raise Refusal(415, "unsupported_media_type", "send JSON or a form")
 
 
 def _text(fields: dict[str, Any], name: str) -> str:
     value = fields.get(name)
     if not isinstance(value, str):
-        raise _Refusal(400, "invalid_body", f"{name} must be a string")
+        raise Refusal(400, "invalid_body", f"{name} must be a string")
     return value
 
 
@@ -212,7 +202,7 @@ def _emqx_authn(fields: dict[str, Any]) -> Ask:
 def _emqx_authz(fields: dict[str, Any]) -> Ask:
     question = _EMQX_ACTIONS.get(_text(fields, "action"))
     if question is None:
-        raise _Refusal(400, "invalid_body", "action must be publish or subscribe")
+        raise Refusal(400, "invalid_body", "action must be publish or subscribe")
     return Ask(question, _text(fields, "username"), topic=_text(fields, "topic"))
 
 
@@ -230,7 +220,7 @@ def _goauth_acl(fields: dict[str, Any]) -> Ask:
     key = str(acc) if isinstance(acc, int) and not isinstance(acc, bool) else acc
     question = _GOAUTH_ACC.get(key) if isinstance(key, str) else None
     if question is None:
-        raise _Refusal(400, "invalid_body", "acc must be 1, 2, 3 or 4")
+        raise Refusal(400, "invalid_body", "acc must be 1, 2, 3 or 4")
     return Ask(question, _text(fields, "username"), topic=_text(fields, "topic"))
 
 
@@ -266,14 +256,14 @@ def _hook(
     async def view(request: HttpRequest) -> HttpResponse:
         token = settings.MQTT_HOOK_TOKEN
         if not token:
-            return _Refusal(404, "not_found", "the MQTT hooks are not enabled").response()
+            return Refusal(404, "not_found", "the MQTT hooks are not enabled").response()
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         try:
             _check_secret(request, token)
             ask = parse(_fields(request))
             allowed: bool = await database_sync_to_async(answer)(ask)
-        except _Refusal as refusal:
+        except Refusal as refusal:
             metrics.inc("mqtt_hook_refused", refusal.code)
             return refusal.response()
         except Exception:

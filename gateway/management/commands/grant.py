@@ -4,11 +4,10 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Model
 
-from gateway.devices import validation_message
+from gateway.management.checked import save_checked
 from gateway.models import Device, RoomGrant
 
 
@@ -41,11 +40,7 @@ class Command(BaseCommand):
         grant = RoomGrant.objects.filter(room=room, **{field: holder}).first()
         grant = grant or RoomGrant(room=room, **{field: holder})
         grant.access = options["access"]
-        try:
-            grant.full_clean()
-        except ValidationError as exc:
-            raise CommandError(validation_message(exc)) from exc
-        grant.save()
+        save_checked(grant)
         self.stdout.write(str(grant))
 
     def _holder(self, options: dict[str, Any]) -> tuple[str, Model]:

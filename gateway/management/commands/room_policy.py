@@ -2,10 +2,9 @@
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandParser
 
-from gateway.devices import validation_message
+from gateway.management.checked import save_checked
 from gateway.models import RoomPolicy
 
 LEVELS = ("none", "read", "write")
@@ -44,9 +43,5 @@ class Command(BaseCommand):
             policy.anonymous = options["anonymous"]
         if options["authenticated"]:
             policy.authenticated = options["authenticated"]
-        try:
-            policy.full_clean()
-        except ValidationError as exc:
-            raise CommandError(validation_message(exc)) from exc
-        policy.save()
+        save_checked(policy)
         self.stdout.write(str(policy))
