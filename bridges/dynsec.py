@@ -81,11 +81,17 @@ class BridgeRoleAddedError(Exception):
 
 
 def role_acls(entries: Iterable[AclEntry]) -> dict[tuple[str, str], tuple[int, bool]]:
-    """A role's ACL as the plugin keeps it: (acltype, topic) -> (priority, allow)."""
+    """A role's ACL as the plugin keeps it: (acltype, topic) -> (priority, allow).
+
+    Mosquitto 2.0 checks a shared subscription's whole filter (``$share/<group>/...``), where
+    the decision looks at the filter inside: each subscribe entry gets a ``$share/+/`` twin.
+    """
     found: dict[tuple[str, str], tuple[int, bool]] = {}
     for entry in entries:
         key = (_ACL_TYPES[entry.action], entry.topic)
         found.setdefault(key, (entry.priority, entry.allow))  # highest priority first
+        if entry.action == "subscribe" and not entry.topic.startswith("$"):
+            found.setdefault(("subscribePattern", f"$share/+/{entry.topic}"), found[key])
     return found
 
 
@@ -225,9 +231,13 @@ class DynsecAdmin:
         return [reply.get("data") or {} for reply in replies]
 
 
-async def apply(admin: DynsecAdmin, wanted: Wanted, *, bridge_username: str) -> int:
-    """Bring the broker to ``wanted``, sending only what differs; the number of changes."""
-    roles_data, clients_data, groups_data, default_data, anonymous_data = await admin.run(
+async def read_broker(admin: DynsecAdmin) -> list[dict[str, Any]]:
+    """What the plugin holds now: roles, clients, groups, default access, anonymous group.
+
+    Read before the database, so that a device made in between (its client created by
+    `push_secret`) is in the database's answer, and not taken for one deleted.
+    """
+    return await admin.run(
         [
             {"command": "listRoles", "verbose": True, "count": -1},
             {"command": "listClients", "verbose": True, "count": -1},
@@ -236,6 +246,14 @@ async def apply(admin: DynsecAdmin, wanted: Wanted, *, bridge_username: str) -> 
             {"command": "getAnonymousGroup"},
         ]
     )
+
+
+async def apply(
+    admin: DynsecAdmin, have: list[dict[str, Any]], wanted: Wanted, *, bridge_username: str
+) -> int:
+    """Bring the broker from ``have`` (`read_broker`) to ``wanted``, sending only what differs;
+    the number of changes."""
+    roles_data, clients_data, groups_data, default_data, anonymous_data = have
     have_roles = {
         role["rolename"]: {
             (a["acltype"], a["topic"]): (int(a.get("priority", 0)), bool(a["allow"]))
@@ -258,11 +276,14 @@ async def apply(admin: DynsecAdmin, wanted: Wanted, *, bridge_username: str) -> 
         for name in have_roles
         if name.startswith(DEVICE_ROLE_PREFIX) and name not in wanted.roles
     ]
+    # Disabling revoked devices first: a failure further on must not hold a revocation back.
+    disable = [c for c in clients if c["command"] in ("disableClient", "deleteClient")]
+    clients = [c for c in clients if c not in disable]
     # Another worker may be applying the same change: what it did first is no failure.
     tolerate = ("already exists", "already", "not found")
-    for batch in (roles, clients, stale):
+    for batch in (disable, roles, clients, stale):
         await admin.run(batch, tolerate=tolerate)
-    changes = len(roles) + len(clients) + len(stale)
+    changes = len(disable) + len(roles) + len(clients) + len(stale)
     bridge = have_clients.get(bridge_username)
     if bridge is not None and BRIDGE_ROLE not in _roles_of(bridge):
         # The plugin disconnects the clients whose roles change: this very connection and
@@ -367,10 +388,11 @@ async def keep_in_step(
                     stamp = await database_sync_to_async(fingerprint)()
                     now = time.monotonic()
                     if stamp != last or now - last_full > FULL_SYNC_SECONDS:
+                        have = await read_broker(admin)
                         wanted = await database_sync_to_async(wanted_state)(
                             topics, bridge_username=mqtt.username, anonymous_mqtt=anonymous_mqtt
                         )
-                        changes = await apply(admin, wanted, bridge_username=mqtt.username)
+                        changes = await apply(admin, have, wanted, bridge_username=mqtt.username)
                         _applied(changes, first=not in_step)
                         in_step, attempt = True, 0
                         last, last_full = stamp, now

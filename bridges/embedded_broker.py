@@ -115,11 +115,6 @@ class Acl:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
-    @classmethod
-    def nothing(cls, identity: Identity) -> "Acl":
-        """Everything denied: for an identity whose access could not be read."""
-        return cls(identity, [], connect=False, loaded_at=time.monotonic())
-
     def allows(self, action: TopicAction, topic: str) -> bool:
         key = (action, topic)
         allowed = self._memo.get(key)
@@ -223,6 +218,7 @@ class GatewayAuthorizer:
     async def refresh(self, broker: Broker) -> None:
         """Read the access of every client the broker holds a session of; disconnect those
         that may no longer connect."""
+        started = time.monotonic()
         known = {s.identity for s in broker.sessions.values() if isinstance(s.identity, Identity)}
         for identity in known:
             if identity.kind == "bridge":
@@ -232,13 +228,14 @@ class GatewayAuthorizer:
                     identity, anonymous_mqtt=self.anonymous_mqtt, topics=self.topics
                 )
             except Exception:
-                logger.exception(
-                    "could not read the MQTT access of %s: denied until read", identity
-                )
-                granted = Acl.nothing(identity)
+                # A passing database failure must not disconnect the fleet: keep what was read.
+                logger.exception("could not read the MQTT access of %s: kept as it was", identity)
+                continue
             self._acls[identity] = granted
-        for identity in set(self._acls) - known:
-            del self._acls[identity]
+        # Identities no session holds any more; one admitted meanwhile was read after `started`.
+        for identity, granted in list(self._acls.items()):
+            if identity not in known and granted.loaded_at < started:
+                del self._acls[identity]
         kicked = broker.kick()
         if kicked:
             logger.info("embedded broker: disconnected %d client(s) no longer allowed", kicked)

@@ -14,6 +14,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,7 +70,9 @@ class Limits:
     max_inflight: int = 100
     max_retained: int = 100_000
     max_send_buffer: int = 8 * 1024 * 1024  # bytes waiting for a client that does not read
-    v4_session_expiry: float = 24 * 3600.0  # MQTT 3.1.1 persistent sessions expire after it
+    # Persistent sessions expire at the latest after this (MQTT 3.1.1 ones, and MQTT 5 ones that
+    # ask for longer or for never); a full session table forgets the longest away first.
+    max_session_expiry: float = 24 * 3600.0
     connect_timeout: float = 10.0
 
 
@@ -96,6 +99,7 @@ class Session:
     expire_timer: asyncio.TimerHandle | None = None
     will_timer: asyncio.TimerHandle | None = None
     last_id: int = 0
+    left_at: float = 0.0  # monotonic time its connection ended
 
     def next_id(self) -> int:
         """A packet id not in flight (in-flight messages are far fewer than 65,535)."""
@@ -146,6 +150,7 @@ class Broker:
                 connection.session.identity
             ):
                 connection.close(ADMINISTRATIVE_ACTION, send_will=False)
+                connection.ended()  # its session goes now, whatever the socket does
                 kicked += 1
         return kicked
 
@@ -160,15 +165,22 @@ class Broker:
             await connection.run()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except TimeoutError:
+            metrics.inc("embedded_broker_refused", "no_connect")
         except wire.MalformedError as exc:
             metrics.inc("embedded_broker_refused", "malformed")
             logger.info("embedded broker: closing a client: %s", exc)
+            if exc.reason == 0x84 and connection.version == 0:
+                # An unknown protocol version: answered as MQTT 3.1.1 does ("unacceptable").
+                writer.write(wire.connack(4, 1, session_present=False, properties=[]))
             connection.close(exc.reason)
         except Exception:
             logger.exception("embedded broker: a connection failed")
         finally:
             self._connections.discard(connection)
             connection.ended()
+            if not writer.is_closing():
+                writer.transport.abort()
 
     # Routing.
 
@@ -280,7 +292,9 @@ class Broker:
                 if timer is not None:
                     timer.cancel()
             old.expire_timer = old.will_timer = None
-        if old is not None and connect.clean_start:
+        # A session belongs to the identity that made it: another one (same client id, other
+        # credentials) starts afresh rather than receive what was kept for the first.
+        if old is not None and (connect.clean_start or old.identity != identity):
             self._forget(old)
             old = None
         present = old is not None
@@ -291,12 +305,26 @@ class Broker:
             self.share(session.client_id, topic_filter)
         return present
 
+    def make_room(self) -> bool:
+        """Whether a new session fits; when the table is full, the session that has been away
+        longest is forgotten for it (connected ones never are)."""
+        if len(self.sessions) < self.limits.max_sessions:
+            return True
+        away = [s for s in self.sessions.values() if s.connection is None]
+        if not away:
+            return False
+        oldest = min(away, key=lambda s: s.left_at)
+        metrics.inc("embedded_broker_dropped", "session_evicted")
+        self._forget(oldest)
+        return True
+
     def detach(self, session: Session) -> None:
         """The session's connection ended: keep the session until it expires, or forget it."""
         session.connection = None
+        session.left_at = time.monotonic()
         if session.expiry <= 0:
             self._forget(session)
-        elif session.expiry != float("inf"):
+        else:
             loop = asyncio.get_running_loop()
             session.expire_timer = loop.call_later(session.expiry, self._expire, session)
 
@@ -396,9 +424,7 @@ class Connection:
                 return False
             assigned = connect.client_id = f"auto-{secrets.token_hex(8)}"
         broker = self.broker
-        if connect.client_id not in broker.sessions and (
-            len(broker.sessions) >= broker.limits.max_sessions
-        ):
+        if connect.client_id not in broker.sessions and not broker.make_room():
             metrics.inc("embedded_broker_refused", "too_many_sessions")
             self._refuse(3, 0x97)
             return False
@@ -422,7 +448,7 @@ class Connection:
         session = self.session = broker.sessions[connect.client_id]
         if v5:
             expiry = int(wire.property_value(connect.properties, wire.SESSION_EXPIRY) or 0)  # type: ignore[arg-type]
-            session.expiry = float("inf") if expiry == 0xFFFFFFFF else float(expiry)
+            session.expiry = min(float(expiry), broker.limits.max_session_expiry)
             receive_max = wire.property_value(connect.properties, wire.RECEIVE_MAXIMUM)
             if isinstance(receive_max, int) and receive_max:
                 self.send_quota = min(receive_max, broker.limits.max_inflight)
@@ -430,7 +456,7 @@ class Connection:
             if isinstance(max_packet, int) and max_packet:
                 self.max_out_bytes = max_packet
         else:
-            session.expiry = 0.0 if connect.clean_start else broker.limits.v4_session_expiry
+            session.expiry = 0.0 if connect.clean_start else broker.limits.max_session_expiry
         properties: wire.Properties = [
             (wire.MAXIMUM_PACKET_SIZE, broker.limits.max_packet_bytes),
             (wire.RECEIVE_MAXIMUM, broker.limits.max_inflight),
@@ -450,20 +476,26 @@ class Connection:
 
     def _resume(self, session: Session) -> None:
         """Send again what the client had not acknowledged, then what waited for it."""
+        may = self.broker.authorizer.may
         for packet_id, (message, released) in list(session.inflight.items()):
             if released:
                 self.write(wire.ack(wire.PUBREL, packet_id, self.version))
-            else:
+            elif may(session.identity, "receive", message.topic):
                 message.dup = True
                 self.send_publish(message)
+            else:
+                del session.inflight[packet_id]
         self.pump()
 
     def pump(self) -> None:
         session = self.session
         assert session is not None
+        may = self.broker.authorizer.may
         while session.queue and len(session.inflight) < self.send_quota and not self.closed:
             message, qos, retain = session.queue.popleft()
-            self.send_new(message, qos, retain)
+            # Asked again: access may have changed while the message waited.
+            if may(session.identity, "receive", message.topic):
+                self.send_new(message, qos, retain)
 
     def send_new(self, message: Message, qos: int, retain: bool) -> None:
         assert self.session is not None
@@ -489,7 +521,7 @@ class Connection:
         if self.writer.transport.get_write_buffer_size() > self.broker.limits.max_send_buffer:
             metrics.inc("embedded_broker_dropped", "slow_client")
             logger.info("embedded broker: closing a client that does not read")
-            self.close(QUOTA_EXCEEDED)
+            self.close(QUOTA_EXCEEDED, abort=True)
             return
         self.writer.write(data)
 
@@ -515,7 +547,7 @@ class Connection:
         elif isinstance(packet, Disconnect):
             expiry = wire.property_value(packet.properties, wire.SESSION_EXPIRY)
             if isinstance(expiry, int):
-                session.expiry = float("inf") if expiry == 0xFFFFFFFF else float(expiry)
+                session.expiry = min(float(expiry), self.broker.limits.max_session_expiry)
             if packet.reason != 0x04:  # "disconnect with will message"
                 self.will = None
             self.close(None)
@@ -537,7 +569,9 @@ class Connection:
             metrics.inc("embedded_broker_refused", "publish_denied")
         if packet.qos == 2:
             fresh = packet.packet_id not in self.session.incoming
-            self.session.incoming.add(packet.packet_id)
+            # An MQTT 5 refusal ends the exchange (no PUBREL follows): the id is not kept.
+            if allowed or self.version != 5:
+                self.session.incoming.add(packet.packet_id)
             self.write(wire.ack(wire.PUBREC, packet.packet_id, self.version, reason))
             if not (fresh and allowed):
                 return
@@ -598,16 +632,25 @@ class Connection:
         for sub in fresh:
             broker.send_retained(session, sub)
 
-    def close(self, reason: int | None = 0x80, *, send_will: bool = True) -> None:
-        """End the connection (with a DISCONNECT ``reason`` to MQTT 5 clients, if given)."""
+    def close(
+        self, reason: int | None = 0x80, *, send_will: bool = True, abort: bool = False
+    ) -> None:
+        """End the connection (with a DISCONNECT ``reason`` to MQTT 5 clients, if given).
+
+        ``abort`` drops what waits to be sent (a client that does not read would otherwise
+        hold the connection, its buffer and its session forever).
+        """
         if self.closed:
             return
         if not send_will:
             self.will = None
-        if reason is not None and self.version == 5 and self.session is not None:
+        if reason is not None and self.version == 5 and self.session is not None and not abort:
             self.writer.write(wire.disconnect(reason))
         self.closed = True
-        self.writer.close()
+        if abort:
+            self.writer.transport.abort()
+        else:
+            self.writer.close()
 
     def ended(self) -> None:
         """The connection is gone: publish its will, let its session wait or go."""

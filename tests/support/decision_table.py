@@ -77,6 +77,8 @@ ROWS: tuple[Row, ...] = (
     Row("panel-1", "receive", "rooms/plant/gateway", True),
     Row("panel-1", "receive", "rooms/plant/pump-7/t", True),
     Row("panel-1", "subscribe", "rooms/vault/#", False),
+    Row("panel-1", "subscribe", "$share/panels/rooms/plant/#", True),  # a shared subscription
+    Row("panel-1", "subscribe", "$share/panels/rooms/vault/#", False),
     Row("panel-1", "subscribe", "rooms/vault/gateway", False),
     Row("panel-1", "receive", "rooms/vault/gateway", False),
     Row("panel-1", "subscribe", "gateways/#", False),
