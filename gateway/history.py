@@ -58,6 +58,7 @@ from gateway.models import Message
 logger = logging.getLogger(__name__)
 
 WINDOW = 1000  # recent messages per room kept beside the channel layer
+MAX_SEQ = 2**63 - 1  # a seq is a signed 64-bit integer in the database and in Redis
 # How long the ids of redeliverable messages are remembered: as long as a broker keeps a bridge's
 # session (its session expiry), so it cannot redeliver anything older.
 ONCE_SECONDS = 3600
@@ -73,6 +74,21 @@ PRUNE_SECONDS = 60.0
 # written in a few batches a second instead of one per burst (the window has them meanwhile).
 WRITE_LINGER_SECONDS = 0.05
 
+
+
+def parse_since(text: str) -> int:
+    """A client's ``since`` (the last seq it saw): a whole number from 0 to `MAX_SEQ`.
+
+    Raises:
+        ValueError: with what is wrong, in words a client can act on.
+    """
+    text = text.strip()
+    if not text.isascii() or not text.isdigit() or len(text) > len(str(MAX_SEQ)):
+        raise ValueError(f"since must be the last seq you received, a whole number 0-{MAX_SEQ}")
+    since = int(text)
+    if since > MAX_SEQ:
+        raise ValueError(f"since must be the last seq you received, a whole number 0-{MAX_SEQ}")
+    return since
 
 @dataclass(frozen=True, slots=True)
 class Missed:

@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 from gateway.access import aaccess_for, can_read, can_write, visible_rooms
 from gateway.conf import gateway_settings
 from gateway.errors import GatewayError
-from gateway.history import WINDOW, history_for
+from gateway.history import WINDOW, history_for, parse_since
 from gateway.jsonutil import MESSAGE_MAX_DEPTH, parse_json
 from gateway.models import Message, Room
 from gateway.presence import presence_for
@@ -119,12 +119,13 @@ async def messages(request: HttpRequest, room: str) -> HttpResponse:
         return await _post_message(request, room)
     await _readable_room(request, room)
     try:
-        since = int(request.GET.get("since", "0"))
-        limit = int(request.GET.get("limit", "100"))
+        since = parse_since(request.GET.get("since", "0"))
     except ValueError as exc:
-        raise Refusal(400, "invalid_query", "since and limit must be whole numbers") from exc
-    if since < 0 or not 1 <= limit <= WINDOW:
-        raise Refusal(400, "invalid_query", f"since must be >= 0 and limit 1-{WINDOW}")
+        raise Refusal(400, "invalid_query", str(exc)) from exc
+    text = request.GET.get("limit", "100")
+    limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 4 else 0
+    if not 1 <= limit <= WINDOW:
+        raise Refusal(400, "invalid_query", f"limit must be a whole number 1-{WINDOW}")
     missed = await history_for(_layer()).missed(room, since, limit)
     return JsonResponse({"room": room, "gap": missed.gap, "messages": missed.messages})
 

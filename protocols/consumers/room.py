@@ -23,7 +23,7 @@ from gateway.access import is_known as _is_known
 from gateway.conf import gateway_settings
 from gateway.dispatch import DirectDispatchMixin
 from gateway.errors import GatewayError
-from gateway.history import history_for
+from gateway.history import history_for, parse_since
 from gateway.jsonutil import dumps
 from gateway.presence import presence_for
 from gateway.publish import publish
@@ -287,12 +287,9 @@ def _since(query_string: bytes) -> tuple[int | None, str | None]:
     if not values:
         return None, None
     try:
-        since = int(values[-1])
-    except ValueError:
-        return None, "since must be the last seq you received, a whole number"
-    if since < 0:
-        return None, "since must not be negative"
-    return since, None
+        return parse_since(values[-1]), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 class _SocketCounter:

@@ -69,6 +69,8 @@ ONE = b'{"message": 1}'
         ("GET", "/api/rooms/vault/messages", None, None, JSON, 401, "forbidden"),
         ("GET", "/api/rooms/vault/messages", "writer", None, JSON, 403, "forbidden"),
         ("GET", f"{KITCHEN}?since=x", None, None, JSON, 400, "invalid_query"),
+        ("GET", f"{KITCHEN}?since={'9' * 400}", None, None, JSON, 400, "invalid_query"),
+        ("GET", f"{KITCHEN}?since=-1", None, None, JSON, 400, "invalid_query"),
         ("GET", f"{KITCHEN}?limit=0", None, None, JSON, 400, "invalid_query"),
         ("GET", "/api/rooms/", "wrong", None, JSON, 401, "unauthorised"),
         ("GET", "/api/nothing-here", None, None, JSON, 404, "not_found"),

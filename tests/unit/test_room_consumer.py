@@ -118,12 +118,15 @@ async def test_a_fresh_join_gets_recent_messages_and_a_resume_gets_exactly_the_m
     assert current["messages"] == []
 
 
-async def test_a_bad_since_is_answered_and_the_join_goes_on() -> None:
-    ws = communicator("hist", "?since=yesterday")
+@pytest.mark.parametrize("since", ["yesterday", "9" * 400, "-1", "9223372036854775808", "١٢"])
+async def test_a_bad_since_is_answered_and_the_join_goes_on(since: str) -> None:
+    ws = communicator("hist", f"?since={since}")
     assert (await ws.connect())[0]
     error = await ws.receive_json_from()
     assert (error["type"], error["code"]) == ("error", "invalid_since")
     assert (await ws.receive_json_from())["type"] == "welcome"
+    await ws.send_json_to({"message": "still usable"})
+    assert (await ws.receive_json_from())["message"] == "still usable"
 
 
 async def test_a_socket_that_loses_read_access_gets_forbidden_then_4403(settings: Any) -> None:
