@@ -80,12 +80,16 @@ async def _readable_room(request: HttpRequest, room: str) -> None:
     """Refuse unless the caller may read ``room`` and it exists."""
     _valid_room(room)
     user, _ = await _caller(request)
+    # A room the caller may not read answers as one that does not exist: no probing for
+    # private rooms.
     if not can_read(await aaccess_for(user, room)):
-        # The same answer whether the room exists or not: private rooms stay unlisted.
-        status = 403 if user.is_authenticated else 401
-        raise Refusal(status, "forbidden", f"no access to room {room}")
+        raise _unknown(room)
     if not await Room.objects.filter(name=room).aexists():
-        raise Refusal(404, "unknown_room", f"room {room} has had no messages")
+        raise _unknown(room)
+
+
+def _unknown(room: str) -> Refusal:
+    return Refusal(404, "unknown_room", f"no room {room} with messages that you may read")
 
 
 def _body_message(request: HttpRequest) -> Any:
@@ -136,8 +140,11 @@ async def _post_message(request: HttpRequest, room: str) -> HttpResponse:
     if not with_token:
         raise Refusal(401, "unauthorised", "posting needs an Authorization: Bearer token")
     message = _body_message(request)
-    if not can_write(await aaccess_for(user, room)):
-        raise Refusal(403, "forbidden", f"you may not write to room {room}")
+    access = await aaccess_for(user, room)
+    if not can_read(access):
+        raise _unknown(room)
+    if not can_write(access):
+        raise Refusal(403, "forbidden", f"you may read room {room} but not write to it")
     try:
         envelope = await publish(room, message, source="http", sender=str(user.get_username()))
     except GatewayError as exc:
