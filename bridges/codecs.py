@@ -49,6 +49,14 @@ def _failed(codec: str, payload: bytes) -> Decoded:
     return as_base64(payload)
 
 
+def _text(codec: str, text: str, payload: bytes) -> Decoded:
+    """Text as a string (decoded from UTF-8: no lone surrogate); text holding U+0000, which
+    no database keeps in JSON, as the bytes it is, in base64 (counted like undecodable bytes)."""
+    if "\x00" in text:
+        return _failed(codec, payload)
+    return Decoded(text, sendable=True)
+
+
 class JsonCodec:
     """JSON text; text that is not JSON is kept as a string, bytes that are not UTF-8 as base64."""
 
@@ -63,7 +71,7 @@ class JsonCodec:
         try:
             return Decoded(parse_json(text, MESSAGE_MAX_DEPTH), sendable=True)
         except ValueError:
-            return Decoded(text, sendable=True)  # decoded from UTF-8: no lone surrogate
+            return _text(self.name, text, payload)
 
     def encode(self, message: Any) -> bytes:
         return dumps(message).encode("utf-8")
@@ -77,7 +85,7 @@ class TextCodec:
 
     def decode(self, payload: bytes) -> Decoded:
         try:
-            return Decoded(payload.decode("utf-8"), sendable=True)
+            return _text(self.name, payload.decode("utf-8"), payload)
         except UnicodeDecodeError:
             return _failed(self.name, payload)
 

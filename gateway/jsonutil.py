@@ -57,9 +57,26 @@ def nests_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+def holds_nul(value: Any) -> bool:
+    """Whether any string in ``value`` (object keys included) holds U+0000."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return False
+
+
 def check_sendable(value: Any, max_depth: int = MESSAGE_MAX_DEPTH) -> None:
     """Refuse a message some edge could not pass on: not JSON, nested more than ``max_depth``
-    deep, or holding a lone surrogate (which UTF-8 cannot encode).
+    deep, holding a lone surrogate (which UTF-8 cannot encode) or U+0000 (which PostgreSQL's
+    jsonb cannot store).
 
     Raises:
         ValueError: saying which (TypeError for a value that is not JSON at all).
@@ -67,9 +84,13 @@ def check_sendable(value: Any, max_depth: int = MESSAGE_MAX_DEPTH) -> None:
     if nests_deeper_than(value, max_depth):
         raise ValueError(f"JSON nests too deeply (more than {max_depth} levels)")
     try:
-        _strict_dumps(value).encode("utf-8")
+        text = _strict_dumps(value)
+        text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise ValueError("a string holds a lone surrogate, which UTF-8 cannot carry") from exc
+    # json.dumps writes U+0000 as the escape; a backslash of the text itself is doubled.
+    if "\\u0000" in text and holds_nul(value):
+        raise ValueError("a string holds U+0000 (NUL), which databases cannot store")
     try:
         dumps(value)  # what every edge writes it with: integers of 64 bits at most
     except orjson.JSONEncodeError as exc:
@@ -78,8 +99,8 @@ def check_sendable(value: Any, max_depth: int = MESSAGE_MAX_DEPTH) -> None:
 
 def parse_json(text: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
     """Parse standard JSON, refusing NaN, Infinity, numbers that overflow a double, integers
-    outside -2**63 .. 2**64-1, nesting deeper than ``max_depth``, lone surrogates and bytes
-    that are not UTF-8.
+    outside -2**63 .. 2**64-1, nesting deeper than ``max_depth``, lone surrogates, U+0000 and
+    bytes that are not UTF-8.
 
     Raises:
         ValueError: the text is not such JSON (UnicodeDecodeError for bytes that are not UTF-8).
