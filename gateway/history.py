@@ -75,7 +75,6 @@ PRUNE_SECONDS = 60.0
 WRITE_LINGER_SECONDS = 0.05
 
 
-
 def parse_since(text: str) -> int:
     """A client's ``since`` (the last seq it saw): a whole number from 0 to `MAX_SEQ`.
 
@@ -89,6 +88,7 @@ def parse_since(text: str) -> int:
     if since > MAX_SEQ:
         raise ValueError(f"since must be the last seq you received, a whole number 0-{MAX_SEQ}")
     return since
+
 
 @dataclass(frozen=True, slots=True)
 class Missed:
