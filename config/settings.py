@@ -18,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from bridges.conf import MqttSettings
 from bridges.rules import RuleSet, load_rules
 from gateway.conf import GatewaySettings
+from protocols.client_address import parse_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -186,6 +187,18 @@ GATEWAY = GatewaySettings(
 WS_RATE: float = _read("GATEWAY_WS_RATE", env.float, 20.0)
 WS_BURST: int = _read("GATEWAY_WS_BURST", env.int, 40)
 WS_MAX_PER_USER: int = _read("GATEWAY_WS_MAX_PER_USER", env.int, 20)
+WS_MAX_ANONYMOUS_PER_ADDRESS: int = _read("GATEWAY_WS_MAX_ANONYMOUS_PER_ADDRESS", env.int, 100)
+WS_MAX_ANONYMOUS: int = _read("GATEWAY_WS_MAX_ANONYMOUS", env.int, 10_000)
+for _name, _value in (
+    ("GATEWAY_WS_MAX_ANONYMOUS_PER_ADDRESS", WS_MAX_ANONYMOUS_PER_ADDRESS),
+    ("GATEWAY_WS_MAX_ANONYMOUS", WS_MAX_ANONYMOUS),
+):
+    if not 1 <= _value <= 1_000_000:
+        raise ImproperlyConfigured(f"{_name}={_value} is out of range (1-1000000)")
+try:
+    TRUSTED_PROXIES = parse_proxies(_read("GATEWAY_TRUSTED_PROXIES", env.list, []))
+except ValueError as _exc:
+    raise ImproperlyConfigured(f"GATEWAY_TRUSTED_PROXIES: {_exc}") from _exc
 if not 0.1 <= WS_RATE <= 10_000:  # also refuses nan
     raise ImproperlyConfigured(f"GATEWAY_WS_RATE={WS_RATE} is out of range (0.1-10000 per second)")
 if not 1 <= WS_BURST <= 100_000:

@@ -32,6 +32,7 @@ from gateway.rooms import is_valid_room
 from gateway.tokens import atoken_is_active
 from protocols.access_watch import access_watch
 from protocols.auth import asession_is_current
+from protocols.client_address import client_address
 from protocols.fanout import Subscriber, client_view, error_frame, hub_for, outlet_for
 from protocols.frames import Refusal, read_frame
 
@@ -64,7 +65,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         self.key = f"ws:{secrets.token_hex(12)}"  # its presence key, unique across processes
         self._access: Access = "none"
         self._access_checked = 0.0
-        self._claimed: str | None = None
+        self._claimed: list[str] = []
         self._closing = False
         self._flood = FloodGuard.for_websocket()
 
@@ -128,22 +129,39 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         token_error = self.scope.get("token_error")
         if token_error:
             return CLOSE_UNAUTHORISED, "unauthorised", token_error
+        # Counted before any database work: a flood of sockets is refused cheaply.
+        for key, limit in self._socket_limits():
+            if not _open_sockets.claim(key, limit):
+                self._release_claims()
+                return CLOSE_POLICY, "too_many_sockets", "close some of your other sockets first"
+            self._claimed.append(key)
         self._access = await aaccess_for(self.scope.get("user"), room)
         self._access_checked = time.monotonic()
         if not can_read(self._access):
+            self._release_claims()  # a refused socket keeps nothing
             return CLOSE_FORBIDDEN, "forbidden", f"you may not enter room {room}"
-        user_key = self._user_key()
-        if user_key is not None:
-            if not _sockets_per_user.claim(user_key, settings.WS_MAX_PER_USER):
-                return CLOSE_POLICY, "too_many_sockets", "close some of your other sockets first"
-            self._claimed = user_key
         return None
+
+    def _socket_limits(self) -> list[tuple[str, int]]:
+        """The counts this socket takes a place in, and their limits (per process)."""
+        user = self.scope.get("user")
+        if user is not None and user.is_authenticated:
+            return [(f"user:{user.pk}", settings.WS_MAX_PER_USER)]
+        address = client_address(self.scope, settings.TRUSTED_PROXIES)
+        return [
+            (f"address:{address}", settings.WS_MAX_ANONYMOUS_PER_ADDRESS),
+            ("anonymous:", settings.WS_MAX_ANONYMOUS),
+        ]
+
+    def _release_claims(self) -> None:
+        for key in self._claimed:
+            _open_sockets.release(key)
+        self._claimed = []
 
     async def disconnect(self, code: int) -> None:
         self._closing = True
         access_watch.discard(self)
-        if self._claimed is not None:
-            _sockets_per_user.release(self._claimed)
+        self._release_claims()
         if self.subscriber is not None and self.room is not None:
             metrics.add_gauge("ws_connections", -1)
             await hub_for(self.layer).leave(self.room, self.subscriber)
@@ -213,12 +231,6 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         if time.monotonic() - self._access_checked > settings.ACCESS_RECHECK_SECONDS:
             await self._check_access()
         return can_write(self._access)
-
-    def _user_key(self) -> str | None:
-        user = self.scope.get("user")
-        if user is not None and user.is_authenticated:
-            return f"user:{user.pk}"
-        return None
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self._closing:  # refused already: frames that were on their way go nowhere
@@ -293,7 +305,7 @@ def _since(query_string: bytes) -> tuple[int | None, str | None]:
 
 
 class _SocketCounter:
-    """Sockets per user in this process."""
+    """Open sockets per key (a user, an address, all anonymous ones) in this process."""
 
     def __init__(self) -> None:
         self._counts: dict[str, int] = {}
@@ -312,7 +324,7 @@ class _SocketCounter:
             self._counts.pop(key, None)
 
 
-_sockets_per_user = _SocketCounter()
+_open_sockets = _SocketCounter()
 
 
 class RefuseConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]

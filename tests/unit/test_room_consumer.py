@@ -181,3 +181,56 @@ def test_a_member_stored_before_verified_existed_still_decodes() -> None:
     assert member.as_dict() == old
     newer = Member.from_dict({**old, "verified": True, "added_later": 1})
     assert newer.as_dict() == {**old, "verified": True}
+
+
+def from_address(address: str, room: str) -> WebsocketCommunicator:
+    """An anonymous socket as daphne would open it for a client at ``address``."""
+    router = URLRouter(websocket_urlpatterns)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await router({**scope, "client": (address, 50000)}, receive, send)
+
+    return WebsocketCommunicator(app, f"/ws/rooms/{room}/")
+
+
+async def test_anonymous_sockets_past_the_cap_of_an_address_are_refused_and_leave_nothing(
+    settings: Any,
+) -> None:
+    settings.WS_MAX_ANONYMOUS_PER_ADDRESS = 3
+    before = metrics.get("ws_refused", "too_many_sockets")
+    admitted = []
+    for _ in range(3):
+        ws = from_address("192.0.2.7", "lobby-cap")
+        assert (await ws.connect())[0]
+        assert (await ws.receive_json_from())["type"] == "welcome"
+        admitted.append(ws)
+    for _ in range(5):  # refused, again and again, each counted, none kept
+        refused = from_address("192.0.2.7", "other-room")
+        assert (await refused.connect())[0]
+        error = await refused.receive_json_from()
+        assert (error["type"], error["code"]) == ("error", "too_many_sockets")
+        assert (await refused.receive_output())["code"] == 1008
+    assert metrics.get("ws_refused", "too_many_sockets") == before + 5
+    neighbour = from_address("192.0.2.8", "lobby-cap")  # another address gets in
+    assert (await neighbour.connect())[0]
+    assert (await neighbour.receive_json_from())["type"] == "welcome"
+    await admitted[0].disconnect()
+    again = from_address("192.0.2.7", "lobby-cap")  # a place freed is a place to take
+    assert (await again.connect())[0]
+    assert (await again.receive_json_from())["type"] == "welcome"
+    for ws in [*admitted[1:], neighbour, again]:
+        await ws.disconnect()
+
+
+async def test_a_refused_private_room_takes_no_place(settings: Any) -> None:
+    settings.WS_MAX_ANONYMOUS_PER_ADDRESS = 1
+    await database_sync_to_async(RoomPolicy.objects.create)(room="cap-private", private=True)
+    for _ in range(3):
+        ws = from_address("192.0.2.9", "cap-private")
+        assert (await ws.connect())[0]
+        assert (await ws.receive_json_from())["code"] == "forbidden"
+        assert (await ws.receive_output())["code"] == 4403
+    ws = from_address("192.0.2.9", "cap-public")
+    assert (await ws.connect())[0]
+    assert (await ws.receive_json_from())["type"] == "welcome"
+    await ws.disconnect()
