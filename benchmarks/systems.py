@@ -35,6 +35,7 @@ ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exceeded)\w*: ")
 # Frames a gateway socket may send: high enough that the uplink scenario is never rate-limited.
 WS_RATE = "10000"
 WS_BURST = "100000"
+WS_ANONYMOUS = "1000000"
 
 
 class SystemFailed(RuntimeError):
@@ -251,6 +252,9 @@ class GatewaySystem(System):
             GATEWAY_ID="bench",
             GATEWAY_WS_RATE=WS_RATE,
             GATEWAY_WS_BURST=WS_BURST,
+            # Every load socket comes from this machine's one address.
+            GATEWAY_WS_MAX_ANONYMOUS_PER_ADDRESS=WS_ANONYMOUS,
+            GATEWAY_WS_MAX_ANONYMOUS=WS_ANONYMOUS,
         )
         env.pop("CHANNEL_LAYER", None)
         if self.layer:
