@@ -130,6 +130,8 @@ class MqttLink:
         self._stopping = asyncio.Event()  # no more connects
         self._draining = False  # take no new messages
         self.connected = asyncio.Event()
+        # Set whenever the connection comes or goes (the heartbeat clears it as it beats).
+        self.connection_changed = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._network: asyncio.Task[None] | None = None
@@ -429,6 +431,7 @@ class MqttLink:
                 properties=snapshot,
             )
         self._call_in_loop(self.connected.set)
+        self._call_in_loop(self.connection_changed.set)
         self._call_in_loop(lambda: self._announce(online=True))
 
     def _on_subscribe(
@@ -465,6 +468,7 @@ class MqttLink:
         _properties: Any,
     ) -> None:
         self._call_in_loop(self.connected.clear)
+        self._call_in_loop(self.connection_changed.set)
         if not self._stopping.is_set():
             logger.warning("disconnected from %s: %s", self.settings.describe(), reason)
 

@@ -16,7 +16,7 @@ from channels.layers import BaseChannelLayer
 
 from bridges.bridge import Bridge
 from gateway import metrics
-from gateway.bridge_state import TTL_SECONDS, Heartbeat, heartbeat_key
+from gateway.bridge_state import INDEX_TTL_SECONDS, TTL_SECONDS, Heartbeat, heartbeat_key, index_key
 from gateway.layers import redis_connection, uses_redis
 
 logger = logging.getLogger(__name__)
@@ -47,11 +47,15 @@ async def run_heartbeat(
     failing = False
     while True:
         try:
+            bridge.link.connection_changed.clear()  # a change from now on beats again at once
             record = beat(bridge)
             if uses_redis(layer):
                 # The layer's client for this loop: no second Redis configuration to keep.
-                write = redis_connection(layer).set(key, json.dumps(record), ex=TTL_SECONDS)
-                await asyncio.wait_for(write, WRITE_TIMEOUT_SECONDS)
+                pipe = redis_connection(layer).pipeline(transaction=False)
+                pipe.set(key, json.dumps(record), ex=TTL_SECONDS)
+                pipe.sadd(index_key(), record["client_id"])
+                pipe.expire(index_key(), INDEX_TTL_SECONDS)
+                await asyncio.wait_for(pipe.execute(), WRITE_TIMEOUT_SECONDS)
             if failing:
                 logger.info("bridge heartbeat written again")
             failing = False
@@ -68,12 +72,10 @@ async def run_heartbeat(
 
 
 async def _pause(bridge: Bridge, interval: float) -> None:
-    if bridge.link.connected.is_set():
-        await asyncio.sleep(interval)
-        return
-    # Beat as soon as the bridge connects: readiness need not wait for the next interval.
+    """Wait ``interval``, or less: until the broker connection comes or goes, so that
+    readiness follows it at once rather than at the next beat."""
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(bridge.link.connected.wait(), interval)
+        await asyncio.wait_for(bridge.link.connection_changed.wait(), interval)
 
 
 def start_heartbeat(bridge: Bridge, layer: BaseChannelLayer) -> "asyncio.Task[None]":
@@ -90,11 +92,12 @@ async def stop_heartbeat(
     metrics.set_gauge("bridge_broker_connected", 0)
     if not uses_redis(layer):
         return
+    client_id = bridge.link.settings.client_id
     try:
-        await asyncio.wait_for(
-            redis_connection(layer).delete(heartbeat_key(bridge.link.settings.client_id)),
-            DELETE_TIMEOUT_SECONDS,
-        )
+        pipe = redis_connection(layer).pipeline(transaction=False)
+        pipe.delete(heartbeat_key(client_id))
+        pipe.srem(index_key(), client_id)
+        await asyncio.wait_for(pipe.execute(), DELETE_TIMEOUT_SECONDS)
     except Exception as exc:  # the key expires anyway
         logger.warning("could not remove the bridge heartbeat: %s", _describe(exc))
 

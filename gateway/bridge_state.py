@@ -1,9 +1,11 @@
 """What the web processes know of the MQTT bridge: the contract between the bridge and ``/readyz``.
 
-A bridge worker is a process of its own, so it reports through Redis: every few seconds it
-writes ``gateway:bridge:<GATEWAY_ID>:<client id>`` with its broker state and metrics, expiring
-after `TTL_SECONDS`, so a worker that died disappears on its own. A bridge that runs inside the
-web process (``rungateway``) registers itself here instead.
+A bridge worker is a process of its own, so it reports through Redis: every few seconds, and at
+once when its broker connection comes or goes, it writes ``gateway:bridge:<GATEWAY_ID>:<client
+id>`` with its broker state and metrics, expiring after `TTL_SECONDS`, so a worker that died
+disappears on its own. Its client id is also in the set ``gateway:bridges:<GATEWAY_ID>``, the
+index readers use: what a read costs does not grow with the rest of Redis's keys. A bridge that
+runs inside the web process (``rungateway``) registers itself here instead.
 """
 
 import json
@@ -19,7 +21,8 @@ from gateway.metrics import ExportedState
 
 TTL_SECONDS = 10  # several missed beats: the worker is gone, not just slow
 KEY_PREFIX = "gateway:bridge:"
-SCAN_COUNT = 100
+INDEX_PREFIX = "gateway:bridges:"
+INDEX_TTL_SECONDS = 24 * 3600  # renewed by every beat: an index nobody writes goes
 
 
 class Heartbeat(TypedDict):
@@ -37,12 +40,9 @@ def heartbeat_key(client_id: str) -> str:
     return f"{KEY_PREFIX}{gateway_settings().gateway_id}:{client_id}"
 
 
-def key_pattern() -> str:
-    """The Redis key pattern of this gateway's heartbeats.
-
-    Gateway ids cannot hold glob characters (``*?[]``), so no escaping is needed.
-    """
-    return f"{KEY_PREFIX}{gateway_settings().gateway_id}:*"
+def index_key() -> str:
+    """The Redis set of the client ids of this gateway's bridge workers."""
+    return f"{INDEX_PREFIX}{gateway_settings().gateway_id}"
 
 
 def parse_heartbeat(raw: Any) -> Heartbeat | None:
@@ -59,12 +59,19 @@ def parse_heartbeat(raw: Any) -> Heartbeat | None:
 
 
 async def read_heartbeats(layer: BaseChannelLayer) -> list[Heartbeat]:
-    """The heartbeats of this gateway's live bridge workers, by client id."""
+    """The heartbeats of this gateway's live bridge workers, by client id (two commands, and
+    a third to drop the workers whose heartbeat expired from the index)."""
     client = redis_connection(layer)
-    keys = sorted({key async for key in client.scan_iter(match=key_pattern(), count=SCAN_COUNT)})
-    if not keys:
+    ids = sorted(
+        member.decode() if isinstance(member, bytes) else str(member)
+        for member in await client.smembers(index_key())
+    )
+    if not ids:
         return []
-    values = await client.mget(keys)
+    values = await client.mget([heartbeat_key(client_id) for client_id in ids])
+    gone = [client_id for client_id, raw in zip(ids, values, strict=True) if raw is None]
+    if gone:
+        await client.srem(index_key(), *gone)
     return [beat for raw in values if (beat := parse_heartbeat(raw)) is not None]
 
 

@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 CHECK_TIMEOUT_SECONDS = 2.0
 LOCAL_PROCESS = "web"
 NO_BRIDGE = "no bridge connected to the broker"
-_SCAN_COUNT = 1000  # keys per SCAN round trip: the channel layer's keys share the database
 _REASON_LIMIT = 300
 
 

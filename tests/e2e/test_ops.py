@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_lib
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import start_gateway
@@ -229,3 +230,56 @@ def test_rungateway_reports_its_in_process_bridge(tmp_path: Path, database_url: 
     finally:
         gateway.stop()
         broker.stop()
+
+
+def test_the_heartbeat_follows_the_broker_at_once_and_costs_the_same_in_a_full_redis(
+    tmp_path: Path, database_url: str
+) -> None:
+    redis = Redis(tmp_path).start()  # its own: this test fills it
+    broker = Mosquitto(tmp_path).start()
+    stack = start_gateway(tmp_path, broker, redis, database_url)
+    client = redis_lib.Redis(host="127.0.0.1", port=redis.port, decode_responses=True)
+    try:
+        assert_ready(poll_readiness(stack.http, 200, READY_WITHIN))
+        (key,) = client.keys("gateway:bridge:*")  # this test's Redis holds one worker's
+        assert client.smembers(f"gateway:bridges:{stack.env['GATEWAY_ID']}")
+
+        def record() -> dict[str, Any]:
+            return dict(json.loads(client.get(key) or "{}"))
+
+        def flip(to: str) -> float:
+            """How long after the last beat the record said ``to``."""
+            before = record()["ts"]
+            wait_for(lambda: record().get("broker") == to, f"the record to say {to}", 30)
+            return float(record()["ts"]) - float(before)
+
+        broker.stop()
+        # Written when the connection went, not at the next 2 s beat.
+        assert flip("disconnected") < 1.9
+        assert poll_readiness(stack.http, 503, 2, lambda b: "bridge" in failing(b))
+        broker.start()
+        assert flip("connected") < 1.9
+        assert_ready(poll_readiness(stack.http, 200, 2))
+
+        def cost() -> dict[str, int]:
+            """The Redis commands one /readyz and one /metrics cost (others' traffic aside)."""
+            client.config_resetstat()
+            readiness(stack.http)
+            scrape(stack.http)
+            stats = client.info("commandstats")
+            found = {name: stats.get(f"cmdstat_{name}") for name in ("scan", "keys", "smembers")}
+            return {name: int(stat["calls"]) for name, stat in found.items() if stat}
+
+        empty = cost()
+        for start in range(0, 1_000_000, 20_000):
+            client.mset({f"unrelated:{n}": "x" for n in range(start, start + 20_000)})
+        assert client.dbsize() > 1_000_000
+        full = cost()
+        assert "scan" not in full
+        assert "keys" not in full
+        assert full == empty == {"smembers": 2}
+    finally:
+        client.close()
+        stack.stop()
+        broker.stop()
+        redis.stop()
