@@ -195,6 +195,10 @@ for _name, _value in (
 ):
     if not 1 <= _value <= 1_000_000:
         raise ImproperlyConfigured(f"{_name}={_value} is out of range (1-1000000)")
+# Lets /metrics and /readyz's detail be read from elsewhere than this machine.
+OPS_TOKEN: str | None = _read("GATEWAY_OPS_TOKEN", env.str, "") or None
+if OPS_TOKEN is not None and len(OPS_TOKEN) < 16:
+    raise ImproperlyConfigured("GATEWAY_OPS_TOKEN is too short: use at least 16 characters")
 try:
     TRUSTED_PROXIES = parse_proxies(_read("GATEWAY_TRUSTED_PROXIES", env.list, []))
 except ValueError as _exc:

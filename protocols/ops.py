@@ -10,11 +10,15 @@ process shows the same worker series: aggregate them with ``max``, or scrape one
 """
 
 import asyncio
+import hmac
+import ipaddress
 import logging
 from collections.abc import Awaitable
+from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer, get_channel_layer
+from django.conf import settings
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
@@ -24,6 +28,7 @@ from gateway import metrics
 from gateway.bridge_state import TTL_SECONDS, local_bridge, read_heartbeats
 from gateway.layers import redis_connection, uses_redis
 from gateway.metrics import ExportedState
+from protocols.client_address import client_address
 
 logger = logging.getLogger(__name__)
 
@@ -55,23 +60,40 @@ async def readyz(request: HttpRequest) -> HttpResponse:
         _bounded(_check_bridge(layer)),
     )
     ready = all(result == "ok" for result in results)
-    return JsonResponse(
-        {
-            "status": "ready" if ready else "unready",
-            "checks": dict(zip(names, results, strict=True)),
-        },
-        status=200 if ready else 503,
-    )
+    body: dict[str, Any] = {"status": "ready" if ready else "unready"}
+    if may_see_detail(request):  # broker addresses, client ids, exception text
+        body["checks"] = dict(zip(names, results, strict=True))
+    return JsonResponse(body, status=200 if ready else 503)
 
 
 @never_cache
 @require_GET
 async def metrics_view(request: HttpRequest) -> HttpResponse:
     """This process's metrics and the bridge workers', in the Prometheus text format."""
+    if not may_see_detail(request):
+        return JsonResponse(
+            {"error": "forbidden", "detail": "metrics are for this machine or GATEWAY_OPS_TOKEN"},
+            status=403,
+        )
     extra = await _worker_states(get_channel_layer())
     return HttpResponse(
         metrics.exposition(extra, process=LOCAL_PROCESS), content_type=metrics.CONTENT_TYPE
     )
+
+
+def may_see_detail(request: HttpRequest) -> bool:
+    """Whether ``request`` may see what the gateway's internals say: from this machine, or
+    with ``Authorization: Bearer <GATEWAY_OPS_TOKEN>``."""
+    token: str | None = settings.OPS_TOKEN
+    if token is not None:
+        given = request.headers.get("Authorization", "")
+        if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return True
+    scope = getattr(request, "scope", None) or {"client": (request.META.get("REMOTE_ADDR"), 0)}
+    try:
+        return ipaddress.ip_address(client_address(scope, settings.TRUSTED_PROXIES)).is_loopback
+    except ValueError:
+        return False
 
 
 async def _bounded(check: Awaitable[None]) -> str:
