@@ -12,6 +12,7 @@ which they publish with their heartbeats, each under its own ``process`` label.
 import logging
 import math
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -76,10 +77,29 @@ def snapshot() -> dict[tuple[str, str], int]:
         return dict(_counts)
 
 
+DROP_LOG_SECONDS = 10.0  # one log line per reason at most this often; the counter counts all
+DROP_DETAIL_CHARS = 300
+_drops_logged: dict[str, tuple[float, int]] = {}  # reason -> (last logged, left out since)
+
+
 def dropped(reason: str, detail: str, amount: int = 1) -> None:
-    """Count ``amount`` dropped messages and say why in the log."""
+    """Count ``amount`` dropped messages and say why in the log.
+
+    ``detail`` may hold what a stranger sent (a topic, say): it is cut short and escaped, and
+    a flood of drops logs a line per reason every `DROP_LOG_SECONDS`, saying how many it left
+    out, rather than a line per drop.
+    """
     inc("messages_dropped", reason, amount)
-    logger.warning("message dropped (%s): %s", reason, detail)
+    now = time.monotonic()
+    with _lock:
+        last, left_out = _drops_logged.get(reason, (-math.inf, 0))
+        if now - last < DROP_LOG_SECONDS:
+            _drops_logged[reason] = (last, left_out + amount)
+            return
+        _drops_logged[reason] = (now, 0)
+    safe = detail[:DROP_DETAIL_CHARS].encode("unicode_escape").decode("ascii")
+    more = f" ({left_out} more since the last such line)" if left_out else ""
+    logger.warning("message dropped (%s): %s%s", reason, safe, more)
 
 
 # How many messages the channel-layer event being sent carries (set around a group_send), so

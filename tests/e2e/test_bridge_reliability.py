@@ -3,7 +3,6 @@
 import asyncio
 import contextlib
 import json
-import re
 import signal
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -24,7 +23,8 @@ from tests.support.clients import (
 )
 from tests.support.devices import Device
 from tests.support.ledger import SCALE, Ledger
-from tests.support.processes import Gateway, Mosquitto, Redis, wait_for
+from tests.support.processes import Gateway, Mosquitto, Redis, http_get, wait_for
+from tests.support.prometheus import parse_exposition, samples
 from tests.support.proxy import Proxy
 
 RULES = [
@@ -400,12 +400,19 @@ async def test_a_stalled_consumer_drops_counted_and_other_rooms_flow(
             finally:
                 stalled.signal(signal.SIGCONT)
             delivered = len(await frames_within(slow, 3.0))
+
         # Its channel held what it could (events of one or more messages); every other
         # message was dropped and counted.
-        counted = re.findall(
-            r"message dropped \(channel_full\): (\d+) messages", gateway.worker.log()
-        )
-        dropped = sum(int(n) for n in counted)
+        def dropped_counted() -> int:  # the worker's counter, as its heartbeat reports it
+            families = parse_exposition(http_get(f"{gateway.http}/metrics")[1])
+            found = samples(families, "gateway_messages_dropped_total", reason="channel_full")
+            return int(sum(sample.value for sample in found))
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.to_thread(
+                wait_for, lambda: dropped_counted() >= flood - delivered, "the drops counted", 10
+            )
+        dropped = await asyncio.to_thread(dropped_counted)
         ledger.record(
             "a stalled consumer: memory bounded, drops counted, other rooms flow",
             f"daphne SIGSTOPped; its room got {delivered} of {flood}, {dropped} dropped and "
