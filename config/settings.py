@@ -77,7 +77,26 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "protocols.middleware.ContentSecurityPolicyMiddleware",
+    "protocols.middleware.LoginThrottleMiddleware",
 ]
+# Messages (a new token or device secret, shown once) stay on the server, not in a cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
+# Behind HTTPS (DJANGO_HTTPS=1): cookies only over HTTPS, and browsers told to keep to it.
+HTTPS: bool = _read("DJANGO_HTTPS", env.bool, False)
+if HTTPS:
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
+# A TLS proxy in front says so in X-Forwarded-Proto (DJANGO_SECURE_PROXY_SSL_HEADER=1).
+if _read("DJANGO_SECURE_PROXY_SSL_HEADER", env.bool, False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS: list[str] = _read("DJANGO_CSRF_TRUSTED_ORIGINS", env.list, [])
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if not _origin.startswith(("http://", "https://")):
+        raise ImproperlyConfigured(
+            f"DJANGO_CSRF_TRUSTED_ORIGINS: {_origin!r} must start with https:// or http://"
+        )
 
 ROOT_URLCONF = "config.urls"
 ASGI_APPLICATION = "config.asgi.application"

@@ -8,7 +8,7 @@ import json
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, ConsoleMessage, Page, expect
 
 from tests.support.browser import chromium, screenshot_dir
 from tests.support.devices import Device
@@ -29,9 +29,22 @@ async def browser() -> AsyncIterator[Browser]:
         yield running
 
 
+# What the browser refused under the pages' Content-Security-Policy (nothing, we expect).
+csp_violations: list[str] = []
+
+
+def watch_csp(page: Page) -> None:
+    def seen(message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            csp_violations.append(message.text)
+
+    page.on("console", seen)
+
+
 async def open_room(browser: Browser, proxy: Proxy, room: str) -> Page:
     page = await (await browser.new_context(viewport={"width": 1280, "height": 800})).new_page()
     page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
+    watch_csp(page)
     await page.goto(f"http://127.0.0.1:{proxy.port}/rooms/{room}/")
     await expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=10_000)
     return page
@@ -80,6 +93,7 @@ async def test_a_device_fills_the_panel_and_the_chart_live(
         await expect(row.locator(".value")).to_contain_text("30.5")
     assert await page.locator("#chart").evaluate("c => c.width > 0 && c.height > 0")
     await page.screenshot(path=str(screenshot_dir() / "room.png"))
+    assert csp_violations == []  # the live page runs whole under its policy
 
 
 async def test_a_cut_socket_reconnects_and_shows_every_missed_message_once_in_order(
