@@ -39,7 +39,7 @@ from bridges.client import (
 )
 from bridges.codecs import Codec, Decoded, codec_for_content_type, get_codec
 from bridges.conf import MqttSettings
-from bridges.rules import RuleSet
+from bridges.rules import MAX_SENDER_LENGTH, MAX_TOPIC_LENGTH, Inbound, RuleSet, is_valid_sender
 from gateway import metrics, retained
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
@@ -134,6 +134,28 @@ class Bridge:
                 await self._hand_on(step)
         await self._enter(entries)
 
+    def _targets(self, message: Incoming, limit: int) -> "list[Inbound] | None":
+        """Where a device message goes; None once why it goes nowhere is counted."""
+        if len(message.topic) > MAX_TOPIC_LENGTH:  # kept as room state, and in the database
+            detail = f"a topic of {len(message.topic)} characters, over {MAX_TOPIC_LENGTH}"
+            metrics.dropped("topic_too_long", f"{detail}: {message.topic[:80]!r}")
+            return None
+        targets = self.rules.inbound(message.topic)
+        if not targets:
+            metrics.dropped("no_rule", f"topic {message.topic!r} matches no rule or no valid room")
+            return None
+        if any(t.sender is not None and not is_valid_sender(t.sender) for t in targets):
+            detail = f"its sender is not 1-{MAX_SENDER_LENGTH} printable characters"
+            metrics.dropped("invalid_sender", f"topic {message.topic!r}: {detail}")
+            return None
+        if len(message.payload) > limit:
+            detail = (
+                f"topic {message.topic!r}: {len(message.payload)} bytes, over the {limit} allowed"
+            )
+            metrics.dropped("payload_too_big", detail)
+            return None
+        return targets
+
     def _steps(
         self, message: Incoming, message_id: str | None, limit: int
     ) -> list["Entry | Callable[[], Awaitable[Any]]"]:
@@ -141,15 +163,8 @@ class Bridge:
         if message.origin == self.gateway_id:
             metrics.inc("mqtt_own_publications_skipped")
             return []
-        targets = self.rules.inbound(message.topic)
-        if not targets:
-            metrics.dropped("no_rule", f"topic {message.topic!r} matches no rule or no valid room")
-            return []
-        if len(message.payload) > limit:
-            detail = (
-                f"topic {message.topic!r}: {len(message.payload)} bytes, over the {limit} allowed"
-            )
-            metrics.dropped("payload_too_big", detail)
+        targets = self._targets(message, limit)
+        if targets is None:
             return []
         if message.retain and not message.payload:  # an empty retained message clears the state
             return [partial(retained.forget, target.room, message.topic) for target in targets]

@@ -20,6 +20,8 @@ from gateway.rooms import MAX_ROOM_LENGTH, is_valid_room
 Direction = Literal["in", "out", "both"]
 
 ROUTES_KEPT = 10_000  # topics whose rooms the rules remember, at most
+MAX_TOPIC_LENGTH = 512  # a device topic the bridge takes in (it may be kept as room state)
+MAX_SENDER_LENGTH = 64  # a device's sender level, as rooms and presence show it
 _RULE_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -294,6 +296,11 @@ class Rule:
             return self.outbound_topic(room)
         topic = _render(self._publish_to, dict.fromkeys(self._publish_to[1::2], "{}"))
         return "/".join("+" if "{}" in level else level for level in topic.split("/"))
+
+
+def is_valid_sender(sender: str) -> bool:
+    """Whether a sender taken from a topic can be shown: 1-64 printable characters."""
+    return 0 < len(sender) <= MAX_SENDER_LENGTH and sender.isprintable()
 
 
 def _check_publish_to(publish_to: str, placeholders: set[str]) -> tuple[str, ...]:

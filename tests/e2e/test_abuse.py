@@ -216,3 +216,27 @@ async def test_retained_spam_keeps_a_bounded_state_and_every_message_flows(
     assert states == {topics[0]: "updated", topics[1]: 1, topics[2]: 2}
     assert "keeps no more retained states" in gateway.worker.log()
     await assert_other_rooms_flow(gateway, broker)
+
+
+async def test_long_topics_and_unshowable_senders_are_dropped_and_counted(
+    gateway: Gateway, broker: Mosquitto
+) -> None:
+    long_topic = "rooms/forge/anvil/" + "t" * 600
+    async with ws_connect(gateway.ws, "forge") as ws, mqtt_client(broker.port) as device:
+        await device.publish(long_topic, b'{"heat": 1}', qos=1, retain=True)
+        await device.publish("rooms/forge/" + "s" * 65 + "/t", b'{"heat": 2}', qos=1)
+        await device.publish("rooms/forge/bell\u200b/t", b'{"heat": 3}', qos=1)  # not printable
+        await device.publish("rooms/forge/anvil/t", b'{"heat": 4}', qos=1)
+        frame = await recv_json(ws)  # the three before never arrive; the next one does
+        assert (frame["sender"], frame["message"]) == ("anvil", {"heat": 4})
+    async with ws_connect(gateway.ws, "forge") as again:
+        assert all(state["topic"] != long_topic for state in again.welcome["retained"])  # type: ignore[attr-defined]
+
+    def counted() -> bool:
+        families = parse_exposition(http_get(f"{gateway.http}/metrics")[1])
+        too_long = samples(families, "gateway_messages_dropped_total", reason="topic_too_long")
+        sender = samples(families, "gateway_messages_dropped_total", reason="invalid_sender")
+        return [s.value for s in too_long] == [1] and [s.value for s in sender] == [2]
+
+    await asyncio.to_thread(wait_for, counted, "the drops in /metrics", 10)
+    await assert_other_rooms_flow(gateway, broker)
