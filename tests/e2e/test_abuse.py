@@ -5,7 +5,9 @@ revoked tokens and floods are in `test_rooms` and `test_access`; the rest are he
 """
 
 import asyncio
+import contextlib
 import json
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -48,11 +50,15 @@ get_user_model().objects.filter(username="{name}").update(is_active=False)
 """
 
 
+ANONYMOUS_PER_ADDRESS = 100  # every socket of these tests comes from 127.0.0.1
+
+
 @pytest.fixture(scope="module")
 def gateway_options() -> dict[str, Any]:
     """Small limits, so that crossing them takes a few messages."""
     return {
         "GATEWAY_WS_MAX_PER_USER": "2",
+        "GATEWAY_WS_MAX_ANONYMOUS_PER_ADDRESS": str(ANONYMOUS_PER_ADDRESS),
         "GATEWAY_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
         "RETAINED_MAX_TOPICS": str(RETAINED_TOPICS),
     }
@@ -239,4 +245,36 @@ async def test_long_topics_and_unshowable_senders_are_dropped_and_counted(
         return [s.value for s in too_long] == [1] and [s.value for s in sender] == [2]
 
     await asyncio.to_thread(wait_for, counted, "the drops in /metrics", 10)
+    await assert_other_rooms_flow(gateway, broker)
+
+
+async def test_anonymous_sockets_past_the_cap_of_an_address_are_refused_and_counted(
+    gateway: Gateway, broker: Mosquitto
+) -> None:
+    def refused_so_far() -> float:
+        families = parse_exposition(http_get(f"{gateway.http}/metrics")[1])
+        found = samples(families, "gateway_ws_refused_total", reason="too_many_sockets")
+        return sum(sample.value for sample in found)
+
+    before = await asyncio.to_thread(refused_so_far)
+    url, origin = f"{gateway.ws}/ws/rooms/crowd/", gateway.http
+    async with contextlib.AsyncExitStack() as stack:
+        joining = [connect(url, origin=origin, open_timeout=30) for _ in range(600)]
+        opened = await asyncio.gather(*map(stack.enter_async_context, joining))
+        answers = await asyncio.gather(*(asyncio.wait_for(ws.recv(), 30) for ws in opened))
+        kinds = Counter(json.loads(answer)["type"] for answer in answers)
+        assert kinds == {"welcome": ANONYMOUS_PER_ADDRESS, "error": 600 - ANONYMOUS_PER_ADDRESS}
+        for ws, answer in zip(opened, answers, strict=True):
+            if json.loads(answer)["type"] == "error":
+                assert json.loads(answer)["code"] == "too_many_sockets"
+                _, code = await read_until_closed(ws)
+                assert code == 1008
+        await asyncio.gather(*(ws.close() for ws in opened))  # together: one by one is slow
+    assert await asyncio.to_thread(refused_so_far) == before + 600 - ANONYMOUS_PER_ADDRESS
+    # Every place was given back: a full house can come in again.
+    async with contextlib.AsyncExitStack() as stack:
+        rejoining = [ws_connect(gateway.ws, "crowd") for _ in range(ANONYMOUS_PER_ADDRESS)]
+        again = await asyncio.gather(*map(stack.enter_async_context, rejoining))
+        assert len(again) == ANONYMOUS_PER_ADDRESS
+        await asyncio.gather(*(ws.close() for ws in again))
     await assert_other_rooms_flow(gateway, broker)
