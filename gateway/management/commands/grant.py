@@ -47,7 +47,7 @@ class Command(BaseCommand):
         try:
             if options["user"] is not None:
                 user_model = get_user_model()
-                return "user", user_model._default_manager.get_by_natural_key(options["user"])
+                return "user", user_model.objects.get_by_natural_key(options["user"])
             if options["group"] is not None:
                 return "group", Group.objects.get(name=options["group"])
             return "device", Device.objects.get(name=options["device"])

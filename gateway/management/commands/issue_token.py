@@ -22,7 +22,7 @@ class Command(BaseCommand):
         username: str = options["username"]
         user_model = get_user_model()
         try:
-            user = user_model._default_manager.get_by_natural_key(username)
+            user = user_model.objects.get_by_natural_key(username)
         except user_model.DoesNotExist as exc:
             raise CommandError(f"no user named {username!r}") from exc
         try:
