@@ -33,8 +33,9 @@ from gateway.tokens import atoken_is_active
 from protocols.access_watch import access_watch
 from protocols.auth import asession_is_current
 from protocols.client_address import client_address
-from protocols.fanout import Subscriber, client_view, error_frame, hub_for, outlet_for
+from protocols.fanout import Subscriber, client_view, error_frame, hub_for
 from protocols.frames import Refusal, read_frame
+from protocols.outlets import outlet_for
 
 logger = logging.getLogger(__name__)
 

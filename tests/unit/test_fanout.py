@@ -7,7 +7,8 @@ from channels.layers import InMemoryChannelLayer
 
 from gateway import metrics
 from gateway.envelope import Envelope
-from protocols.fanout import CLOSE_SLOW, PENDING_FRAMES, Frame, RoomHub, Subscriber
+from protocols.fanout import PENDING_FRAMES, RoomHub, Subscriber
+from protocols.outlets import CLOSE_SLOW, Frame
 
 
 class Recorder:
