@@ -4,9 +4,11 @@ Every message the gateway drops or refuses moves a counter. Each metric is keyed
 one label value (a reason, a source...); the label's name is per family (see `describe`). The
 recording functions are on the hot path: a lock, a dict lookup and an addition, nothing more.
 
-`exposition` renders the Prometheus text format (0.0.4). A process can also `export_state` as
-JSON, so another one can show it: daphne's ``/metrics`` includes the bridge workers' states,
-which they publish with their heartbeats, each under its own ``process`` label.
+`exposition` renders the Prometheus text format (0.0.4) through prometheus_client, at scrape
+time: a collector (`StatesCollector`) turns the recorded numbers into metric families. A process
+can also `export_state` as JSON, so another one can show it: daphne's ``/metrics`` includes the
+bridge workers' states, which they publish with their heartbeats, each under its own ``process``
+label.
 """
 
 import logging
@@ -15,9 +17,17 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypedDict, TypeGuard
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +52,7 @@ BUCKETS: tuple[float, ...] = (
     10.0,
 )
 PREFIX = "gateway_"
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # what generate_latest writes
 
 
 class _Histogram:
@@ -100,35 +110,6 @@ def dropped(reason: str, detail: str, amount: int = 1) -> None:
     safe = detail[:DROP_DETAIL_CHARS].encode("unicode_escape").decode("ascii")
     more = f" ({left_out} more since the last such line)" if left_out else ""
     logger.warning("message dropped (%s): %s%s", reason, safe, more)
-
-
-# How many messages the channel-layer event being sent carries (set around a group_send), so
-# that a dropped event counts as the messages it held.
-MESSAGES_PER_EVENT: ContextVar[int] = ContextVar("messages_per_event", default=1)
-
-
-class ChannelLayerDropCounter(logging.Filter):
-    """Counts the messages channels-redis drops when a channel is over capacity.
-
-    channels-redis drops a group message for every member channel that is full and only says
-    so in an INFO log record (``"%s of %s channels over capacity in group %s"``). Attached to
-    the ``channels_redis.core`` logger, this filter turns those records into counter increments
-    and raises them to WARNING, so no drop goes unseen.
-    """
-
-    OVER_CAPACITY = "channels over capacity in group"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        counted = getattr(record, "gateway_counted", False)  # a second copy of this filter
-        if not counted and self.OVER_CAPACITY in str(record.msg) and isinstance(record.args, tuple):
-            full_channels = record.args[0]
-            if isinstance(full_channels, int):
-                lost = full_channels * MESSAGES_PER_EVENT.get()
-                inc("messages_dropped", "channel_full", lost)
-                record.levelno, record.levelname = logging.WARNING, "WARNING"
-                record.msg = f"message dropped (channel_full): {lost} messages; " + str(record.msg)
-                record.gateway_counted = True
-        return True
 
 
 def set_gauge(name: str, value: float, label: str = "") -> None:
@@ -242,6 +223,7 @@ _KNOWN_FAMILIES = (
     ("mqtt_hook_denied", "Brokers' HTTP hook checks answered with a denial.", "check"),
     ("mqtt_hook_errors", "Brokers' HTTP hook requests that failed (answered: deny).", "endpoint"),
     ("mqtt_hook_refused", "Brokers' HTTP hook requests refused unanswered, by reason.", "reason"),
+    ("compat_unpatched", "Libraries at a version protocols/compat.py was not made for.", "library"),
 )
 _families: dict[str, tuple[str, str]] = {
     name: (text, label) for name, text, label in _KNOWN_FAMILIES
@@ -253,19 +235,69 @@ def describe(name: str, help_text: str, *, label: str = "reason") -> None:
     _families[name] = (help_text, label)
 
 
-# The Prometheus text format, version 0.0.4.
+# The Prometheus text format (0.0.4), through prometheus_client.
 
 Kind = Literal["counter", "gauge", "histogram"]
+Source = tuple[str | None, Mapping[str, Any]]  # (``process`` label or None, exported state)
+
+_FAMILY_TYPES: dict[Kind, type[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]] = {
+    "counter": CounterMetricFamily,
+    "gauge": GaugeMetricFamily,
+    "histogram": HistogramMetricFamily,
+}
 
 
 class _Family:
-    __slots__ = ("help", "kind", "label", "name", "samples")
+    """A family as it is gathered from every source.
+
+    A prometheus_client family fixes its label names, but the series of one family differ in
+    theirs: an empty label value is left out, and a source may have no ``process`` label. So
+    each series is made in a family of its own label names, and its samples join this one's.
+    """
+
+    __slots__ = ("help", "kind", "label", "metric", "name")
 
     def __init__(self, name: str, kind: Kind, metric: str) -> None:
         self.name = name
         self.kind = kind
         self.help, self.label = _families.get(metric, (f"Gateway {kind} {metric}.", "reason"))
-        self.samples: list[str] = []
+        self.metric = _FAMILY_TYPES[kind](name, self.help, labels=())
+
+    def add(self, labels: list[tuple[str, str]], value: float) -> None:
+        """A counter's or a gauge's series."""
+        kind = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        series = kind(self.name, self.help, labels=[name for name, _ in labels])
+        series.add_metric([label for _, label in labels], value)
+        self.metric.samples.extend(series.samples)
+
+    def add_histogram(
+        self, labels: list[tuple[str, str]], buckets: list[tuple[str, float]], total: float
+    ) -> None:
+        """A histogram's series: cumulative counts by ``le`` (``+Inf`` last), and their sum."""
+        series = HistogramMetricFamily(self.name, self.help, labels=[name for name, _ in labels])
+        series.add_metric([label for _, label in labels], buckets, total)
+        self.metric.samples.extend(series.samples)
+
+
+class StatesCollector(Collector):
+    """A collector of exported states: this process's, and the bridge workers' that reach the
+    web processes with their heartbeats in Redis (see `gateway.bridge_state`).
+
+    ``sources`` is called at each collection and gives ``(process label, exported state)``
+    pairs; each source's series have its ``process`` label, none when it is None. A family
+    appears once, with the series of every source. Entries that are not numbers (a state from
+    another version, say) are left out rather than break the page.
+    """
+
+    def __init__(self, sources: Callable[[], Iterable[Source]]) -> None:
+        self._sources = sources
+
+    def collect(self) -> Iterator[Metric]:
+        families = _gather(self._sources())
+        for name in sorted(families):
+            metric = families[name].metric
+            if metric.samples:
+                yield metric
 
 
 def exposition(
@@ -279,22 +311,35 @@ def exposition(
         extra_snapshots: ``(process label, exported state)`` of other processes.
         process: the ``process`` label of this process's samples; none when None.
     """
-    return render([(process, export_state()), *extra_snapshots])
+    return _generate(StatesCollector(lambda: [(process, export_state()), *extra_snapshots]))
 
 
-def render(sources: Iterable[tuple[str | None, Mapping[str, Any]]]) -> str:
-    """Exported states in the Prometheus text format, each source under its ``process`` label.
+def render(sources: Iterable[Source]) -> str:
+    """Exported states in the Prometheus text format, each source under its ``process`` label
+    (see `StatesCollector`)."""
+    listed = list(sources)
+    return _generate(StatesCollector(lambda: listed))
 
-    A family appears once, with the samples of every source. Entries that are not numbers (a
-    state from another version, say) are left out rather than break the page.
-    """
+
+def _generate(collector: Collector) -> str:
+    # A registry of its own per page: the sources differ from one request to the next. Without
+    # describe(), registering collects nothing; counters are made without ``_created``.
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return generate_latest(registry).decode()
+
+
+def _gather(sources: Iterable[Source]) -> dict[str, _Family]:
+    """The families of ``sources``, by the name they are exposed under."""
     families: dict[str, _Family] = {}
 
     def family(metric: str, kind: Kind) -> _Family | None:
         name = PREFIX + _metric_name(metric)
         if kind == "counter" and not name.endswith("_total"):
             name += "_total"
-        found = families.setdefault(name, _Family(name, kind, metric))
+        found = families.get(name)
+        if found is None:
+            found = families[name] = _Family(name, kind, metric)
         return found if found.kind == kind else None  # a clash of kinds: the first one wins
 
     for process, state in sources:
@@ -305,49 +350,38 @@ def render(sources: Iterable[tuple[str | None, Mapping[str, Any]]]) -> str:
                 fam = family(metric, kind)
                 for label, value in _items(by_label):
                     if fam is not None and _is_number(value):
-                        labels = _labels([*base, *_label(fam.label, label)])
-                        fam.samples.append(f"{fam.name}{labels} {_number(value)}")
+                        fam.add([*base, *_label(fam.label, label)], value)
         for metric, by_label in _items(state.get("histograms")):
             fam = family(metric, "histogram")
             for label, series in _items(by_label):
-                if fam is not None:
-                    fam.samples.extend(
-                        _histogram_samples(fam, [*base, *_label(fam.label, label)], series)
-                    )
-    lines: list[str] = []
-    for name in sorted(families):
-        fam = families[name]
-        if not fam.samples:
-            continue
-        lines.append(f"# HELP {fam.name} {_escape_help(fam.help)}")
-        lines.append(f"# TYPE {fam.name} {fam.kind}")
-        lines.extend(fam.samples)
-    return "\n".join(lines) + "\n" if lines else ""
+                parsed = _histogram(series)
+                if fam is not None and parsed is not None:
+                    fam.add_histogram([*base, *_label(fam.label, label)], *parsed)
+    return families
 
 
-def _histogram_samples(fam: _Family, labels: list[tuple[str, str]], series: Any) -> list[str]:
+def _histogram(series: Any) -> tuple[list[tuple[str, float]], float] | None:
+    """The buckets (by ``le``, in order) and sum of an exported histogram series, or None when
+    it is not one: its buckets must be numbered, not negative, end with ``+Inf`` and agree
+    with its count."""
     if not isinstance(series, Mapping):
-        return []
+        return None
     total, count = series.get("sum"), series.get("count")
     bounds: list[tuple[float, int]] = []
     for le, cumulative in _items(series.get("buckets")):
         try:
             bound = float(le)
         except ValueError:
-            return []
-        if not isinstance(cumulative, int) or isinstance(cumulative, bool):
-            return []
+            return None
+        if not bound >= 0 or not isinstance(cumulative, int) or isinstance(cumulative, bool):
+            return None  # prometheus_client leaves out the sum and count of negative buckets
         bounds.append((bound, cumulative))
     bounds.sort()
     if not _is_number(total) or not _is_number(count) or not bounds or bounds[-1][0] != math.inf:
-        return []
-    samples = [
-        f"{fam.name}_bucket{_labels([*labels, ('le', _number(bound))])} {cumulative}"
-        for bound, cumulative in bounds
-    ]
-    samples.append(f"{fam.name}_sum{_labels(labels)} {_number(total)}")
-    samples.append(f"{fam.name}_count{_labels(labels)} {_number(count)}")
-    return samples
+        return None
+    if bounds[-1][1] != count:  # the +Inf bucket gives the exposed count
+        return None
+    return [(_number(bound), cumulative) for bound, cumulative in bounds], total
 
 
 def _items(value: Any) -> list[tuple[str, Any]]:
@@ -364,12 +398,6 @@ def _label(name: str, value: str) -> list[tuple[str, str]]:
     return [(name, value)] if value else []
 
 
-def _labels(pairs: list[tuple[str, str]]) -> str:
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{name}="{_escape_label(value)}"' for name, value in pairs) + "}"
-
-
 def _metric_name(name: str) -> str:
     # Names come from code, but a state read from elsewhere must not break the format.
     return "".join(c if c.isascii() and (c.isalnum() or c in "_:") else "_" for c in name)
@@ -383,11 +411,3 @@ def _number(value: float) -> str:
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
     return repr(value)
-
-
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")

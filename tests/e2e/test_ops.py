@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis as redis_lib
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import ClientConnection
 
 from tests.conftest import start_gateway
@@ -149,6 +150,26 @@ async def test_metrics_shows_the_workers_and_this_process_numbers(
     assert not samples(families, "gateway_messages_published_total", process="web", source="mqtt")
     connected = samples(families, "gateway_bridge_broker_connected", process=worker)
     assert [s.value for s in connected] == [1]
+    # As Prometheus's own parser reads the page: the families, label names and buckets that
+    # dashboards rely on, and no series beyond the gateway's (no _created).
+    parsed = {family.name: family for family in text_string_to_metric_families(text)}
+    published_family = parsed["gateway_messages_published"]  # the parser drops a counter's _total
+    assert published_family.type == "counter"
+    assert {s.name for s in published_family.samples} == {"gateway_messages_published_total"}
+    assert {"process", "source"} == set().union(*(s.labels for s in published_family.samples))
+    assert parsed["gateway_bridge_broker_connected"].type == "gauge"
+    latency = parsed["gateway_delivery_latency_seconds"]  # the browser's deliveries
+    assert latency.type == "histogram"
+    web = [s for s in latency.samples if s.labels.get("process") == "web"]
+    assert [s.labels["le"] for s in web if s.name.endswith("_bucket")] == [
+        *("0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5"),
+        *("1.0", "2.5", "5.0", "10.0", "+Inf"),
+    ]
+    [count] = [s.value for s in web if s.name == "gateway_delivery_latency_seconds_count"]
+    assert count >= 2
+    for family in parsed.values():
+        assert family.name.startswith("gateway_"), family.name
+        assert not any(s.name.endswith("_created") for s in family.samples), family.name
 
 
 def test_readyz_follows_the_broker_and_the_worker(
