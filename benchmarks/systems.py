@@ -4,8 +4,7 @@
 - ``naive``: the Channels tutorial's chat consumer on daphne, default ``RedisChannelLayer``
   settings, and a minimal MQTT bridge (``benchmarks/naive``).
 - ``gateway``: daphne serving ``config.asgi`` and one ``runworker mqtt-bridge``, with Redis and
-  Mosquitto; ``gateway-pubsub`` asks for the pub/sub channel layer (``CHANNEL_LAYER=pubsub``)
-  and ``gateway-uvicorn`` serves the same application with uvicorn instead of daphne.
+  Mosquitto; ``gateway-uvicorn`` serves the same application with uvicorn instead of daphne.
 """
 
 import re
@@ -20,7 +19,6 @@ from tests.support.processes import (
     Mosquitto,
     Process,
     Redis,
-    django_shell,
     free_port,
     gateway_env,
     http_get,
@@ -228,13 +226,10 @@ class UvicornGateway(Gateway):
 class GatewaySystem(System):
     """The gateway: one web process, one bridge worker, Redis and Mosquitto."""
 
-    def __init__(
-        self, workdir: Path, name: str, database: Path, *, layer: str = "", uvicorn: bool = False
-    ) -> None:
+    def __init__(self, workdir: Path, name: str, database: Path, *, uvicorn: bool = False) -> None:
         super().__init__(workdir)
         self.name = name
         self.database = database
-        self.layer = layer
         self.uvicorn = uvicorn
         self.gateway: Gateway | None = None
 
@@ -256,10 +251,6 @@ class GatewaySystem(System):
             GATEWAY_WS_MAX_ANONYMOUS_PER_ADDRESS=WS_ANONYMOUS,
             GATEWAY_WS_MAX_ANONYMOUS=WS_ANONYMOUS,
         )
-        env.pop("CHANNEL_LAYER", None)
-        if self.layer:
-            env["CHANNEL_LAYER"] = self.layer
-            self._check_layer(env)
         self.gateway = (UvicornGateway if self.uvicorn else Gateway)(self.workdir, env)
         try:
             self.gateway.start(workers=1)
@@ -272,21 +263,6 @@ class GatewaySystem(System):
             self.gateway.http,
             welcome=True,
         )
-
-    def _check_layer(self, env: dict[str, str]) -> None:
-        """Refuse to measure a variant that this checkout does not provide."""
-        code = (
-            "from django.conf import settings; print(settings.CHANNEL_LAYERS['default']['BACKEND'])"
-        )
-        try:
-            backend = django_shell(code, env=env)
-        except RuntimeError as exc:
-            raise SystemFailed(f"CHANNEL_LAYER={self.layer} was refused: {exc}") from exc
-        if self.layer not in backend.lower():
-            raise SystemFailed(
-                f"CHANNEL_LAYER={self.layer} is not supported by this checkout "
-                f"(the channel layer stays {backend.splitlines()[-1]})"
-            )
 
     def server_procs(self) -> list[Proc]:
         assert self.gateway is not None
@@ -328,7 +304,7 @@ class GatewaySystem(System):
         super().stop()
 
 
-SYSTEM_NAMES = ("mosquitto", "naive", "gateway", "gateway-pubsub", "gateway-uvicorn")
+SYSTEM_NAMES = ("mosquitto", "naive", "gateway", "gateway-uvicorn")
 
 
 def migrated_database(workdir: Path) -> Path:
@@ -354,8 +330,6 @@ def make_system(name: str, workdir: Path, database_dir: Path) -> System:
         database = migrated_database(database_dir)
         if name == "gateway":
             return GatewaySystem(workdir, name, database)
-        if name == "gateway-pubsub":
-            return GatewaySystem(workdir, name, database, layer="pubsub")
         if name == "gateway-uvicorn":
             return GatewaySystem(workdir, name, database, uvicorn=True)
     raise ValueError(f"unknown system {name!r}: choose from {', '.join(SYSTEM_NAMES)}")

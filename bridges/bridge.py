@@ -24,7 +24,6 @@ from functools import partial
 from typing import Any, TypeVar
 
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -44,10 +43,10 @@ from gateway import metrics, retained
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.errors import GatewayError
-from gateway.events import room_error
 from gateway.models import Device
 from gateway.presence import presence_for
 from gateway.publish import Entry, publish_many
+from gateway.transport import room_error, transport
 
 logger = logging.getLogger(__name__)
 HANDOFF_RETRY_CAP_SECONDS = 1.0
@@ -226,9 +225,7 @@ class Bridge:
                 await asyncio.sleep(delay)
 
     async def _device_presence(self, room: str, device: str, *, online: bool) -> None:
-        layer = get_channel_layer()
-        assert layer is not None
-        presence = presence_for(layer)
+        presence = presence_for()
         if online:
             verified = await database_sync_to_async(_is_registered_device)(device)
             await presence.join(
@@ -306,9 +303,7 @@ class Bridge:
         channel, to = reply
         if channel is None:
             return
-        layer = get_channel_layer()
-        if layer is not None:
-            await layer.send(channel, room_error(envelope, code, detail, to))
+        await transport().send_to(channel, room_error(envelope, code, detail, to))
 
 
 _ONLINE = {"online", "on", "up", "connected", "true", "1", "yes"}

@@ -1,7 +1,7 @@
 """The bridge's heartbeat: its broker state and metrics, for daphne's ``/readyz`` and ``/metrics``.
 
-Every `INTERVAL_SECONDS` the heartbeat writes the record `gateway.bridge_state` describes. With
-the in-memory channel layer (``rungateway``) the bridge runs in the web process, which sees it
+Every `INTERVAL_SECONDS` the heartbeat writes the record `gateway.bridge_state` describes. Without
+Redis (``rungateway``) the bridge runs in the web process, which sees it
 through `gateway.bridge_state.local_bridge`; the heartbeat then only keeps the
 ``bridge_broker_connected`` gauge current.
 """
@@ -12,12 +12,10 @@ import json
 import logging
 import time
 
-from channels.layers import BaseChannelLayer
-
 from bridges.bridge import Bridge
 from gateway import metrics
 from gateway.bridge_state import INDEX_TTL_SECONDS, TTL_SECONDS, Heartbeat, heartbeat_key, index_key
-from gateway.layers import redis_connection, uses_redis
+from gateway.shared import redis_client, uses_redis
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +37,7 @@ def beat(bridge: Bridge) -> Heartbeat:
     )
 
 
-async def run_heartbeat(
-    bridge: Bridge, layer: BaseChannelLayer, interval: float = INTERVAL_SECONDS
-) -> None:
+async def run_heartbeat(bridge: Bridge, interval: float = INTERVAL_SECONDS) -> None:
     """Beat every ``interval`` seconds until cancelled; a failed beat is logged, never fatal."""
     key = heartbeat_key(bridge.link.settings.client_id)
     failing = False
@@ -49,9 +45,8 @@ async def run_heartbeat(
         try:
             bridge.link.connection_changed.clear()  # a change from now on beats again at once
             record = beat(bridge)
-            if uses_redis(layer):
-                # The layer's client for this loop: no second Redis configuration to keep.
-                pipe = redis_connection(layer).pipeline(transaction=False)
+            if uses_redis():
+                pipe = redis_client().pipeline(transaction=False)
                 pipe.set(key, json.dumps(record), ex=TTL_SECONDS)
                 pipe.sadd(index_key(), record["client_id"])
                 pipe.expire(index_key(), INDEX_TTL_SECONDS)
@@ -78,27 +73,25 @@ async def _pause(bridge: Bridge, interval: float) -> None:
         await asyncio.wait_for(bridge.link.connection_changed.wait(), interval)
 
 
-def start_heartbeat(bridge: Bridge, layer: BaseChannelLayer) -> "asyncio.Task[None]":
+def start_heartbeat(bridge: Bridge) -> "asyncio.Task[None]":
     """Start `run_heartbeat` as a task of the running loop."""
-    return asyncio.create_task(run_heartbeat(bridge, layer), name="bridge-heartbeat")
+    return asyncio.create_task(run_heartbeat(bridge), name="bridge-heartbeat")
 
 
-async def stop_heartbeat(
-    task: "asyncio.Task[None]", bridge: Bridge, layer: BaseChannelLayer
-) -> None:
+async def stop_heartbeat(task: "asyncio.Task[None]", bridge: Bridge) -> None:
     """Cancel the heartbeat and remove its key, so readiness does not trust a stopped bridge."""
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     metrics.set_gauge("bridge_broker_connected", 0)
-    if not uses_redis(layer):
+    if not uses_redis():
         return
     client_id = bridge.link.settings.client_id
     try:
-        pipe = redis_connection(layer).pipeline(transaction=False)
+        pipe = redis_client().pipeline(transaction=False)
         pipe.delete(heartbeat_key(client_id))
         pipe.srem(index_key(), client_id)
         await asyncio.wait_for(pipe.execute(), DELETE_TIMEOUT_SECONDS)
-    except Exception as exc:  # the key expires anyway
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the key expires anyway
         logger.warning("could not remove the bridge heartbeat: %s", _describe(exc))
 
 

@@ -139,8 +139,8 @@ REDIS_URL: str | None = _read("REDIS_URL", env.str, None) or None
 CHANNEL_CAPACITY: int = _read("CHANNEL_CAPACITY", env.int, 1000)
 if not 10 <= CHANNEL_CAPACITY <= 1_000_000:
     raise ImproperlyConfigured(f"CHANNEL_CAPACITY={CHANNEL_CAPACITY} is out of range (10-1000000)")
-# Seconds a group membership lasts in the core layer unless renewed (each process renews its
-# rooms every quarter of it).
+# Seconds a process's membership of a room lasts on the transport unless renewed (each process
+# renews its rooms every quarter of it; a crashed process's lapse).
 CHANNEL_GROUP_EXPIRY: int = _read("CHANNEL_GROUP_EXPIRY", env.int, 86400)
 if not 4 <= CHANNEL_GROUP_EXPIRY <= 30 * 86400:
     raise ImproperlyConfigured(
@@ -150,37 +150,27 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     raise ImproperlyConfigured(
         f"REDIS_URL={REDIS_URL!r} is invalid: use redis://host:port/db or rediss://"
     )
-# Which channels-redis layer: "core" (lists in Redis: capacity, drops counted) or "pubsub"
-# (Redis pub/sub: fewer round trips, but nothing waits for a reader that is not there).
-CHANNEL_LAYER: str = _read("CHANNEL_LAYER", env.str, "core")
-if CHANNEL_LAYER not in ("core", "pubsub"):
-    raise ImproperlyConfigured(f"CHANNEL_LAYER={CHANNEL_LAYER!r} is invalid: use core or pubsub")
-if REDIS_URL and CHANNEL_LAYER == "pubsub":
+# The pub/sub channel layer once carried rooms; the gateway's own transport does now, and the
+# channel layer carries only what the bridge worker publishes.
+if _read("CHANNEL_LAYER", env.str, "") not in ("", "core"):
+    raise ImproperlyConfigured(
+        "CHANNEL_LAYER is retired: rooms travel on the gateway's own transport in Redis. "
+        "Remove the setting (see the README's upgrade notes)."
+    )
+if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            # Its publishing pool is channels-redis's own: raise redis-py's 100 connections.
-            "CONFIG": {
-                "hosts": [
-                    {"address": REDIS_URL, "socket_connect_timeout": 5, "max_connections": 1000}
-                ]
-            },
-        }
-    }
-elif REDIS_URL:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "gateway.layers.CoreLayer",
+            # channels-redis as it ships: the bridge worker's channel, and Channels' own needs.
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
                 # channels-redis blocks on BZPOPMIN for 5 s; redis-py's default socket timeout
-                # is also 5 s, so under load a consumer's receive would time out and crash.
+                # is also 5 s, so under load a receive would time out and crash the worker.
                 "hosts": [
                     {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
                 ],
-                # Messages waiting per channel (a daphne process's sockets share one) before
-                # new ones are dropped and counted: seconds of slack, bounded memory.
+                # Messages waiting for the bridge worker before new ones are refused (the
+                # sender is told, and the drop counted): seconds of slack, bounded memory.
                 "capacity": CHANNEL_CAPACITY,
-                "group_expiry": CHANNEL_GROUP_EXPIRY,
             },
         }
     }
@@ -300,12 +290,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "filters": {"count_channel_drops": {"()": "gateway.metrics.ChannelLayerDropCounter"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": _read("LOG_LEVEL", env.str, "INFO").upper()},
     "loggers": {
         "django": {"level": "INFO"},
-        # channels-redis reports dropped group messages at INFO only: count them.
-        "channels_redis.core": {"level": "INFO", "filters": ["count_channel_drops"]},
     },
 }

@@ -13,11 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from channels.layers import BaseChannelLayer
-
 from gateway.conf import gateway_settings
-from gateway.layers import redis_connection
 from gateway.metrics import ExportedState
+from gateway.shared import redis_client
 
 TTL_SECONDS = 10  # several missed beats: the worker is gone, not just slow
 KEY_PREFIX = "gateway:bridge:"
@@ -58,10 +56,10 @@ def parse_heartbeat(raw: Any) -> Heartbeat | None:
     return value  # type: ignore[return-value]
 
 
-async def read_heartbeats(layer: BaseChannelLayer) -> list[Heartbeat]:
+async def read_heartbeats() -> list[Heartbeat]:
     """The heartbeats of this gateway's live bridge workers, by client id (two commands, and
     a third to drop the workers whose heartbeat expired from the index)."""
-    client = redis_connection(layer)
+    client = redis_client()
     ids = sorted(
         member.decode() if isinstance(member, bytes) else str(member)
         for member in await client.smembers(index_key())

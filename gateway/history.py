@@ -26,7 +26,6 @@ send are one script (`History.append_and_send`), so there is no step between the
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +35,6 @@ from typing import Any, Protocol, cast
 
 import msgpack
 from channels.db import database_sync_to_async
-from channels.layers import BaseChannelLayer
 from django.db import connection, transaction
 from django.db.models import Max, Min
 from django.utils import timezone
@@ -45,15 +43,8 @@ from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.jsonutil import dumps, parse_json
-from gateway.layers import (
-    EVENT_ENVELOPES,
-    EVENT_HEAD,
-    ScriptSends,
-    per_layer,
-    redis_connection,
-    uses_redis,
-)
-from gateway.models import Message
+from gateway.models import MESSAGE_TABLE, Message
+from gateway.shared import per_loop, redis_client, uses_redis
 
 logger = logging.getLogger(__name__)
 
@@ -177,178 +168,66 @@ return results
 )
 
 
-# `_APPEND`, then the sends, in one step: a burst costs one round trip from the broker to the
-# rooms' channels. Nothing is done if a room has no counter yet (returns {0}). ARGV[1..5]: see
-# `_RECORDS`; then the sends' parameters (see `ScriptSends`: now, members joined since,
-# messages stale before, capacity, channel TTL, channel key prefix, envelopes per event, the
-# random part of the events' prefix, `EVENT_HEAD`) and the chunks as one MessagePack array of
-# [group key, first, last, the envelopes packed] (a chunk: a room's envelopes in order, a run of
-# the list, 1-based). Each member channel gets one event for all its rooms' chunks (a new one
-# past the limit), with the ``seqs`` of its envelopes (COPY: not sent). Returns {1, per
-# envelope its seq (COPY for a copy), per channel that was full its name and the messages it
-# did not get}. A once key is marked sent at once: the send is in the same step.
-_APPEND_AND_SEND = (
+# `_RECORDS`, then seqs for the whole burst, marking once keys sent: what the transport's script
+# that appends and delivers in one step starts with (`gateway.transport`). Leaves ``seqs`` nil,
+# having done nothing, if a room has no counter yet; else per envelope its seq, or COPY (0) for
+# a copy of a message sent before.
+APPEND_RECORDS_LUA = (
     _RECORDS
     + """
-for _, record in ipairs(records) do
-  if redis.call('EXISTS', prefix .. 'seq:' .. record[1]) == 0 then return {0} end
-end
 local seqs = {}
-for i, record in ipairs(records) do
-  local counter, window, once = keys(record)
-  local mode = record[4]
-  local known = false
-  if mode == '2' then known = redis.call('GET', once) end
-  local seq
-  if known == 'sent' then
-    seq = 0
-  elseif known then
-    seq = tonumber(known)
-  else
-    seq = keep(counter, window, record[3])
-  end
-  if mode ~= '0' and seq ~= 0 then redis.call('SET', once, 'sent', 'EX', once_ttl) end
-  seqs[i] = seq
+for _, record in ipairs(records) do
+  if redis.call('EXISTS', prefix .. 'seq:' .. record[1]) == 0 then seqs = nil break end
 end
-local now, since, stale, capacity, channel_ttl, channels, limit, random, head =
-  ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9]), ARGV[10], ARGV[11], tonumber(ARGV[12]),
-  ARGV[13], ARGV[14]
-local members, batches, order, full, events = {}, {}, {}, {}, 0
-local function flush(channel, batch)
-  if batch.count == 0 then return end
-  local bang = string.find(channel, '!', 1, true)
-  local key = channels .. (bang and string.sub(channel, 1, bang) or channel)
-  redis.call('ZREMRANGEBYSCORE', key, 0, stale)
-  if redis.call('ZCARD', key) < capacity then
-    -- Events queued together have the same score, which Redis breaks by their bytes: a
-    -- counter after the random part keeps them in order.
-    events = events + 1
-    local counter = string.char(math.floor(events / 65536) % 256, math.floor(events / 256) % 256,
-      events % 256)
-    local size = batch.count < 16 and string.char(0x90 + batch.count)
-      or string.char(0xdc, math.floor(batch.count / 256), batch.count % 256)
-    redis.call('ZADD', key, now, random .. counter .. head .. size .. table.concat(batch.parts)
-      .. cmsgpack.pack('__asgi_channel__') .. cmsgpack.pack(channel)
-      .. cmsgpack.pack('seqs') .. cmsgpack.pack(batch.seqs))
-    redis.call('EXPIRE', key, channel_ttl)
-  else
-    full[#full + 1] = channel
-    full[#full + 1] = batch.fresh
-  end
-  batch.parts, batch.seqs, batch.count, batch.fresh = {}, {}, 0, 0
-end
-for _, chunk in ipairs(cmsgpack.unpack(ARGV[15])) do
-  local group, first, last, packed = chunk[1], chunk[2], chunk[3], chunk[4]
-  local fresh = 0
-  for i = first, last do
-    if seqs[i] ~= 0 then fresh = fresh + 1 end
-  end
-  if fresh > 0 then
-    if not members[group] then
-      members[group] = redis.call('ZRANGEBYSCORE', group, since, '+inf')
+if seqs then
+  for i, record in ipairs(records) do
+    local counter, window, once = keys(record)
+    local mode = record[4]
+    local known = false
+    if mode == '2' then known = redis.call('GET', once) end
+    local seq
+    if known == 'sent' then
+      seq = 0
+    elseif known then
+      seq = tonumber(known)
+    else
+      seq = keep(counter, window, record[3])
     end
-    for _, channel in ipairs(members[group]) do
-      local batch = batches[channel]
-      if not batch then
-        batch = {parts = {}, seqs = {}, count = 0, fresh = 0}
-        batches[channel] = batch
-        order[#order + 1] = channel
-      end
-      if batch.count + last - first + 1 > limit then flush(channel, batch) end
-      batch.parts[#batch.parts + 1] = packed
-      for i = first, last do batch.seqs[#batch.seqs + 1] = seqs[i] end
-      batch.count = batch.count + last - first + 1
-      batch.fresh = batch.fresh + fresh
-    end
+    if mode ~= '0' and seq ~= 0 then redis.call('SET', once, 'sent', 'EX', once_ttl) end
+    seqs[i] = seq
   end
 end
-for _, channel in ipairs(order) do flush(channel, batches[channel]) end
-return {1, seqs, full}
 """
 )
 
 
-# A chunk for `RedisWindow.append_and_send`: its room's group key, its first and last envelope
-# (0-based, inclusive) and those envelopes packed (`ScriptSends.packed`).
-ScriptChunk = tuple[bytes, int, int, bytes]
-
-
 class RedisWindow:
-    """The window in Redis, on the channel layer's own connections."""
+    """The window in Redis."""
 
-    def __init__(self, layer: Any, *, prefix: str, window: int, ttl_seconds: int) -> None:
-        self.layer = layer
+    def __init__(self, client: Any, *, prefix: str, window: int, ttl_seconds: int) -> None:
+        self.client = client
         self.prefix = prefix
         self.window = window
         self.ttl = ttl_seconds
 
-    def _keys(self, room: str) -> tuple[Any, str, str]:
-        connection = redis_connection(self.layer, room)
+    def _keys(self, room: str) -> tuple[str, str]:
         # The scripts name them the same way (`_RECORDS`).
-        return connection, f"{self.prefix}seq:{room}", f"{self.prefix}window:{room}"
+        return f"{self.prefix}seq:{room}", f"{self.prefix}window:{room}"
 
     async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[int | None]:
-        # One script per connection for the whole batch, the envelopes in order: seqs follow
-        # arrival, and a burst costs one round trip, not one command per message.
-        batches: dict[int, tuple[Any, list[int], list[Any]]] = {}
-        for position, envelope in enumerate(envelopes):
-            connection = redis_connection(self.layer, envelope["room"])
-            _, positions, records = batches.setdefault(id(connection), (connection, [], []))
-            records.append(self._record(envelope, once))
-            positions.append(position)
-        seqs: list[int | None] = [None] * len(envelopes)
-        for connection, positions, records in batches.values():
-            found = await connection.eval(_APPEND, 0, *self._args(records))
-            for position, seq in zip(positions, found, strict=True):
-                seqs[position] = int(seq) if seq is not None else None
-        return seqs
+        # One script for the whole batch, the envelopes in order: seqs follow arrival, and a
+        # burst costs one round trip, not one command per message.
+        found = await self.client.eval(_APPEND, 0, *self.script_args(envelopes, once))
+        return [int(seq) if seq is not None else None for seq in found]
 
-    async def append_and_send(
-        self,
-        envelopes: Sequence[Envelope],
-        once: Once,
-        chunks: Sequence[ScriptChunk],
-        sends: ScriptSends,
-    ) -> list[int] | None:
-        """`append`, and queue ``chunks`` to their groups' members in the same step; each
-        envelope's seq (`COPY` for a copy), or None, having done nothing, if a room has no
-        counter yet. Counts the messages a full channel did not get."""
-        now = time.time()
-        found = await redis_connection(self.layer).eval(
-            _APPEND_AND_SEND,
-            0,
-            *self._args([self._record(envelope, once) for envelope in envelopes]),
-            repr(now),
-            int(now) - sends.group_expiry,
-            int(now) - sends.expiry,
-            sends.capacity,
-            sends.expiry,
-            sends.channel_prefix,
-            EVENT_ENVELOPES,
-            sends.random_prefix(),
-            EVENT_HEAD,
-            # Bytes as MessagePack's old raw strings: Redis's Lua reads no bin types.
-            msgpack.packb(
-                [(group, first + 1, last + 1, packed) for group, first, last, packed in chunks],
-                use_bin_type=False,
-            ),
-        )
-        if not found[0]:
-            return None
-        full = found[2]
-        for channel, lost in zip(full[::2], full[1::2], strict=True):
-            name = channel.decode() if isinstance(channel, bytes) else str(channel)
-            metrics.dropped("channel_full", f"{lost} messages for {name}, which is full", lost)
-        return [int(seq) for seq in found[1]]
-
-    def _record(self, envelope: Envelope, once: Once) -> list[str]:
-        """An envelope as the append scripts take it (see `_RECORDS`)."""
-        redelivery = once.get(envelope["id"])
-        member = dumps({k: v for k, v in envelope.items() if k != "seq"})
-        mode = "0" if redelivery is None else "2" if redelivery else "1"
-        return [envelope["room"], envelope["id"], member, mode]
-
-    def _args(self, records: list[list[str]]) -> list[Any]:
+    def script_args(self, envelopes: Sequence[Envelope], once: Once) -> list[Any]:
+        """The arguments of a script that starts with `_RECORDS`, for ``envelopes``."""
+        records = []
+        for envelope in envelopes:
+            redelivery = once.get(envelope["id"])
+            member = dumps({k: v for k, v in envelope.items() if k != "seq"})
+            mode = "0" if redelivery is None else "2" if redelivery else "1"
+            records.append([envelope["room"], envelope["id"], member, mode])
         # MessagePack's old raw strings: what every Redis's Lua reads.
         records_packed = msgpack.packb(records, use_bin_type=False)
         return [self.window, self.ttl, ONCE_SECONDS, self.prefix, records_packed]
@@ -357,28 +236,25 @@ class RedisWindow:
         return f"{self.prefix}once:{envelope['room']}:{envelope['id']}"
 
     async def sent(self, envelopes: Sequence[Envelope]) -> None:
-        pipelines: dict[int, Any] = {}
-        for envelope in envelopes:
-            connection, _, _ = self._keys(envelope["room"])
-            pipeline = pipelines.setdefault(id(connection), connection.pipeline(transaction=False))
-            pipeline.set(self._once_key(envelope), "sent", ex=ONCE_SECONDS, xx=True)
-        for pipeline in pipelines.values():
+        async with self.client.pipeline(transaction=False) as pipeline:
+            for envelope in envelopes:
+                pipeline.set(self._once_key(envelope), "sent", ex=ONCE_SECONDS, xx=True)
             await pipeline.execute()
 
     async def seed(self, room: str, floor: int) -> None:
-        connection, counter, _ = self._keys(room)
-        await connection.set(counter, floor, nx=True)
+        counter, _ = self._keys(room)
+        await self.client.set(counter, floor, nx=True)
 
     async def after(self, room: str, seq: int, limit: int) -> list[Envelope]:
-        connection, _, window = self._keys(room)
-        rows = await connection.zrangebyscore(
+        _, window = self._keys(room)
+        rows = await self.client.zrangebyscore(
             window, f"({seq}", "+inf", start=0, num=limit, withscores=True
         )
         return [_with_seq(parse_json(member), int(score)) for member, score in rows]
 
     async def oldest(self, room: str) -> int | None:
-        connection, _, window = self._keys(room)
-        rows = await connection.zrange(window, 0, 0, withscores=True)
+        _, window = self._keys(room)
+        rows = await self.client.zrange(window, 0, 0, withscores=True)
         return int(rows[0][1]) if rows else None
 
 
@@ -469,23 +345,9 @@ class History:
                 new.append(envelope)
         return new
 
-    async def append_and_send(
-        self,
-        envelopes: Sequence[Envelope],
-        once: Once,
-        chunks: Sequence[ScriptChunk],
-        sends: ScriptSends,
-    ) -> list[Envelope] | None:
-        """`append`, `sent` and the sends to the rooms in one step, where the window is in
-        Redis and every room has its counter; else None, having done nothing.
-
-        ``chunks`` cover ``envelopes`` (each room's a run of the list, in order), packed
-        without their seqs, which travel beside them."""
-        if not envelopes or not isinstance(self.window, RedisWindow):
-            return None
-        seqs = await self.window.append_and_send(envelopes, once, chunks, sends)
-        if seqs is None:
-            return None
+    def take(self, envelopes: Sequence[Envelope], seqs: Sequence[int]) -> list[Envelope]:
+        """Number and keep envelopes a script appended (`APPEND_RECORDS_LUA`); those that are
+        not copies of messages sent before."""
         return [e for e, seq in zip(envelopes, seqs, strict=True) if self._take(e, seq)]
 
     def _take(self, envelope: Envelope, seq: int) -> bool:
@@ -606,7 +468,7 @@ def _stored_last(room: str, limit: int) -> list[Envelope]:
 def _write_rows(envelopes: list[Envelope]) -> None:
     # Plain SQL: the ORM's bulk_create costs several times more per row, and at thousands of
     # messages a second this thread competes with the event loop for the interpreter.
-    table = connection.ops.quote_name(Message._meta.db_table)
+    table = connection.ops.quote_name(MESSAGE_TABLE)
     sql = (
         f"INSERT INTO {table} (room, seq, message_id, envelope, created_at) "  # noqa: S608
         "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
@@ -627,7 +489,7 @@ def _prune(rooms: set[str], max_messages: int, max_age: timedelta) -> None:
             Message.objects.filter(room=room, seq__lte=cutoff[0]).delete()
 
 
-_histories: dict[tuple[int, int], History] = {}
+_histories: dict[tuple[str | None, int], History] = {}
 
 
 async def close_histories() -> None:
@@ -637,17 +499,17 @@ async def close_histories() -> None:
     _histories.clear()
 
 
-def history_for(layer: BaseChannelLayer) -> History:
-    """The history that goes with ``layer`` (one per layer and event loop)."""
-    return per_layer(_histories, layer, lambda: _make_history(layer))
+def history_for() -> History:
+    """This event loop's history (its window in Redis when the processes share one)."""
+    return per_loop(_histories, _make_history)
 
 
-def _make_history(layer: BaseChannelLayer) -> History:
+def _make_history() -> History:
     conf = gateway_settings()
     window: Window
-    if uses_redis(layer):
+    if uses_redis():
         window = RedisWindow(
-            layer,
+            redis_client(),
             prefix=f"gateway:{conf.gateway_id}:",
             window=WINDOW,
             ttl_seconds=int(conf.history_max_age.total_seconds()),

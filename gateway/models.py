@@ -39,6 +39,9 @@ class RetainedState(models.Model):
         return f"{self.room} {self.topic}"
 
 
+MESSAGE_TABLE = "gateway_message"  # named here: the history writer inserts rows in plain SQL
+
+
 class Message(models.Model):
     """A message of a room's history; ``seq`` orders it within the room."""
 
@@ -55,6 +58,7 @@ class Message(models.Model):
             models.UniqueConstraint(fields=("room", "message_id"), name="one_copy_per_message"),
         )
         ordering = ("room", "seq")
+        db_table = MESSAGE_TABLE
 
     def __str__(self) -> str:
         return f"{self.room} #{self.seq}"

@@ -1,7 +1,7 @@
 """Presence: who is in a room right now, browsers and devices, across every gateway process.
 
-Each browser connection is a member of its room while its socket is open. Members live beside
-the channel layer (in Redis when there is one), each with an expiry that the process holding
+Each browser connection is a member of its room while its socket is open. Members live in
+Redis when the processes share one, each with an expiry that the process holding
 the socket pushes forward every third of `ttl`; a process that crashes stops doing so, and its
 members expire. Every process sweeps expired members and tells their rooms they left (Redis
 decides which process removed a member, so a leave is announced once).
@@ -16,22 +16,19 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, TypedDict, cast
-
-from channels.layers import BaseChannelLayer
+from typing import Any, Literal, Protocol
 
 from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import utc_timestamp
 from gateway.jsonutil import dumps, parse_json
-from gateway.layers import per_layer, redis_connection, uses_redis
-from gateway.rooms import group_name
+from gateway.shared import per_loop, redis_client, uses_redis
+from gateway.transport import ROOM_PRESENCE, PresenceEvent, PresenceMember, Transport, transport
 
 logger = logging.getLogger(__name__)
 
 Kind = Literal["browser", "device"]
 DEVICE_TTL_SECONDS = 7 * 24 * 3600  # devices leave by their status topic, not by expiry
-ROOM_PRESENCE: Literal["room.presence"] = "room.presence"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +45,9 @@ class Member:
     since: str
     verified: bool | None = None
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> PresenceMember:
         """The member as clients see it (and as it is stored): ``verified`` only when set."""
-        data: dict[str, Any] = {
+        data: PresenceMember = {
             "key": self.key,
             "kind": self.kind,
             "name": self.name,
@@ -74,15 +71,6 @@ class Member:
         )
 
 
-class PresenceEvent(TypedDict):
-    """Sent to a room's group when a member joins or leaves."""
-
-    type: Literal["room.presence"]
-    room: str
-    event: Literal["join", "leave"]
-    member: dict[str, Any]
-
-
 class Store(Protocol):
     """Where members are kept."""
 
@@ -100,12 +88,12 @@ class Store(Protocol):
 class RedisStore:
     """Members in Redis: a hash of members and a sorted set of expiries per room."""
 
-    def __init__(self, layer: Any, *, prefix: str) -> None:
-        self.layer = layer
+    def __init__(self, client: Any, *, prefix: str) -> None:
+        self.client = client
         self.prefix = prefix
 
     def _connection(self, room: str) -> Any:
-        return redis_connection(self.layer, room)
+        return self.client
 
     def _keys(self, room: str) -> tuple[str, str]:
         return f"{self.prefix}members:{room}", f"{self.prefix}expiry:{room}"
@@ -148,7 +136,7 @@ class RedisStore:
 
     async def expired(self, now: float) -> list[tuple[str, Member]]:
         gone: list[tuple[str, Member]] = []
-        any_connection = redis_connection(self.layer)
+        any_connection = self.client
         for raw_room in await any_connection.smembers(f"{self.prefix}rooms"):
             room = raw_room.decode() if isinstance(raw_room, bytes) else str(raw_room)
             _, expiry = self._keys(room)
@@ -200,9 +188,9 @@ class LocalStore:
 class Presence:
     """Joins, leaves, refreshes and sweeps; tells rooms of every change."""
 
-    def __init__(self, store: Store, layer: BaseChannelLayer, *, ttl: float) -> None:
+    def __init__(self, store: Store, rooms: Transport, *, ttl: float) -> None:
         self.store = store
-        self.layer = layer
+        self.rooms = rooms
         self.ttl = ttl
         self._local: dict[str, set[str]] = {}  # room -> keys of members held by this process
         self._keeper: asyncio.Task[None] | None = None
@@ -237,14 +225,14 @@ class Presence:
         if member is not None:
             await self._announce(room, "leave", member)
 
-    async def members(self, room: str) -> list[dict[str, Any]]:
+    async def members(self, room: str) -> list[PresenceMember]:
         """Who is in ``room`` now."""
         return [m.as_dict() for m in await self.store.members(room, time.time())]
 
     async def _announce(self, room: str, event: Literal["join", "leave"], member: Member) -> None:
         metrics.inc("presence_events", event)
         payload = PresenceEvent(type=ROOM_PRESENCE, room=room, event=event, member=member.as_dict())
-        await self.layer.group_send(group_name(room), cast(dict[str, Any], payload))
+        await self.rooms.send(room, [payload])
 
     async def _keep(self) -> None:
         while True:
@@ -261,19 +249,19 @@ class Presence:
                 logger.exception("refreshing presence failed; trying again")
 
 
-_presences: dict[tuple[int, int], Presence] = {}
+_presences: dict[tuple[str | None, int], Presence] = {}
 
 
-def presence_for(layer: BaseChannelLayer) -> Presence:
-    """The presence that goes with ``layer`` (one per layer and event loop)."""
-    return per_layer(_presences, layer, lambda: _make_presence(layer))
+def presence_for() -> Presence:
+    """This event loop's presence (its members in Redis when the processes share one)."""
+    return per_loop(_presences, _make_presence)
 
 
-def _make_presence(layer: BaseChannelLayer) -> Presence:
+def _make_presence() -> Presence:
     conf = gateway_settings()
     store: Store
-    if uses_redis(layer):
-        store = RedisStore(layer, prefix=f"gateway:{conf.gateway_id}:presence:")
+    if uses_redis():
+        store = RedisStore(redis_client(), prefix=f"gateway:{conf.gateway_id}:presence:")
     else:
         store = LocalStore()
-    return Presence(store, layer, ttl=conf.presence_ttl)
+    return Presence(store, transport(), ttl=conf.presence_ttl)

@@ -1,22 +1,20 @@
 """The one path every message takes into a room, whatever edge it came from.
 
 `publish_many` validates each message's room, stamps its envelope (id, time, gateway), records
-the room, appends the envelopes to the history (which gives each its ``seq``), sends them to
-their rooms' groups and, unless they came from MQTT, to the bridge worker. Messages from MQTT are
+the room, appends the envelopes to the history (which gives each its ``seq``), delivers them to
+their rooms and, unless they came from MQTT, to the bridge worker. Messages from MQTT are
 never sent back to the bridge: that is the first half of loop prevention (the bridge ignores its
 own publications for the second). `publish` is the same path for one message.
 
-Messages that enter together (a burst from the broker) travel together. On the gateway's core
-layer (one Redis), one script appends the burst and queues it to every process in its rooms, one
-event per process for all its rooms: one round trip from the broker to the rooms. Elsewhere, one
-history round trip for all of them and one channel-layer event per room (per process when the
-burst spans rooms), so a busy room costs the channel layer a few events a second, not one per
-message.
+Messages that enter together (a burst from the broker) travel together (`gateway.transport`).
+With Redis, one script appends the burst to history and delivers it to every process with
+sockets in its rooms: one round trip from the broker to the rooms. A burst that holds retained
+state, or a room's first message, takes two steps: the history, then the delivery, each one
+round trip for the whole burst.
 """
 
-import asyncio
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,25 +26,12 @@ from gateway import metrics, retained
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope, Source, new_envelope
 from gateway.errors import GatewayError, InvalidMessageError
-from gateway.events import (
-    BRIDGE_CHANNEL,
-    MQTT_PUBLISH,
-    ROOM_MESSAGES,
-    MqttPublishEvent,
-    RoomMessagesEvent,
-    room_error,
-)
-from gateway.history import History, ScriptChunk, history_for
+from gateway.events import BRIDGE_CHANNEL, MQTT_PUBLISH, MqttPublishEvent
+from gateway.history import History, RedisWindow, history_for
 from gateway.jsonutil import check_sendable
-from gateway.layers import (
-    EVENT_ENVELOPES,
-    ScriptSends,
-    members_of,
-    script_sends,
-    shows_group_members,
-)
 from gateway.models import Room
-from gateway.rooms import group_name, validate_room
+from gateway.rooms import validate_room
+from gateway.transport import RedisTransport, Transport, room_error, transport
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +98,11 @@ async def publish(
 async def publish_many(
     entries: Sequence[Entry], *, layer: BaseChannelLayer | None = None
 ) -> list[Envelope | GatewayError]:
-    """Put each entry into its room, in order; per entry, its envelope or why it was refused."""
+    """Put each entry into its room, in order; per entry, its envelope or why it was refused.
+
+    ``layer`` carries messages to the bridge worker (the ``mqtt-bridge`` channel); the rooms'
+    events travel on the gateway's own transport.
+    """
     layer = layer or get_channel_layer()
     if layer is None:
         raise InvalidMessageError("no channel layer is configured")
@@ -133,8 +122,9 @@ async def publish_many(
         for entry, envelope in accepted
         if entry.message_id is not None
     }
-    history = history_for(layer)
-    new = await _append_and_send(layer, history, accepted, once)
+    history = history_for()
+    rooms = transport()
+    new = await _append_and_deliver(rooms, history, accepted, once)
     sent = new is not None
     if new is None:
         new = await history.append(live, once)  # before the room sees them: history.py
@@ -150,49 +140,41 @@ async def publish_many(
                 envelope["room"],
                 envelope["topic"],
             )
-    if not sent:
-        await _send_to_rooms(layer, live)
+    if not sent and live:
+        await rooms.send_rooms(_by_room(live))
         if once:  # from now on a redelivery of these is a copy
             await history.sent([envelope for envelope in live if envelope["id"] in once])
     for entry, envelope in accepted:
         if entry.live and entry.source != "mqtt":
-            await _send_to_bridge(layer, envelope, entry.reply_channel, entry.reply_to)
+            await _send_to_bridge(layer, rooms, envelope, entry.reply_channel, entry.reply_to)
         if entry.live:
             metrics.inc("messages_published", entry.source)
     return results
 
 
-async def _append_and_send(
-    layer: BaseChannelLayer,
+async def _append_and_deliver(
+    rooms: Transport,
     history: History,
     accepted: list[tuple[Entry, Envelope]],
     once: dict[str, bool],
 ) -> list[Envelope] | None:
-    """Append and send a burst in one step, where the layer allows it (see `script_sends`);
-    the envelopes sent, each room's in order, or None if the burst takes the usual path.
+    """Append and deliver a burst in one step, where history and the transport share a Redis;
+    the envelopes delivered, or None if the burst takes the usual path.
 
     A burst holding state (retained messages) takes the usual path: the state is stored
-    between the append and the send."""
-    sends = script_sends(layer)
-    if sends is None or not accepted or any(e.state or not e.live for e, _ in accepted):
+    between the append and the delivery."""
+    if (
+        not accepted
+        or not isinstance(rooms, RedisTransport)
+        or not isinstance(history.window, RedisWindow)
+        or any(e.state or not e.live for e, _ in accepted)
+    ):
         return None
-    by_room: dict[str, list[Envelope]] = {}
-    for _, envelope in accepted:
-        by_room.setdefault(envelope["room"], []).append(envelope)
-    envelopes = [envelope for batch in by_room.values() for envelope in batch]
-    return await history.append_and_send(envelopes, once, list(_chunks(sends, by_room)), sends)
-
-
-def _chunks(sends: ScriptSends, by_room: dict[str, list[Envelope]]) -> Iterator[ScriptChunk]:
-    """Each room's envelopes (a run of the list they make, in that order) in chunks of at
-    most `EVENT_ENVELOPES`."""
-    first = 0
-    for room, batch in by_room.items():
-        group = sends.group_key(group_name(room))
-        for start in range(0, len(batch), EVENT_ENVELOPES):
-            chunk = batch[start : start + EVENT_ENVELOPES]
-            yield group, first, first + len(chunk) - 1, sends.packed(chunk)
-            first += len(chunk)
+    envelopes = [envelope for _, envelope in accepted]
+    seqs = await rooms.append_and_deliver(history.window, envelopes, once)
+    if seqs is None:
+        return None
+    return history.take(envelopes, seqs)
 
 
 def _envelope(entry: Entry, gateway_id: str) -> Envelope | GatewayError:
@@ -216,59 +198,19 @@ def _envelope(entry: Entry, gateway_id: str) -> Envelope | GatewayError:
     )
 
 
-async def _send_to_rooms(layer: BaseChannelLayer, envelopes: list[Envelope]) -> None:
-    """One event per room (per `EVENT_ENVELOPES`), the rooms at once, each room in order.
-
-    A burst that spans rooms goes to each member channel (a process's hub) as one event per
-    `EVENT_ENVELOPES` instead, when the layer shows its groups: a hub in a hundred of the
-    rooms reads one event, not a hundred.
-    """
+def _by_room(envelopes: list[Envelope]) -> dict[str, list[Envelope]]:
     by_room: dict[str, list[Envelope]] = {}
     for envelope in envelopes:
         by_room.setdefault(envelope["room"], []).append(envelope)
-    if len(by_room) > 1 and shows_group_members(layer):
-        await _send_to_members(layer, by_room)
-        return
-
-    async def send_room(room: str, batch: list[Envelope]) -> None:
-        for event in _events(batch):
-            token = metrics.MESSAGES_PER_EVENT.set(len(event["envelopes"]))  # a drop counts all
-            try:
-                await layer.group_send(group_name(room), event)
-            finally:
-                metrics.MESSAGES_PER_EVENT.reset(token)
-
-    await asyncio.gather(*(send_room(room, batch) for room, batch in by_room.items()))
-
-
-def _events(batch: list[Envelope]) -> Iterator[RoomMessagesEvent]:
-    """``batch`` as events of at most `EVENT_ENVELOPES` messages each, in order."""
-    for start in range(0, len(batch), EVENT_ENVELOPES):
-        chunk = batch[start : start + EVENT_ENVELOPES]
-        yield RoomMessagesEvent(type=ROOM_MESSAGES, envelopes=chunk)
-
-
-async def _send_to_members(layer: Any, by_room: dict[str, list[Envelope]]) -> None:
-    members = await members_of(layer, [group_name(room) for room in by_room])
-    by_channel: dict[str, list[Envelope]] = {}
-    for room, batch in by_room.items():
-        for channel in members[group_name(room)]:
-            by_channel.setdefault(channel, []).extend(batch)
-
-    async def send_channel(channel: str, batch: list[Envelope]) -> None:
-        for event in _events(batch):
-            try:
-                await layer.send(channel, event)
-            except ChannelFull:
-                carried = len(event["envelopes"])
-                detail = f"{carried} messages for {channel}, which is full"
-                metrics.dropped("channel_full", detail, carried)
-
-    await asyncio.gather(*(send_channel(channel, batch) for channel, batch in by_channel.items()))
+    return by_room
 
 
 async def _send_to_bridge(
-    layer: BaseChannelLayer, envelope: Envelope, reply_channel: str | None, reply_to: str | None
+    layer: BaseChannelLayer,
+    rooms: Transport,
+    envelope: Envelope,
+    reply_channel: str | None,
+    reply_to: str | None,
 ) -> None:
     event = MqttPublishEvent(type=MQTT_PUBLISH, envelope=envelope)
     if reply_channel:
@@ -281,9 +223,8 @@ async def _send_to_bridge(
         detail = "the MQTT bridge is not keeping up (or not running); not sent to devices"
         metrics.dropped("bridge_channel_full", f"room {envelope['room']}: {detail}")
         if reply_channel:
-            await layer.send(
-                reply_channel,
-                room_error(envelope, "bridge_unavailable", detail, reply_to),
+            await rooms.send_to(
+                reply_channel, room_error(envelope, "bridge_unavailable", detail, reply_to)
             )
 
 

@@ -30,8 +30,3 @@ def validate_room(name: str) -> str:
 def is_valid_room(name: str) -> bool:
     """Whether ``name`` is a valid room name."""
     return len(name) <= MAX_ROOM_LENGTH and _ROOM_RE.fullmatch(name) is not None
-
-
-def group_name(room: str) -> str:
-    """The Channels group of a (valid) room."""
-    return f"room.{room}"

@@ -13,7 +13,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
@@ -108,12 +107,6 @@ def _body_message(request: HttpRequest) -> Any:
     return body["message"]
 
 
-def _layer() -> Any:
-    layer = get_channel_layer()
-    assert layer is not None
-    return layer
-
-
 @csrf_exempt  # token-authenticated: no cookie, so nothing to forge
 @require_http_methods(["GET", "POST"])
 @answers_refusals
@@ -130,7 +123,7 @@ async def messages(request: HttpRequest, room: str) -> HttpResponse:
     limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 4 else 0
     if not 1 <= limit <= WINDOW:
         raise Refusal(400, "invalid_query", f"limit must be a whole number 1-{WINDOW}")
-    missed = await history_for(_layer()).missed(room, since, limit)
+    missed = await history_for().missed(room, since, limit)
     return JsonResponse({"room": room, "gap": missed.gap, "messages": missed.messages})
 
 
@@ -157,7 +150,7 @@ async def _post_message(request: HttpRequest, room: str) -> HttpResponse:
 async def presence(request: HttpRequest, room: str) -> HttpResponse:
     """Who is in a room now."""
     await _readable_room(request, room)
-    return JsonResponse({"room": room, "presence": await presence_for(_layer()).members(room)})
+    return JsonResponse({"room": room, "presence": await presence_for().members(room)})
 
 
 @require_GET
@@ -166,7 +159,7 @@ async def rooms(request: HttpRequest) -> HttpResponse:
     """The rooms the caller may read."""
     user, _ = await _caller(request)
     names, rates = await database_sync_to_async(_rooms_and_rates)(user)
-    presence = presence_for(_layer())
+    presence = presence_for()
     listed = []
     for name in names:
         kinds = [m["kind"] for m in await presence.members(name)]

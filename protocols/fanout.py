@@ -1,12 +1,12 @@
-"""Fan-out inside one ASGI server process: one channel-layer delivery per room, not per socket.
+"""Fan-out inside one ASGI server process: one delivery per room and process, not per socket.
 
 Channels' usual pattern puts every socket in its room's group, so a message to a room of 100
 sockets is 100 channel-layer messages, each serialised, queued in Redis, read back and
 dispatched to a consumer that encodes the same JSON again. Here each process has one hub: the
-hub's channel is the one member of each room group that has a socket in this process, and the
-hub encodes each message once and writes the frame to every local socket of the room. On
-daphne the frame is framed once, too (autobahn's prepared messages) and written straight to
-each connection.
+hub is the process's one member of each room it has sockets in, on the gateway's transport
+(`gateway.transport`), and it encodes each message once and writes the frame to every local
+socket of the room. On daphne the frame is framed once, too, and written straight to each
+connection (`protocols.outlets`).
 
 A socket that joins is held (its frames queued) until its welcome frame is out, and then gets
 only what is newer than the welcome, so that a message is either in the welcome or arrives
@@ -22,18 +22,26 @@ import logging
 import time
 from collections import deque
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from channels.layers import BaseChannelLayer
+from django.conf import settings
 
 from gateway import metrics
 from gateway.envelope import Envelope
-from gateway.events import ROOM_ERROR, ROOM_MESSAGES
-from gateway.history import COPY, history_for
+from gateway.history import history_for
 from gateway.jsonutil import dumps
-from gateway.layers import per_layer, reads_many
-from gateway.presence import ROOM_PRESENCE
-from gateway.rooms import group_name
+from gateway.shared import per_loop
+from gateway.transport import (
+    ROOM_ERROR,
+    ROOM_MESSAGES,
+    ROOM_PRESENCE,
+    ErrorEvent,
+    Event,
+    MessagesEvent,
+    PresenceEvent,
+    Transport,
+    transport,
+)
 from protocols.outlets import CLOSE_SLOW, Frame, Outlet
 
 logger = logging.getLogger(__name__)
@@ -90,13 +98,13 @@ class Subscriber:
 
 
 class RoomHub:
-    """This process's member of every room group it has sockets for."""
+    """This process's member of every room it has sockets for."""
 
-    def __init__(self, layer: BaseChannelLayer) -> None:
-        self.layer = layer
-        self.channel: str | None = None
+    def __init__(self, rooms: Transport) -> None:
+        self.transport = rooms
+        self.channel: str | None = None  # the hub's id on the transport: its inbox
         self.rooms: dict[str, dict[str, Subscriber]] = {}
-        self._groups: set[str] = set()  # rooms whose group the hub's channel is in
+        self._joined: set[str] = set()  # rooms the hub is a member of on the transport
         self._membership = asyncio.Lock()
         self._seen: dict[str, tuple[deque[str], set[str]]] = {}
         self._delivered: dict[str, int] = {}  # room -> the highest seq fanned out
@@ -106,18 +114,18 @@ class RoomHub:
     async def join(self, room: str, subscriber: Subscriber) -> None:
         """Add ``subscriber`` to ``room``; the room's messages reach it from now on."""
         self.rooms.setdefault(room, {})[subscriber.key] = subscriber
-        if room in self._groups:
+        if room in self._joined:
             return
         async with self._membership:
             await self._start()
-            if room not in self._groups and room in self.rooms:
+            if room not in self._joined and room in self.rooms:
                 assert self.channel is not None
-                await self.layer.group_add(group_name(room), self.channel)
-                self._groups.add(room)
-                metrics.set_gauge("fanout_rooms", len(self._groups))
+                await self.transport.join(self.channel, room)
+                self._joined.add(room)
+                metrics.set_gauge("fanout_rooms", len(self._joined))
 
     async def leave(self, room: str, subscriber: Subscriber) -> None:
-        """Remove ``subscriber``; the last one out takes the hub out of the room's group."""
+        """Remove ``subscriber``; the last one out takes the hub out of the room."""
         subscriber.gone = True
         members = self.rooms.get(room)
         if members is None or members.get(subscriber.key) is not subscriber:
@@ -129,18 +137,15 @@ class RoomHub:
         self._seen.pop(room, None)
         self._delivered.pop(room, None)
         async with self._membership:
-            if room in self._groups and room not in self.rooms:
+            if room in self._joined and room not in self.rooms:
                 assert self.channel is not None
-                self._groups.discard(room)
-                metrics.set_gauge("fanout_rooms", len(self._groups))
-                await self.layer.group_discard(group_name(room), self.channel)
+                self._joined.discard(room)
+                metrics.set_gauge("fanout_rooms", len(self._joined))
+                await self.transport.leave(self.channel, room)
 
     async def _start(self) -> None:
         if self.channel is None:
-            if reads_many(self.layer):
-                self.channel = await self.layer.new_own_channel()
-            else:
-                self.channel = await self.layer.new_channel()
+            self.channel = await self.transport.open_hub()
         loop = asyncio.get_running_loop()
         if self._reader is None or self._reader.done():
             self._reader = loop.create_task(self._read(), name="fanout-reader")
@@ -150,7 +155,7 @@ class RoomHub:
     async def _read(self) -> None:
         assert self.channel is not None
         failures = 0
-        stale = False  # the layer failed: memberships and queued events may be gone
+        stale = False  # the transport failed: memberships and queued events may be gone
         while True:
             delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
             if stale:
@@ -161,16 +166,13 @@ class RoomHub:
                 stale = False
                 await self._catch_up()
             try:
-                if reads_many(self.layer):  # what waits, in one round trip
-                    events = await self.layer.receive_many(self.channel, RECEIVE_EVENTS)
-                else:
-                    events = [await self.layer.receive(self.channel)]
+                events = await self.transport.receive(self.channel, RECEIVE_EVENTS)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 failures += 1
                 stale = True
-                logger.exception("the channel layer failed; reading again in %.1f s", delay)
+                logger.exception("the transport failed; reading again in %.1f s", delay)
                 await asyncio.sleep(delay)
                 continue
             failures = 0
@@ -187,7 +189,7 @@ class RoomHub:
         Events queued for this process, or sent to a room while the hub was out of its group
         (a restarted Redis forgets memberships), are gone; history still has their messages.
         """
-        history = history_for(self.layer)
+        history = history_for()
         for room, members in list(self.rooms.items()):
             last = self._delivered.get(room)
             if last is None:  # nothing fanned out yet: from the oldest welcome
@@ -200,21 +202,16 @@ class RoomHub:
             for envelope in missed.messages:
                 self._message(envelope)
 
-    def dispatch(self, event: dict[str, Any]) -> None:
+    def dispatch(self, event: Event) -> None:
         """Write ``event`` to the sockets of its room in this process."""
-        kind = event.get("type")
+        kind = event["type"]
         if kind == ROOM_MESSAGES:
-            seqs = event.get("seqs")  # beside the envelopes when appended and sent in one step
-            for index, envelope in enumerate(event["envelopes"]):
-                if seqs is not None:
-                    if seqs[index] == COPY:
-                        continue  # a redelivery of one sent before: went no further
-                    envelope["seq"] = seqs[index]
+            for envelope in cast(MessagesEvent, event)["envelopes"]:
                 self._message(envelope)
         elif kind == ROOM_PRESENCE:
-            self._presence(event)
+            self._presence(cast(PresenceEvent, event))
         elif kind == ROOM_ERROR:
-            self._error(event)
+            self._error(cast(ErrorEvent, event))
         else:
             metrics.inc("messages_dropped", "unknown_event")
             logger.warning("fan-out got an event it does not know: %r", kind)
@@ -237,8 +234,8 @@ class RoomHub:
         metrics.observe("delivery_latency_seconds", max(0.0, time.time() - entered))
         metrics.inc("frames_fanned_out", amount=len(members))
 
-    def _presence(self, event: dict[str, Any]) -> None:
-        members = self.rooms.get(event.get("room", ""))
+    def _presence(self, event: PresenceEvent) -> None:
+        members = self.rooms.get(event["room"])
         if not members:
             return
         member = event["member"]
@@ -247,8 +244,8 @@ class RoomHub:
             if subscriber.key != member["key"]:  # its own join is in its welcome
                 subscriber.deliver(frame, 0)
 
-    def _error(self, event: dict[str, Any]) -> None:
-        subscriber = self.rooms.get(event.get("room", ""), {}).get(event.get("to", ""))
+    def _error(self, event: ErrorEvent) -> None:
+        subscriber = self.rooms.get(event["room"], {}).get(event.get("to", ""))
         if subscriber is None:
             return  # the socket has gone since it sent the message
         metrics.inc("ws_errors", event["code"])
@@ -265,22 +262,21 @@ class RoomHub:
         return True
 
     async def _rejoin(self) -> bool:
-        """Add the hub's channel to its groups again (after the layer failed or to renew);
-        whether every group has it."""
+        """Renew the hub's memberships (after the transport failed, or before they lapse);
+        whether that worked."""
         async with self._membership:
             assert self.channel is not None
-            for room in list(self._groups):
-                try:
-                    await self.layer.group_add(group_name(room), self.channel)
-                except Exception:
-                    logger.warning("could not renew room %s's group yet", room)
-                    return False
+            try:
+                await self.transport.renew(self.channel, list(self._joined))
+            except Exception:  # logged; the reader retries and renewal runs again later
+                logger.warning("could not renew the hub's rooms yet", exc_info=True)
+                return False
         return True
 
     async def _renew(self) -> None:
-        expiry = getattr(self.layer, "group_expiry", 86400)
+        lapse = float(getattr(settings, "CHANNEL_GROUP_EXPIRY", 86400))
         while True:
-            await asyncio.sleep(max(1.0, expiry * RENEW_FRACTION))
+            await asyncio.sleep(max(1.0, lapse * RENEW_FRACTION))
             await self._rejoin()
 
 
@@ -296,9 +292,9 @@ def client_view(envelope: Envelope) -> dict[str, Any]:
     return frame
 
 
-_hubs: dict[tuple[int, int], RoomHub] = {}
+_hubs: dict[tuple[str | None, int], RoomHub] = {}
 
 
-def hub_for(layer: BaseChannelLayer) -> RoomHub:
-    """This process's hub for ``layer`` (one per layer and event loop)."""
-    return per_layer(_hubs, layer, lambda: RoomHub(layer))
+def hub_for() -> RoomHub:
+    """This process's hub (one per event loop)."""
+    return per_loop(_hubs, lambda: RoomHub(transport()))

@@ -26,8 +26,8 @@ from django.views.decorators.http import require_GET
 
 from gateway import metrics
 from gateway.bridge_state import TTL_SECONDS, local_bridge, read_heartbeats
-from gateway.layers import redis_connection, uses_redis
 from gateway.metrics import ExportedState
+from gateway.shared import redis_client, uses_redis
 from protocols.client_address import client_address
 
 logger = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     results = await asyncio.gather(
         _bounded(_check_database()),
         _bounded(_check_channel_layer(layer)),
-        _bounded(_check_bridge(layer)),
+        _bounded(_check_bridge()),
     )
     ready = all(result == "ok" for result in results)
     body: dict[str, Any] = {"status": "ready" if ready else "unready"}
@@ -75,7 +75,7 @@ async def metrics_view(request: HttpRequest) -> HttpResponse:
             {"error": "forbidden", "detail": "metrics are for this machine or GATEWAY_OPS_TOKEN"},
             status=403,
         )
-    extra = await _worker_states(get_channel_layer())
+    extra = await _worker_states()
     return HttpResponse(
         metrics.exposition(extra, process=LOCAL_PROCESS), content_type=metrics.CONTENT_TYPE
     )
@@ -104,7 +104,7 @@ async def _bounded(check: Awaitable[None]) -> str:
         return f"timed out after {CHECK_TIMEOUT_SECONDS:g} s"
     except _NotReadyError as exc:
         return str(exc)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure is the check's answer: not ready
         return f"{type(exc).__name__}: {exc}"[:_REASON_LIMIT]
     return "ok"
 
@@ -127,18 +127,14 @@ def _select_one() -> None:
 async def _check_channel_layer(layer: BaseChannelLayer | None) -> None:
     if layer is None:
         raise _NotReadyError("no channel layer is configured")
-    if uses_redis(layer):
-        shards = getattr(layer, "ring_size", None)  # the core layer's hosts; pub/sub: one
-        if shards is None:
-            await redis_connection(layer).ping()
-        for index in range(shards or 0):
-            await layer.connection(index).ping()
-    # The in-memory layer lives in this process: it is up when the process is.
+    if uses_redis():  # the channel layer and the gateway's transport are on this Redis
+        await redis_client().ping()
+    # Without Redis everything lives in this process: it is up when the process is.
 
 
-async def _check_bridge(layer: BaseChannelLayer | None) -> None:
-    if uses_redis(layer):
-        beats = await read_heartbeats(layer)
+async def _check_bridge() -> None:
+    if uses_redis():
+        beats = await read_heartbeats()
         if any(beat.get("broker") == "connected" for beat in beats):
             return
         if not beats:
@@ -151,7 +147,7 @@ async def _check_bridge(layer: BaseChannelLayer | None) -> None:
             for beat in beats
         )
         raise _NotReadyError(f"{NO_BRIDGE}: {states}"[:_REASON_LIMIT])
-    bridge = local_bridge()  # the in-memory layer: the bridge can only be in this process
+    bridge = local_bridge()  # no Redis: the bridge can only be in this process
     if bridge is None:
         raise _NotReadyError(f"{NO_BRIDGE}: no bridge runs in this process")
     if not bridge.is_connected():
@@ -160,13 +156,13 @@ async def _check_bridge(layer: BaseChannelLayer | None) -> None:
         )
 
 
-async def _worker_states(layer: BaseChannelLayer | None) -> list[tuple[str, ExportedState]]:
+async def _worker_states() -> list[tuple[str, ExportedState]]:
     """The metrics of the bridge workers, each with its process label; none without Redis."""
-    if not uses_redis(layer):
+    if not uses_redis():
         return []
     try:
-        beats = await asyncio.wait_for(read_heartbeats(layer), CHECK_TIMEOUT_SECONDS)
-    except Exception as exc:  # this process's own metrics are still worth serving
+        beats = await asyncio.wait_for(read_heartbeats(), CHECK_TIMEOUT_SECONDS)
+    except Exception as exc:  # noqa: BLE001 - this process's own metrics are still worth serving
         metrics.inc("metrics_remote_failures", "redis")
         logger.warning("bridge workers' metrics unavailable: %s: %s", type(exc).__name__, exc)
         return []

@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import BaseChannelLayer, get_channel_layer
 from django.conf import settings
 
 from gateway import metrics, retained
@@ -54,15 +53,12 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
     failure would end the socket instead of the hub retrying.
     """
 
-    channel_layer_alias = None  # no channel of its own; `layer` is the gateway's layer
+    channel_layer_alias = None  # no channel of its own
     room: str | None = None
     subscriber: Subscriber | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        layer = get_channel_layer()
-        assert layer is not None, "the gateway always configures a channel layer"
-        self.layer: BaseChannelLayer = layer
         self.key = f"ws:{secrets.token_hex(12)}"  # its presence key, unique across processes
         self._access: Access = "none"
         self._access_checked = 0.0
@@ -93,17 +89,17 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         # room, so every message is either in the welcome or arrives after it (held until the
         # welcome is out).
         self.subscriber = Subscriber(self.key, outlet_for(self.base_send))
-        await hub_for(self.layer).join(room, self.subscriber)
+        await hub_for().join(room, self.subscriber)
         await self.accept(subprotocol)
         metrics.add_gauge("ws_connections", 1)
-        await presence_for(self.layer).join(room, self.key, "browser", self.sender, hold=True)
+        await presence_for().join(room, self.key, "browser", self.sender, hold=True)
         if since_error:
             await self.send_error("invalid_since", since_error)
         await self._welcome(room, since)
         access_watch.add(self)
 
     async def _welcome(self, room: str, since: int | None) -> None:
-        history = history_for(self.layer)
+        history = history_for()
         if since is None:
             messages, gap = await history.recent(room, WELCOME_MESSAGES), False
         else:
@@ -119,7 +115,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             "gap": gap,
             "messages": [client_view(m) for m in messages],
             "retained": [client_view(s) for s in await retained.states(room)],
-            "presence": await presence_for(self.layer).members(room),
+            "presence": await presence_for().members(room),
         }
         await self.send(text_data=dumps(frame))
         assert self.subscriber is not None
@@ -165,8 +161,8 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         self._release_claims()
         if self.subscriber is not None and self.room is not None:
             metrics.add_gauge("ws_connections", -1)
-            await hub_for(self.layer).leave(self.room, self.subscriber)
-            await presence_for(self.layer).leave(self.room, self.key)
+            await hub_for().leave(self.room, self.subscriber)
+            await presence_for().leave(self.room, self.key)
 
     def _credentials(self) -> tuple[Hashable, Callable[[], Awaitable[bool]], str] | None:
         """How to tell that the socket's credentials still hold (keyed for sharing the
@@ -254,7 +250,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
                 frame["message"],
                 source="ws",
                 sender=self.sender,
-                reply_channel=hub_for(self.layer).channel,
+                reply_channel=hub_for().channel,
                 reply_to=self.key,
             )
         except GatewayError as exc:

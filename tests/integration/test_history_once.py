@@ -14,7 +14,7 @@ import pytest
 
 from gateway.envelope import Envelope, new_envelope
 from gateway.history import COPY, LocalWindow, RedisWindow, Window
-from gateway.layers import CoreLayer
+from gateway.shared import connect
 from tests.support.processes import Redis
 
 
@@ -23,10 +23,10 @@ async def window(request: pytest.FixtureRequest, redis_server: Redis) -> AsyncIt
     if request.param == "local":
         yield LocalWindow(window=100)
         return
-    layer = CoreLayer(hosts=[redis_server.url])
+    client = connect(redis_server.url)
     prefix = f"test:{uuid.uuid4().hex}:"  # a history of its own on the shared Redis
-    yield RedisWindow(layer, prefix=prefix, window=100, ttl_seconds=60)
-    await layer.close_pools()
+    yield RedisWindow(client, prefix=prefix, window=100, ttl_seconds=60)
+    await client.aclose(close_connection_pool=True)
 
 
 def envelope(room: str, message_id: str, text: str = "m") -> Envelope:

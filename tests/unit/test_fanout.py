@@ -1,12 +1,12 @@
-"""The fan-out hub's rules, on the in-memory channel layer with recording outlets."""
+"""The fan-out hub's rules, on the in-memory transport with recording outlets."""
 
 from collections.abc import AsyncIterator
 
 import pytest
-from channels.layers import InMemoryChannelLayer
 
 from gateway import metrics
 from gateway.envelope import Envelope
+from gateway.transport import Event, LocalTransport, messages_event
 from protocols.fanout import PENDING_FRAMES, RoomHub, Subscriber
 from protocols.outlets import CLOSE_SLOW, Frame
 
@@ -42,13 +42,13 @@ def envelope(room: str, seq: int, message_id: str | None = None) -> Envelope:
     }
 
 
-def event(*envelopes: Envelope) -> dict[str, object]:
-    return {"type": "room.messages", "envelopes": list(envelopes)}
+def event(*envelopes: Envelope) -> Event:
+    return messages_event(list(envelopes))
 
 
 @pytest.fixture
 async def hub() -> AsyncIterator[RoomHub]:
-    made = RoomHub(InMemoryChannelLayer())
+    made = RoomHub(LocalTransport(capacity=100))
     yield made
     for task in (made._reader, made._renewer):
         if task is not None:
@@ -83,19 +83,6 @@ async def test_a_redelivered_copy_is_dropped_for_everyone(hub: RoomHub) -> None:
     hub.dispatch(event(envelope("lab", 2, "same")))  # a copy after a bridge crash
     assert len(outlet.texts) == 1
     assert metrics.get("duplicates_removed") == before + 1
-
-
-async def test_seqs_beside_the_envelopes_number_them_and_a_copy_goes_to_no_one(
-    hub: RoomHub,
-) -> None:
-    # An event queued by the one-step append script: seqs travel beside the envelopes.
-    outlet = await joined(hub, "lab", "a")
-    unnumbered = [envelope("lab", n) for n in (1, 2, 3)]
-    for item in unnumbered:
-        del item["seq"]
-    hub.dispatch({**event(*unnumbered), "seqs": [41, 0, 42]})  # 0: a copy of one sent before
-    assert [text.count('"seq":41') + text.count('"seq":42') for text in outlet.texts] == [1, 1]
-    assert '"n":2' not in "".join(outlet.texts)
 
 
 async def test_a_joining_socket_waits_for_its_welcome_then_gets_only_newer_messages(
@@ -148,7 +135,8 @@ async def test_the_last_socket_out_takes_the_process_out_of_the_group(hub: RoomH
     outlet = Recorder()
     subscriber = Subscriber("a", outlet)
     await hub.join("lab", subscriber)
-    layer = hub.layer
-    assert hub.channel in layer.groups["room.lab"]
+    rooms = hub.transport
+    assert isinstance(rooms, LocalTransport)
+    assert rooms.hubs_in("lab") == {hub.channel}
     await hub.leave("lab", subscriber)
-    assert hub.channel not in layer.groups.get("room.lab", {})
+    assert rooms.hubs_in("lab") == set()

@@ -1,4 +1,4 @@
-"""The room consumer at the ASGI level, on the in-memory channel layer."""
+"""The room consumer at the ASGI level, on the in-memory channel layer and transport."""
 
 import asyncio
 from collections.abc import AsyncIterator
@@ -16,6 +16,8 @@ from gateway.events import BRIDGE_CHANNEL
 from gateway.history import close_histories
 from gateway.models import RoomPolicy
 from gateway.presence import Member, presence_for
+from gateway.transport import messages_event, transport
+from protocols.fanout import hub_for
 from protocols.routing import websocket_urlpatterns
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,14 +74,12 @@ async def test_a_refused_room_never_joins_a_group() -> None:
     ws = communicator(".hidden")
     connected, _ = await ws.connect()
     assert not connected
-    layer = get_channel_layer()
-    assert not any(".hidden" in group for group in layer.groups)
+    assert ".hidden" not in hub_for().rooms
 
 
 async def test_a_redelivered_message_reaches_a_socket_once() -> None:
     ws, _ = await join("lab")
-    layer = get_channel_layer()
-    envelope = {
+    envelope: Any = {
         "id": "same-id",
         "room": "lab",
         "ts": "2026-11-20T23:59:00.123Z",
@@ -90,10 +90,8 @@ async def test_a_redelivered_message_reaches_a_socket_once() -> None:
         "gateway": "unit",
     }
     for _ in range(2):  # the bridge crashed after handing it on, and the broker redelivered
-        await layer.group_send("room.lab", {"type": "room.messages", "envelopes": [envelope]})
-    await layer.group_send(
-        "room.lab", {"type": "room.messages", "envelopes": [dict(envelope, id="next-id")]}
-    )
+        await transport().send("lab", [messages_event([envelope])])
+    await transport().send("lab", [messages_event([dict(envelope, id="next-id")])])
     assert (await ws.receive_json_from())["id"] == "same-id"
     assert (await ws.receive_json_from())["id"] == "next-id"
     assert await ws.receive_nothing(0.2)
@@ -163,9 +161,8 @@ async def test_a_socket_that_may_only_read_is_refused_each_send_and_stays_open(
 async def test_browsers_have_no_verified_field_and_devices_say_whether_they_are_registered() -> (
     None
 ):
-    layer = get_channel_layer()
-    await presence_for(layer).join("lab-who", "device:a", "device", "a", hold=False, verified=True)
-    await presence_for(layer).join("lab-who", "device:b", "device", "b", hold=False, verified=False)
+    await presence_for().join("lab-who", "device:a", "device", "a", hold=False, verified=True)
+    await presence_for().join("lab-who", "device:b", "device", "b", hold=False, verified=False)
     ws, welcome = await join("lab-who")
     by_name = {m["name"]: m for m in welcome["presence"]}
     assert (by_name["a"]["verified"], by_name["b"]["verified"]) == (True, False)

@@ -1,6 +1,9 @@
 """Settings read at start-up: good values parse, bad ones fail naming the variable."""
 
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -128,3 +131,20 @@ def test_a_client_id_that_is_invalid_once_filled_in_fails_naming_mqtt_client_id(
     with pytest.raises(ImproperlyConfigured, match="MQTT_CLIENT_ID") as error:
         client_id_on(monkeypatch, hostname, template)
     assert repr(template) in str(error.value)
+
+
+@pytest.mark.parametrize("layer", ["pubsub", "PUBSUB", "anything"])
+def test_the_retired_channel_layer_setting_stops_start_up_saying_what_to_do(layer: str) -> None:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "CHANNEL_LAYER": layer}
+    env["REDIS_URL"] = "redis://127.0.0.1:9/0"  # never reached: settings fail first
+    started = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode != 0
+    assert "CHANNEL_LAYER is retired" in started.stderr
+    assert "Remove the setting" in started.stderr

@@ -1,0 +1,196 @@
+"""The bridge's MQTT client (`MqttLink`) on a real Mosquitto: what it hands on, and when it acks."""
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bridges.client import Incoming, MqttLink, RedeliverError
+from bridges.conf import MqttSettings
+from tests.support.processes import Mosquitto, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def link_on(
+    broker: Mosquitto,
+    handler: Callable[[list[Incoming]], Awaitable[None]],
+    *,
+    protocol: str = "5",
+    client_id: str = "link-test",
+    queue_size: int = 1000,
+) -> MqttLink:
+    settings = MqttSettings(
+        host="127.0.0.1",
+        port=broker.port,
+        client_id=client_id,
+        protocol="5" if protocol == "5" else "3.1.1",
+    )
+    return MqttLink(
+        settings,
+        filters=[("devices/#", 1)],
+        handler=handler,
+        origin="gw-test",
+        shared_group="gw-test",
+        queue_size=queue_size,
+    )
+
+
+def publisher(broker: Mosquitto) -> paho.Client:
+    client = paho.Client(CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    return client
+
+
+def properties(**values: object) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    for name, value in values.items():
+        setattr(props, name, value)
+    return props
+
+
+async def started(link: MqttLink) -> None:
+    await link.start()
+    await asyncio.wait_for(link.connected.wait(), 10)
+    await asyncio.sleep(0.3)  # the subscriptions are confirmed
+
+
+async def until(condition: Callable[[], bool], what: str, seconds: float = 10) -> None:
+    await asyncio.to_thread(wait_for, condition, what, seconds)
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_state_and_live_messages_arrive_with_their_flags_and_properties(
+    mosquitto: Mosquitto, protocol: str
+) -> None:
+    device = publisher(mosquitto)
+    device.publish("devices/lamp/state", b"on", qos=1, retain=True).wait_for_publish(5)
+    received: list[Incoming] = []
+
+    async def handler(batch: list[Incoming]) -> None:
+        received.extend(batch)
+
+    link = link_on(mosquitto, handler, protocol=protocol)
+    await started(link)
+    try:
+        await until(lambda: len(received) == 1, "the retained state")
+        device.publish(
+            "devices/lamp/reading",
+            b'{"lux": 3}',
+            qos=1,
+            properties=properties(
+                ContentType="application/json", UserProperty=[("gateway", "gw-2")]
+            ),
+        ).wait_for_publish(5)
+        await until(lambda: len(received) == 2, "the live message")
+    finally:
+        await link.stop(drain_seconds=2)
+        device.disconnect()
+        device.loop_stop()
+    state, live = received
+    assert (state.topic, state.payload, state.retain, state.snapshot) == (
+        "devices/lamp/state",
+        b"on",
+        True,
+        True,
+    )
+    assert (live.topic, live.payload, live.qos, live.retain, live.snapshot, live.dup) == (
+        "devices/lamp/reading",
+        b'{"lux": 3}',
+        1,
+        False,
+        False,
+        False,
+    )
+    assert type(live.payload) is bytes
+    if protocol == "5":
+        assert (live.content_type, live.origin) == ("application/json", "gw-2")
+    else:  # MQTT 3.1.1 carries no properties
+        assert (live.content_type, live.origin) == (None, None)
+
+
+async def test_a_message_not_handed_on_is_redelivered_flagged_dup(mosquitto: Mosquitto) -> None:
+    """QoS 1: no acknowledgement before the hand-off, so the broker delivers it again."""
+    first: list[Incoming] = []
+
+    async def refuse(batch: list[Incoming]) -> None:
+        first.extend(batch)
+        raise RedeliverError("the rooms are unreachable and the bridge is stopping")
+
+    device = publisher(mosquitto)
+    link = link_on(mosquitto, refuse)
+    await started(link)
+    try:
+        device.publish("devices/door/open", b"1", qos=1).wait_for_publish(5)
+        await until(lambda: len(first) == 1, "the first delivery")
+    finally:
+        await link.stop(drain_seconds=2)
+
+    again: list[Incoming] = []
+
+    async def accept(batch: list[Incoming]) -> None:
+        again.extend(batch)
+
+    link = link_on(mosquitto, accept)  # the same client id: the same session
+    await started(link)
+    try:
+        await until(lambda: len(again) == 1, "the redelivery")
+        await asyncio.sleep(0.5)
+    finally:
+        await link.stop(drain_seconds=2)
+    assert [(m.topic, m.payload, m.mid, m.dup) for m in first] == [
+        ("devices/door/open", b"1", first[0].mid, False)
+    ]
+    assert [(m.topic, m.payload, m.mid, m.dup) for m in again] == [
+        ("devices/door/open", b"1", first[0].mid, True)
+    ]
+
+    # Acknowledged this time: a third session gets nothing.
+    third: list[Incoming] = []
+
+    async def record(batch: list[Incoming]) -> None:
+        third.extend(batch)
+
+    link = link_on(mosquitto, record)
+    await started(link)
+    await asyncio.sleep(1)
+    await link.stop(drain_seconds=2)
+    device.disconnect()
+    device.loop_stop()
+    assert third == []
+
+
+async def test_a_burst_goes_on_together_in_order_and_a_full_inbox_stops_reading(
+    mosquitto: Mosquitto,
+) -> None:
+    batches: list[list[Incoming]] = []
+    release = asyncio.Event()
+
+    async def slow(batch: list[Incoming]) -> None:
+        batches.append(batch)
+        await release.wait()
+
+    device = publisher(mosquitto)
+    link = link_on(mosquitto, slow, queue_size=50)
+    await started(link)
+    try:
+        for n in range(300):
+            device.publish("devices/meter/count", str(n).encode(), qos=0)
+        await until(lambda: len(batches) == 1, "the first hand-off")
+        await asyncio.sleep(1)  # the rest would be read by now, had the link gone on reading
+        assert len(batches) == 1
+        assert len(link._inbox) <= 50  # the broker holds the rest
+        release.set()
+        await until(lambda: sum(map(len, batches)) == 300, "every message")
+    finally:
+        await link.stop(drain_seconds=2)
+        device.disconnect()
+        device.loop_stop()
+    assert [int(m.payload) for batch in batches for m in batch] == list(range(300))
+    assert len(batches) < 30  # messages that waited went on together, not one by one
+    assert max(map(len, batches)) <= 256
