@@ -1,12 +1,16 @@
 """The bridge's connection to the broker: paho-mqtt driven by the asyncio event loop.
 
-paho-mqtt 2 is used for its manual acknowledgement: a QoS 1 message is acknowledged to the broker
-only once the bridge has handed it on. paho reads and writes when the event loop finds its socket
-ready, on the loop's own thread: no second thread competes with the loop for the interpreter.
-Incoming messages wait in a queue for the loop's consumer; while the queue is full the link stops
-reading the socket, so the broker (not our memory) holds the backlog. Only the connect itself
-(name lookup, TCP, TLS) runs on a worker thread. Reconnection is ours: capped exponential backoff
-with full jitter, and every (re)connect subscribes again.
+paho-mqtt 2 is used for its manual acknowledgement (``manual_ack``): a QoS 1 message is
+acknowledged to the broker only once the bridge has handed it on, so a bridge that dies in between
+gets it again. paho tells the link through its socket callbacks when its socket opens and closes
+and when it has something to write; the link watches the socket with the event loop and calls
+``loop_read`` and ``loop_write`` when it is ready, on the loop's own thread: no second thread
+competes with the loop for the interpreter. One wake-up reads what the socket holds (up to
+`BATCH_MESSAGES` packets); the messages ``on_message`` delivered meanwhile wait in an inbox for the
+loop's consumer, which hands them on together. While the inbox is full the link stops reading the
+socket, so the broker (not our memory) holds the backlog. Only the connect itself (name lookup,
+TCP, TLS) runs on a worker thread. Reconnection is ours: capped exponential backoff with full
+jitter, and every (re)connect subscribes again.
 
 With MQTT 5 the link subscribes through a shared subscription (``$share/<group>/<filter>``), so
 several bridge processes split the load, and once, at each connect, through a plain subscription
@@ -40,8 +44,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from bridges.conf import MqttSettings
-from bridges.packets import Publish, read_publish
-from bridges.sockets import ReadBuffer
 from gateway import metrics
 from gateway.errors import GatewayError
 
@@ -53,7 +55,7 @@ BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 10.0
 # Publications paho keeps while the broker is away; past that a publish is refused at once.
 MAX_QUEUED_PUBLICATIONS = 10_000
-BATCH_MESSAGES = 256  # messages handed on together at most
+BATCH_MESSAGES = 256  # messages handed on together at most; packets read in one wake-up
 ORIGIN_PROPERTY = "gateway"
 # Where each bridge connection says whether it is up: retained, with a last will saying "lost".
 STATUS_TOPIC = "gateways/{client_id}/status"
@@ -107,7 +109,7 @@ Handler = Callable[[list[Incoming]], Awaitable[None]]
 
 
 class MqttLink:
-    """A supervised MQTT client that hands messages to ``handler`` in order, one at a time."""
+    """A supervised MQTT client that hands messages to ``handler`` in order, one batch at a time."""
 
     def __init__(
         self,
@@ -124,9 +126,13 @@ class MqttLink:
         self._handler = handler
         self._origin = origin
         self._shared_group = shared_group if self.is_v5 else None
-        # Past `_queue_size` messages waiting, the socket is not read until the consumer catches up.
-        self._queue: asyncio.Queue[Incoming] = asyncio.Queue()
+        # Messages received and not yet handed on, in order. Past `_queue_size` of them the socket
+        # is not read until the consumer catches up.
+        self._inbox: list[Incoming] = []
         self._queue_size = queue_size
+        self._arrived = asyncio.Event()  # the inbox has messages for the consumer
+        self._idle = asyncio.Event()  # nothing waits in the inbox or is being handed on
+        self._idle.set()
         self._stopping = asyncio.Event()  # no more connects
         self._draining = False  # take no new messages
         self.connected = asyncio.Event()
@@ -136,11 +142,12 @@ class MqttLink:
         self._loop_thread: int | None = None
         self._network: asyncio.Task[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
-        self._sock: ReadBuffer | None = None  # the connection's socket, while it is watched
-        self._fd = -1  # its descriptor: a socket paho has closed has none to unwatch by
+        self._sock: paho.SocketLike | None = None  # the connection's socket, while it is watched
+        self._fd = -1  # its descriptor, as it was when the watch began
         self._reading = False
         self._writing = False
-        self._lost: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] | None = None  # done when the watched socket closes
+        self._packets = 0  # PUBLISH and PUBACK packets paho has handed over: the reads' progress
         self._attempt = 0
         self._acks_lock = threading.Lock()
         self._pending: dict[int, asyncio.Future[None]] = {}
@@ -176,17 +183,17 @@ class MqttLink:
         future.add_done_callback(logged)
         return future
 
-    def _make_client(self) -> "_Client":
+    def _make_client(self) -> paho.Client:
         s = self.settings
-        client = _Client(
-            self._receive,
+        client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             protocol=paho.MQTTv5 if self.is_v5 else paho.MQTTv311,
             clean_session=None if self.is_v5 else False,
             reconnect_on_failure=False,
-            manual_ack=True,
         )
+        # A QoS 1 or 2 message is acknowledged by `_consume`, once it has been handed on.
+        client.manual_ack_set(True)
         client.max_queued_messages_set(MAX_QUEUED_PUBLICATIONS)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
@@ -203,6 +210,8 @@ class MqttLink:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_write_wanted
         client.on_socket_unregister_write = self._on_write_wanted
         return client
@@ -218,7 +227,7 @@ class MqttLink:
         """Drain: hand on what was received, wait for publications, then disconnect."""
         self._draining = True
         try:
-            await asyncio.wait_for(self._queue.join(), drain_seconds)
+            await asyncio.wait_for(self._idle.wait(), drain_seconds)
             pending = list(self._pending.values())
             if pending and self.connected.is_set():
                 await asyncio.wait(pending, timeout=drain_seconds)
@@ -232,7 +241,7 @@ class MqttLink:
             stopped = self._announce(online=False, reason="stopped")
             await asyncio.wait([stopped], timeout=STATUS_TIMEOUT_SECONDS)
         self._stopping.set()
-        self._client.disconnect()  # written by the network task, which then ends
+        self._client.disconnect()  # written when the socket is writable; paho then closes it
         if self._network is not None:
             done, _ = await asyncio.wait([self._network], timeout=10)
             if not done:
@@ -292,6 +301,8 @@ class MqttLink:
             properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
         while not self._stopping.is_set():
             try:
+                # paho opens the socket here, on the worker thread: `_on_socket_open` has the
+                # loop watch it before this returns to the loop.
                 await asyncio.to_thread(
                     self._client.connect,
                     s.host,
@@ -303,58 +314,107 @@ class MqttLink:
             except (OSError, ssl.SSLError) as exc:
                 await self._wait_before_retry(f"cannot reach broker {s.describe()}: {exc}")
                 continue
-            self._lost = asyncio.get_running_loop().create_future()
-            self._watch(ReadBuffer(self._client._sock))
+            lost = self._lost
             if self._stopping.is_set():
                 self._client.disconnect()  # stopped while connecting
             misc = asyncio.create_task(self._keep_alive(), name="mqtt-keepalive")
             try:
-                await self._lost
+                if lost is not None:
+                    await lost
             finally:
                 misc.cancel()
-                self._unwatch()
             if not self._stopping.is_set():
                 await self._wait_before_retry(f"connection to {s.describe()} lost")
 
-    def _watch(self, sock: ReadBuffer) -> None:
-        self._client._sock = self._sock = sock
-        self._fd = sock.fileno()
-        self._resume()
+    def _in_loop(self, callback: Callable[[], object]) -> None:
+        """Run ``callback`` now on the loop's thread, or soon on it from any other."""
+        if threading.get_ident() == self._loop_thread:
+            callback()
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(callback)
+
+    def _on_socket_open(
+        self, _client: paho.Client, _userdata: Any, sock: "paho.SocketLike"
+    ) -> None:
+        self._in_loop(lambda: self._watch(sock))
+
+    def _on_socket_close(
+        self, _client: paho.Client, _userdata: Any, sock: "paho.SocketLike"
+    ) -> None:
+        # On the loop's thread paho calls this before it closes the socket, so the socket is
+        # unwatched while it is still open.
+        self._in_loop(lambda: self._unwatch(sock))
+
+    def _on_write_wanted(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
+        self._in_loop(self._update_writer)  # the connect's worker thread queues CONNECT
+
+    def _watch(self, sock: "paho.SocketLike") -> None:
+        assert self._loop is not None
+        if self._sock is not None:
+            self._unwatch(self._sock)
+        self._sock, self._fd = sock, sock.fileno()
+        self._lost = self._loop.create_future()
+        if len(self._inbox) < self._queue_size:
+            self._resume()
         self._update_writer()
 
-    def _unwatch(self) -> None:
-        if self._sock is not None and self._loop is not None:
-            # paho may have closed the socket already: the selector then forgets it anyway.
+    def _unwatch(self, sock: "paho.SocketLike") -> None:
+        if sock is not self._sock or self._loop is None:
+            return
+        # From another thread paho may have closed the socket already: the selector then
+        # forgets it anyway.
+        if self._reading:
             with contextlib.suppress(OSError):
                 self._loop.remove_reader(self._fd)
+        if self._writing:
             with contextlib.suppress(OSError):
                 self._loop.remove_writer(self._fd)
         self._sock, self._fd = None, -1
         self._reading = self._writing = False
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
 
     def _check(self, rc: MQTTErrorCode) -> None:
         """After paho has read, written or kept alive: is the connection still there?"""
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._client.socket() is None:
-            if self._lost is not None and not self._lost.done():
-                self._lost.set_result(None)
-            self._unwatch()
+        # paho closes the socket on a failure (`_on_socket_close`); this is in case it did not.
+        if (
+            rc != MQTTErrorCode.MQTT_ERR_SUCCESS
+            and self._client.socket() is None
+            and self._sock is not None
+        ):
+            self._unwatch(self._sock)
 
     def _on_readable(self) -> None:
-        if self._sock is None:
-            return
-        rc = self._client.loop_read()
-        while rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._reading and self._sock.pending():
-            rc = self._client.loop_read()  # packets already read: no wait for the selector
+        if not self._reading:
+            return  # paused, or the socket closed, since this was scheduled
+        client, inbox, limit = self._client, self._inbox, self._queue_size
+        waiting = len(inbox)
+        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
+        # `loop_read` reads one packet (more while publications await their PUBACKs). Read on
+        # while packets come: those already in the kernel's buffer need no wait for the selector.
+        # A read that hands nothing over found the socket empty, or read some other packet, in
+        # which case the selector reports the rest.
+        for _ in range(BATCH_MESSAGES):
+            before = self._packets
+            rc = client.loop_read()
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._packets == before:
+                break
+            if len(inbox) >= limit or not self._reading:
+                break
+        if len(inbox) > waiting:
+            self._idle.clear()
+            self._arrived.set()  # the consumer takes what arrived in this wake-up together
         self._check(rc)
-        if self._sock is not None:
-            self._update_writer()  # acknowledgements and replies queued while reading
+        if len(inbox) >= limit:
+            self._pause()
+        elif self._reading and self._loop is not None and _buffered(self._sock):
+            self._loop.call_soon(self._on_readable)  # TLS bytes decrypted but not yet read
 
     def _on_writable(self) -> None:
         self._check(self._client.loop_write())
         self._update_writer()
-
-    def _on_write_wanted(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
-        self._call_in_loop(self._update_writer)  # the connect's worker thread queues CONNECT
 
     def _update_writer(self) -> None:
         if self._sock is None or self._loop is None:
@@ -367,8 +427,8 @@ class MqttLink:
         self._writing = wanted
 
     def _pause(self) -> None:
-        """Stop reading: the queue is full, and the broker keeps the rest."""
-        if self._reading and self._sock is not None and self._loop is not None:
+        """Stop reading: the inbox is full, and the broker keeps the rest."""
+        if self._reading and self._loop is not None:
             self._loop.remove_reader(self._fd)
         self._reading = False
 
@@ -377,7 +437,7 @@ class MqttLink:
             return
         self._reading = True
         self._loop.add_reader(self._fd, self._on_readable)
-        if self._sock.pending():  # read before the pause: the selector will not say so
+        if _buffered(self._sock):  # TLS bytes decrypted before the pause: the selector is blind
             self._loop.call_soon(self._on_readable)
 
     async def _keep_alive(self) -> None:
@@ -475,6 +535,7 @@ class MqttLink:
     def _on_publish(
         self, _client: paho.Client, _userdata: Any, mid: int, reason: ReasonCode, _properties: Any
     ) -> None:
+        self._packets += 1
         with self._acks_lock:
             future = self._pending.pop(mid, None)
             if future is None:
@@ -482,56 +543,47 @@ class MqttLink:
                 return
         self._call_in_loop(lambda: self._settle(future, reason))
 
-    def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        """A PUBLISH that paho decoded itself (see `_Client`)."""
-        props = message.properties if self.is_v5 else None
-        self._receive(
-            Publish(
-                topic=message.topic,
-                payload=bytes(message.payload),
-                qos=message.qos,
-                mid=message.mid,
-                retain=bool(message.retain),
-                dup=bool(message.dup),
-                subscription_ids=tuple(getattr(props, "SubscriptionIdentifier", None) or ()),
-                user_properties=tuple(getattr(props, "UserProperty", None) or ()),
-                content_type=getattr(props, "ContentType", None),
-            )
-        )
-
-    def _receive(self, message: Publish) -> None:
-        incoming = self._describe(message)
-        if incoming is None:
-            self._client.ack(message.mid, message.qos)  # a copy of one the share delivers
+    def _on_message(self, client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        """A PUBLISH (QoS 2: its PUBREL) from ``loop_read``: into the inbox, unacknowledged."""
+        self._packets += 1
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:  # MQTT forbids it (1.5.4); paho passes it on
+            metrics.dropped("invalid_topic", "a topic that is not UTF-8")
+            client.ack(message.mid, message.qos)
             return
-        if self._draining:
-            return  # not acknowledged: the broker redelivers it to the next session
-        self._queue.put_nowait(incoming)
-        if self._queue.qsize() >= self._queue_size:
-            self._pause()
-
-    def _describe(self, message: Publish) -> Incoming | None:
-        origin = None
-        snapshot = message.retain and not self.is_v5
-        if self.is_v5:
-            identifiers = message.subscription_ids
+        retain = message.retain
+        snapshot = retain
+        origin = content_type = None
+        props = message.properties  # None with MQTT 3.1.1
+        if props is not None:
+            snapshot = False
+            identifiers = getattr(props, "SubscriptionIdentifier", ())
             if _SNAPSHOT in identifiers and _LIVE not in identifiers:
-                if not message.retain:
-                    return None  # a live copy during the snapshot; the share delivers it
+                if not retain:
+                    client.ack(message.mid, message.qos)  # a copy of one the share delivers
+                    return
                 snapshot = True
-            for key, value in message.user_properties:
+            for key, value in getattr(props, "UserProperty", ()):
                 if key == ORIGIN_PROPERTY:
                     origin = value
-        return Incoming(
-            topic=message.topic,
-            payload=message.payload,
-            qos=message.qos,
-            mid=message.mid,
-            retain=message.retain,
-            snapshot=snapshot,
-            origin=origin,
-            content_type=message.content_type,
-            dup=message.dup,
+            content_type = getattr(props, "ContentType", None)
+        if self._draining:
+            return  # not acknowledged: the broker redelivers it to the next session
+        payload = message.payload
+        self._inbox.append(
+            Incoming(
+                topic=topic,
+                # paho's payload is bytes already: bytes() returns the same object, no copy.
+                payload=payload if type(payload) is bytes else bytes(payload),
+                qos=message.qos,
+                mid=message.mid,
+                retain=retain,
+                snapshot=snapshot,
+                origin=origin,
+                content_type=content_type,
+                dup=message.dup,
+            )
         )
 
     def _call_in_loop(self, callback: Callable[[], object]) -> None:
@@ -546,11 +598,16 @@ class MqttLink:
     # The event loop.
 
     async def _consume(self) -> None:
+        inbox, client = self._inbox, self._client
         while True:
+            if not inbox:
+                self._idle.set()
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
             # Whatever has arrived goes on together: one hand-off for a burst, not one each.
-            batch = [await self._queue.get()]
-            while len(batch) < BATCH_MESSAGES and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = inbox[:BATCH_MESSAGES]
+            del inbox[:BATCH_MESSAGES]
             acknowledge = True
             try:
                 await self._handler(batch)
@@ -562,30 +619,15 @@ class MqttLink:
                 for incoming in batch:
                     metrics.dropped("handler_error", f"topic {incoming.topic}")
                 logger.exception("handling %d messages from the broker failed", len(batch))
-            for incoming in batch:
-                if acknowledge:  # only now that it was handed on (or counted as dropped)
-                    self._client.ack(incoming.mid, incoming.qos)
-                self._queue.task_done()
-            if self._queue.qsize() < self._queue_size:
+            if acknowledge:  # only now that they were handed on (or counted as dropped)
+                for incoming in batch:
+                    if incoming.qos:
+                        client.ack(incoming.mid, incoming.qos)
+            if len(inbox) < self._queue_size:
                 self._resume()
 
 
-class _Client(paho.Client):
-    """paho's client, reading the common PUBLISH packets with `read_publish`.
-
-    Those go straight to ``receive``; the rest (QoS 2, topic aliases, anything odd) take paho's
-    own path and reach ``on_message`` as before. With manual acknowledgement paho sends nothing
-    back for a QoS 0 or 1 PUBLISH, so the fast path has nothing to send either.
-    """
-
-    def __init__(self, receive: Callable[[Publish], None], *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._receive_publish = receive
-
-    def _handle_publish(self) -> MQTTErrorCode:
-        packet = self._in_packet
-        message = read_publish(packet["command"], packet["packet"], v5=self.protocol == paho.MQTTv5)
-        if message is None:
-            return super()._handle_publish()
-        self._receive_publish(message)
-        return MQTTErrorCode.MQTT_ERR_SUCCESS
+def _buffered(sock: "paho.SocketLike | None") -> bool:
+    """Whether ``sock`` holds bytes the selector cannot see (decrypted TLS records)."""
+    pending = getattr(sock, "pending", None)
+    return pending is not None and pending() > 0

@@ -22,17 +22,40 @@ logger = logging.getLogger(__name__)
 class SupervisedWorker(Worker):  # type: ignore[misc]
     """A channels worker that survives any message: a bad one is counted, never fatal.
 
-    The stock worker exits on a message without ``type``; a gateway must not.
+    The stock worker exits on a message without ``type``; a gateway must not. Each consumer
+    instance it starts runs in a task of its own, which the worker keeps, so that
+    `stop_instances` can end them.
     """
+
+    def __init__(self, *, application: Any, **kwargs: Any) -> None:
+        self._instances: set[asyncio.Task[Any]] = set()
+        super().__init__(application=self._tracked(application), **kwargs)
+
+    def _tracked(self, application: Any) -> Any:
+        """``application`` (ASGI 3), remembering the task of each instance while it runs."""
+        instances = self._instances
+
+        async def instance(scope: Any, receive: Any, send: Any) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            instances.add(task)
+            try:
+                await application(scope, receive, send)
+            finally:
+                instances.discard(task)
+
+        return instance
 
     async def handle(self) -> None:
         # gather, unlike the stock asyncio.wait, cancels the listeners when cancelled.
         await asyncio.gather(*(self.listener(channel) for channel in self.channels))
 
-    def cancel_instances(self) -> None:
-        """Stop every consumer instance the worker started."""
-        for details in self.application_instances.values():
-            details["future"].cancel()
+    async def stop_instances(self) -> None:
+        """Stop every consumer instance the worker started, and wait until they have."""
+        running = list(self._instances)
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def listener(self, channel: str) -> None:
         while True:
@@ -76,7 +99,7 @@ async def serve_bridge(
         channel_layer=channel_layer,
     )
     serving = asyncio.create_task(worker.arun(), name="bridge-worker")
-    heartbeat = start_heartbeat(bridge, channel_layer)
+    heartbeat = start_heartbeat(bridge)
     access_sync = None
     if settings.MQTT_AUTH == "dynsec":
         access_sync = asyncio.create_task(
@@ -95,10 +118,10 @@ async def serve_bridge(
             access_sync.cancel()
             await asyncio.gather(access_sync, return_exceptions=True)
         # First: a stopping bridge must not be counted as ready.
-        await stop_heartbeat(heartbeat, bridge, channel_layer)
+        await stop_heartbeat(heartbeat, bridge)
         serving.cancel()
         await asyncio.gather(serving, return_exceptions=True)
-        worker.cancel_instances()
+        await worker.stop_instances()
         await bridge.stop()
         set_bridge(None)
         set_local_bridge(None)

@@ -41,8 +41,10 @@ async def test_a_message_is_acknowledged_only_when_handed_on_or_counted(
     link._client.ack = lambda mid, qos: acks.append((mid, qos))  # type: ignore[method-assign]
     before = metrics.get("messages_dropped", "handler_error")
     consumer = asyncio.create_task(link._consume())
-    await link._queue.put(message(7))
-    await asyncio.wait_for(link._queue.join(), 5)
+    link._inbox.append(message(7))  # as `loop_read` leaves it, through `on_message`
+    link._idle.clear()
+    link._arrived.set()
+    await asyncio.wait_for(link._idle.wait(), 5)
     consumer.cancel()
     assert acks == ([(7, 1)] if acked else [])
     assert metrics.get("messages_dropped", "handler_error") == before + dropped
