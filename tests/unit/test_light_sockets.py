@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from protocols.daphne_patches import Inbox
+from protocols.compat import Inbox
 from protocols.flatten import Flattened, deferred
 
 

@@ -19,7 +19,6 @@ from typing import Any
 from channels.layers import get_channel_layer
 from channels.routing import get_default_application
 from daphne.endpoints import build_endpoint_description_strings
-from daphne.server import Server
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -31,6 +30,7 @@ from bridges.conf import MqttSettings
 from bridges.embedded_broker import bridge_settings, start_embedded_broker
 from bridges.worker import serve_bridge
 from gateway.conf import gateway_settings
+from protocols.compat import GatewayServer
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,6 @@ class Command(BaseCommand):
         if not options["no_migrate"]:
             call_command("migrate", interactive=False, verbosity=0)
         application = get_default_application()
-        limit = gateway_settings().max_frame_bytes
         self.stdout.write(
             f"Gateway on http://{host}:{port}/ ; MQTT {mqtt.describe()}"
             + (" (embedded)" if embedded else "")
@@ -172,12 +171,11 @@ class Command(BaseCommand):
             self.stdout.write(hello)
             self.stdout.flush()
 
-        server = Server(
+        # Frames over GATEWAY_MAX_FRAME_BYTES close with 1009: see protocols.compat.
+        server = GatewayServer(
             application=application,
             endpoints=build_endpoint_description_strings(host=host, port=port),
             signal_handlers=False,
-            websocket_max_message_size=limit,
-            websocket_max_frame_size=limit,
             ready_callable=ready,
         )
         runner.server = server
