@@ -20,9 +20,15 @@ RUN groupadd --system --gid 10001 app \
     && mkdir -p /data \
     && chown app:app /data
 
-# Project sources stay owned by root, read-only for the runtime user.
+# Dependencies from the hash-pinned lock that `make run` installs from (requirements/run.lock;
+# `make lock` writes it), in a layer of their own that source changes do not rebuild.
+COPY requirements/run.lock requirements/run.lock
+RUN pip install --no-cache-dir --require-hashes -r requirements/run.lock
+
+# Project sources stay owned by root, read-only for the runtime user. The gateway itself is
+# installed without dependencies: every one of them came from the lock above.
 COPY . .
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir --no-deps .
 
 USER app
 

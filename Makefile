@@ -10,20 +10,25 @@ BENCH_ARGS ?=
 SOAK_ARGS ?= --minutes 30
 FUZZ_SECONDS ?= 60
 
-.PHONY: run test lint typecheck format system-deps install install-test screenshots bench soak chaos fuzz clean
+.PHONY: run test lint typecheck format system-deps install install-test lock screenshots bench soak chaos fuzz clean
 
-$(VENV)/.run-installed: pyproject.toml
+# Python packages come from the hash-pinned lock files in requirements/ (`make lock` writes
+# them from pyproject.toml), then the gateway itself with --no-deps: nothing outside the locks.
+# A changed lock file reinstalls.
+PIP_INSTALL := $(PY) -m pip install --quiet --require-hashes
+
+$(VENV)/.run-installed: requirements/run.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e .
+	$(PIP_INSTALL) -r requirements/run.lock
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-$(VENV)/.test-installed: $(VENV)/.run-installed
-	$(PY) -m pip install --quiet -e '.[test]'
+$(VENV)/.test-installed: requirements/test.lock $(VENV)/.run-installed
+	$(PIP_INSTALL) -r requirements/test.lock
 	touch $@
 
-$(VENV)/.bench-installed: $(VENV)/.run-installed
-	$(PY) -m pip install --quiet -e '.[bench]'
+$(VENV)/.bench-installed: requirements/bench.lock $(VENV)/.run-installed
+	$(PIP_INSTALL) -r requirements/bench.lock
 	touch $@
 
 benchmarks/node_modules/.installed: benchmarks/package.json benchmarks/package-lock.json
@@ -87,6 +92,20 @@ typecheck: install-test
 format: install-test
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+## Write the lock files in requirements/ from pyproject.toml: the same versions as before
+## wherever the bounds allow, hashes for every file of them. LOCK_ARGS=--upgrade takes the
+## newest versions the bounds allow; LOCK_ARGS='--upgrade-package django' one package only.
+LOCK_ARGS ?=
+UV_VERSION := 0.13.9
+LOCK := $(VENV)/bin/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command 'make lock' $(LOCK_ARGS)
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(LOCK) -o requirements/run.lock
+	$(LOCK) --extra test -c requirements/run.lock -o requirements/test.lock
+	$(LOCK) --extra bench -c requirements/test.lock -o requirements/bench.lock
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

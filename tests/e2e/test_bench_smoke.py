@@ -14,9 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.scenarios import QUICK
 from tests.support.processes import REPO
 
 BENCHMARKS = REPO / "benchmarks"
+ROOM = QUICK.fanout_sizes[0]  # --quick: one room, of 10 browsers
+# Processes whose CPU a step measures: the system's own, and the harness's.
+SYSTEM_ROLES = {
+    "mosquitto": {"mosquitto"},
+    "gateway": {"server", "bridge", "redis", "mosquitto"},
+}
+HARNESS_ROLES = {"load", "receivers", "controller"}
 
 
 def _node_packages() -> None:
@@ -59,13 +67,28 @@ def test_quick_run_measures_deliveries(tmp_path: Path) -> None:
     assert set(runs) == {"mosquitto", "gateway"}
     for system, run in runs.items():
         assert run["status"] == "ok", (system, run["error"])
-        assert run["steps"], system
+        assert (run["scenario"], run["group"]) == ("fanout", f"room of {ROOM}")
+        # Every step of the quick ramp ran (each is long enough to count).
+        assert [step["offered"] for step in run["steps"]] == list(QUICK.fanout_deliveries)
         for step in run["steps"]:
+            assert step["sent"] > 0, (system, step)
+            assert step["expected"] == step["sent"] * ROOM, (system, step)
             assert step["delivered"] > 0, (system, step)
-            assert 0.0 <= step["ratio"] <= 1.0, (system, step)
-            assert step["p99_ms"] is not None
-            assert step["p99_ms"] > 0
-            assert step["cpu_s"]["receivers"] >= 0
+            assert step["ratio"] == round(min(1.0, step["delivered"] / step["expected"]), 5)
+            assert 0 < step["p50_ms"] <= step["p99_ms"] <= step["max_ms"], (system, step)
+            # CPU is measured for the system's processes and the harness's own.
+            assert set(step["cpu_s"]) == SYSTEM_ROLES[system] | HARNESS_ROLES, (system, step)
+            # Node processes that sent or counted a thousand messages or more used CPU.
+            assert step["cpu_s"]["load"] > 0, (system, step)
+            assert step["cpu_s"]["receivers"] > 0, (system, step)
+        # A quiet broker may use less than a clock tick in one step, not in the whole run.
+        assert sum(s["cpu_s"][r] for s in run["steps"] for r in SYSTEM_ROLES[system]) > 0
+
     report = (tmp_path / "report.md").read_text()
-    assert "room of 10" in report
-    assert "mosquitto" in report
+    assert f"### room of {ROOM}\n" in report
+    assert "| offered deliveries/s | mosquitto | gateway |" in report
+    for offered in QUICK.fanout_deliveries:
+        assert f"\n| {offered:,} | " in report, f"no row for {offered}/s in the report"
+    plot = f"fanout-room-of-{ROOM}.png"
+    assert f"]({plot})" in report
+    assert (tmp_path / plot).stat().st_size > 0
