@@ -27,6 +27,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError as RedisFullError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridges.client import (
@@ -57,6 +58,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     RedisConnectionError,
     RedisTimeoutError,
+    RedisFullError,  # Redis at its maxmemory refuses writes until an operator makes room
     OperationalError,
     InterfaceError,
 )

@@ -189,8 +189,41 @@ GATEWAY = GatewaySettings(
     retained_max_topics=_read("RETAINED_MAX_TOPICS", env.int, 100),
     history_max_messages=_read("HISTORY_MAX_MESSAGES", env.int, 10_000),
     history_max_age=timedelta(days=_read("HISTORY_MAX_AGE_DAYS", env.float, 30.0)),
+    history_room_bytes=_read("HISTORY_ROOM_BYTES", env.int, 64 << 20),
+    history_window_bytes=_read("HISTORY_WINDOW_BYTES", env.int, 4 << 20),
     presence_ttl=_read("PRESENCE_TTL_SECONDS", env.float, 30.0),
 )
+
+# Rooms a gateway holds at most, and how long a room with no message and nobody present is kept.
+GATEWAY_MAX_ROOMS: int = _read("GATEWAY_MAX_ROOMS", env.int, 100_000)
+if not 1 <= GATEWAY_MAX_ROOMS <= 10_000_000:
+    raise ImproperlyConfigured(
+        f"GATEWAY_MAX_ROOMS={GATEWAY_MAX_ROOMS} is out of range (1-10000000)"
+    )
+GATEWAY_ROOM_IDLE_SECONDS: float = _read("GATEWAY_ROOM_IDLE_SECONDS", env.float, 30 * 86400.0)
+if not 1 <= GATEWAY_ROOM_IDLE_SECONDS <= 36_500 * 86400:  # also refuses nan
+    raise ImproperlyConfigured(
+        f"GATEWAY_ROOM_IDLE_SECONDS={GATEWAY_ROOM_IDLE_SECONDS} is out of range (1-3153600000)"
+    )
+
+# Members a room's presence lists at most; past that, newcomers are in the room but not listed.
+GATEWAY_PRESENCE_MAX_PER_ROOM: int = _read("GATEWAY_PRESENCE_MAX_PER_ROOM", env.int, 10_000)
+if not 1 <= GATEWAY_PRESENCE_MAX_PER_ROOM <= 1_000_000:
+    raise ImproperlyConfigured(
+        f"GATEWAY_PRESENCE_MAX_PER_ROOM={GATEWAY_PRESENCE_MAX_PER_ROOM} is out of range (1-1000000)"
+    )
+
+# HTTP API reads without a token or session: requests per second per client address (burst).
+API_ANONYMOUS_RATE: float = _read("GATEWAY_API_ANONYMOUS_RATE", env.float, 5.0)
+API_ANONYMOUS_BURST: int = _read("GATEWAY_API_ANONYMOUS_BURST", env.int, 20)
+if not 0.1 <= API_ANONYMOUS_RATE <= 100_000:  # also refuses nan
+    raise ImproperlyConfigured(
+        f"GATEWAY_API_ANONYMOUS_RATE={API_ANONYMOUS_RATE} is out of range (0.1-100000 per second)"
+    )
+if not 1 <= API_ANONYMOUS_BURST <= 1_000_000:
+    raise ImproperlyConfigured(
+        f"GATEWAY_API_ANONYMOUS_BURST={API_ANONYMOUS_BURST} is out of range (1-1000000)"
+    )
 
 # Abuse limits per WebSocket: frames per second (burst), and sockets per user.
 WS_RATE: float = _read("GATEWAY_WS_RATE", env.float, 20.0)

@@ -25,6 +25,10 @@ class GatewaySettings:
             topic is delivered but not kept (``RETAINED_MAX_TOPICS``).
         history_max_messages: messages kept per room (``HISTORY_MAX_MESSAGES``).
         history_max_age: how long messages are kept (``HISTORY_MAX_AGE_DAYS``).
+        history_room_bytes: bytes of history kept per room in the database, as encoded
+            (``HISTORY_ROOM_BYTES``); the oldest messages go first.
+        history_window_bytes: bytes of a room's recent window in Redis (``HISTORY_WINDOW_BYTES``);
+            what falls out of it is still read from the database.
         presence_ttl: seconds a crashed process's browsers stay present
             (``PRESENCE_TTL_SECONDS``).
     """
@@ -35,6 +39,8 @@ class GatewaySettings:
     retained_max_topics: int = 100
     history_max_messages: int = 10_000
     history_max_age: timedelta = timedelta(days=30)
+    history_room_bytes: int = 64 << 20
+    history_window_bytes: int = 4 << 20
     presence_ttl: float = 30.0
 
     def __post_init__(self) -> None:
@@ -60,6 +66,12 @@ class GatewaySettings:
             raise ImproperlyConfigured(
                 f"HISTORY_MAX_MESSAGES={self.history_max_messages} is out of range (1-100000000)"
             )
+        for name, value in (
+            ("HISTORY_ROOM_BYTES", self.history_room_bytes),
+            ("HISTORY_WINDOW_BYTES", self.history_window_bytes),
+        ):
+            if not 65_536 <= value <= 1 << 40:
+                raise ImproperlyConfigured(f"{name}={value} is out of range (65536-{1 << 40})")
         if not 1 <= self.presence_ttl <= 3600:
             raise ImproperlyConfigured(
                 f"PRESENCE_TTL_SECONDS={self.presence_ttl} is out of range (1-3600)"

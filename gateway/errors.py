@@ -2,9 +2,10 @@
 
 
 class GatewayError(Exception):
-    """Base class of every error the gateway raises on purpose."""
+    """Base class of every error the gateway raises on purpose; ``status`` is its HTTP status."""
 
     code = "gateway_error"
+    status = 400
 
 
 class InvalidRoomError(GatewayError):

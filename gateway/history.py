@@ -1,10 +1,11 @@
 """Room history: every message gets a ``seq`` that orders it within its room, and is kept.
 
-Two tiers. The recent window (the last `WINDOW` messages of each room) lives beside the channel
-layer: in Redis, a sorted set per room written by the same script that allocates the ``seq``;
+Two tiers. The recent window (the last `WINDOW` messages of each room) lives in Redis when the
+processes share one, a sorted set per room written by the same script that allocates the ``seq``;
 in a single process, a deque. It is written *before* the message is sent to the room, so a
-browser that joins (``group_add`` first, then reads the window) gets every message either from
-the window or live, and drops the overlap by ``seq``: no gap, no duplicate. The database keeps
+browser that joins (its process joins the room first, then reads the window) gets every
+message either from the window or live, and drops the overlap by ``seq``: no gap, no
+duplicate. The database keeps
 messages for longer (retention by count and age), written off the hot path in batches that
 grow with the load; a resume that reaches past the window reads it from there.
 
@@ -19,8 +20,15 @@ by the broker) after a bridge crash, however long the restart took, is then a co
 no further if it was sent, or is sent again with its first ``seq`` if the crash came between
 the append and the send: no loss, and no second ``seq``. Only flagged redeliveries are checked:
 a fresh delivery that happens to get the same id as an old one (packet ids are reused once
-acknowledged) records it again and goes through. On the gateway's core layer the append and the
-send are one script (`History.append_and_send`), so there is no step between them to crash in.
+acknowledged) records it again and goes through. Each room remembers the ids of its last
+`ONCE_PER_ROOM` such messages, for up to an hour (the broker's session expiry). With Redis the
+append and the delivery are one script (`gateway.transport`), so there is no step between them
+to crash in.
+
+Each room's window is held to `WINDOW` messages and a number of bytes, and its rows in the
+database to ``HISTORY_MAX_MESSAGES`` and ``HISTORY_ROOM_BYTES``: a stranger who floods a room
+pushes its oldest messages out, not the gateway's memory up. A row the database will not take
+is counted and left out, and the rest of its batch written.
 """
 
 import asyncio
@@ -35,8 +43,8 @@ from typing import Any, Protocol, cast
 
 import msgpack
 from channels.db import database_sync_to_async
-from django.db import connection, transaction
-from django.db.models import Max, Min
+from django.db import DatabaseError, InterfaceError, OperationalError, connection, transaction
+from django.db.models import Max, Min, Sum
 from django.utils import timezone
 
 from gateway import metrics
@@ -48,12 +56,17 @@ from gateway.shared import per_loop, redis_client, uses_redis
 
 logger = logging.getLogger(__name__)
 
-WINDOW = 1000  # recent messages per room kept beside the channel layer
+WINDOW = 1000  # recent messages per room kept in the window
+WINDOW_BYTES = 4 << 20  # and their bytes, as encoded, at most (``HISTORY_WINDOW_BYTES``)
+ROOM_BYTES = 64 << 20  # bytes a room's history may take in the database (``HISTORY_ROOM_BYTES``)
 MAX_SEQ = 2**63 - 1  # a seq is a signed 64-bit integer in the database and in Redis
 # How long the ids of redeliverable messages are remembered: as long as a broker keeps a bridge's
 # session (its session expiry), so it cannot redeliver anything older.
 ONCE_SECONDS = 3600
 ONCE_LOCAL_LIMIT = 100_000  # ids remembered by a window in this process
+# Ids remembered per room in Redis: a redelivery follows its first delivery within the messages
+# the broker had in flight to the bridge, far fewer than this.
+ONCE_PER_ROOM = 10_000
 COPY = 0  # what `Window.append` gives a copy of a message already sent to its room
 
 # Ids the broker may deliver again -> whether this delivery is flagged as a redelivery.
@@ -64,6 +77,8 @@ PRUNE_SECONDS = 60.0
 # The database writer waits this long after the first pending message, so a busy stream is
 # written in a few batches a second instead of one per burst (the window has them meanwhile).
 WRITE_LINGER_SECONDS = 0.05
+WRITE_RETRY_SECONDS = 1.0  # after a failed write
+PENDING_ROWS = 100_000  # rows kept for the database while it is away; the oldest go past that
 
 
 def parse_since(text: str) -> int:
@@ -86,12 +101,16 @@ class Missed:
     """What a reconnecting browser missed.
 
     Attributes:
-        messages: the messages after the given ``seq``, in order (the newest ones if capped).
-        gap: history no longer reaches back that far, or more was missed than can be sent.
+        messages: the messages after the given ``seq``, in order (the newest ones if capped,
+            or, for a page, the oldest).
+        gap: history no longer reaches back that far, or (not for a page) more was missed than
+            can be sent.
+        more: (a page) there are messages after the last one.
     """
 
     messages: list[Envelope]
     gap: bool
+    more: bool = False
 
 
 class Window(Protocol):
@@ -114,31 +133,61 @@ class Window(Protocol):
 
     async def oldest(self, room: str) -> int | None: ...
 
+    async def forget(self, room: str) -> None:
+        """Drop the room's recent messages (its counter stays: seqs never go back)."""
 
-# What both append scripts share. ARGV[1..5]: window size, window TTL, once TTL, key prefix, and
-# the envelopes as one MessagePack array of [room, id, JSON, mode] (mode '0': no once key; '1': a
-# first delivery, whose id is recorded; '2': a flagged redelivery). One argument for them all:
-# the client's cost per argument is most of a burst's. The keys are named here, from the rooms.
+
+# What both append scripts share. ARGV[1..6]: window size (messages), window bytes, window TTL,
+# once TTL, key prefix, and the envelopes as one MessagePack array of [room, id, JSON, mode]
+# (mode '0': no once key; '1': a first delivery, whose id is recorded; '2': a flagged
+# redelivery). One argument for them all: the client's cost per argument is most of a burst's.
+# The keys are named here, from the rooms.
 _RECORDS = """
-local size, ttl, once_ttl, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]),
-  ARGV[4]
-local records = cmsgpack.unpack(ARGV[5])
+local size, max_bytes, ttl, once_ttl, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]),
+  tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local records = cmsgpack.unpack(ARGV[6])
 local function keys(record)
   local room = record[1]
-  return prefix .. 'seq:' .. room, prefix .. 'window:' .. room,
-    prefix .. 'once:' .. room .. ':' .. record[2]
+  return prefix .. 'seq:' .. room, prefix .. 'window:' .. room
 end
--- Gives a member its room's next seq and keeps the room's window to its size.
+-- What a redeliverable message's id is known as in its room: its seq, 'sent', or false.
+local function once_get(room, id)
+  return redis.call('HGET', prefix .. 'once:' .. room, id)
+end
+-- Records an id's state; with a seq (a new record), its place among the room's ids, of which
+-- the room keeps the newest ONCE_PER_ROOM.
+local function once_set(room, id, value, seq)
+  local ids, order = prefix .. 'once:' .. room, prefix .. 'once-order:' .. room
+  redis.call('HSET', ids, id, value)
+  if seq then
+    redis.call('ZADD', order, seq, id)
+    if redis.call('ZCARD', order) > ONCE_PER_ROOM then
+      redis.call('HDEL', ids, redis.call('ZPOPMIN', order)[1])
+    end
+  end
+  redis.call('EXPIRE', ids, once_ttl)
+  redis.call('EXPIRE', order, once_ttl)
+end
+-- Gives a member its room's next seq and keeps the room's window within its size and its bytes
+-- (the newest message stays, whatever its size). The bytes are counted beside the window.
 local function keep(counter, window, member)
   local seq = redis.call('INCR', counter)
   redis.call('ZADD', window, seq, member)
+  local bytes = window .. ':bytes'
+  local total = redis.call('INCRBY', bytes, #member)
   local kept = redis.call('ZCARD', window)
-  if kept > size then redis.call('ZREMRANGEBYRANK', window, 0, kept - size - 1) end
+  while kept > 1 and (kept > size or total > max_bytes) do
+    local oldest = redis.call('ZPOPMIN', window)
+    total = redis.call('INCRBY', bytes, -#oldest[1])
+    kept = kept - 1
+  end
+  if total < #member then redis.call('SET', bytes, #member) end  -- counted from a later start
+  redis.call('EXPIRE', counter, ttl)
   redis.call('EXPIRE', window, ttl)
+  redis.call('EXPIRE', bytes, ttl)
   return seq
 end
-"""
-
+""".replace("ONCE_PER_ROOM", str(ONCE_PER_ROOM))
 # Appends a batch, in order (ARGV: see `_RECORDS`). Per envelope: false (no counter), its seq,
 # COPY (0), or the negated seq of its first append.
 _APPEND = (
@@ -146,19 +195,19 @@ _APPEND = (
     + """
 local results = {}
 for i, record in ipairs(records) do
-  local counter, window, once = keys(record)
-  local mode = record[4]
+  local counter, window = keys(record)
+  local room, id, mode = record[1], record[2], record[4]
   local result = false
   if redis.call('EXISTS', counter) == 1 then
     local known = false
-    if mode == '2' then known = redis.call('GET', once) end
+    if mode == '2' then known = once_get(room, id) end
     if known == 'sent' then
       result = 0
     elseif known then
       result = -tonumber(known)
     else
       result = keep(counter, window, record[3])
-      if mode ~= '0' then redis.call('SET', once, result, 'EX', once_ttl) end
+      if mode ~= '0' then once_set(room, id, result, result) end
     end
   end
   results[i] = result
@@ -181,19 +230,19 @@ for _, record in ipairs(records) do
 end
 if seqs then
   for i, record in ipairs(records) do
-    local counter, window, once = keys(record)
-    local mode = record[4]
+    local counter, window = keys(record)
+    local room, id, mode = record[1], record[2], record[4]
     local known = false
-    if mode == '2' then known = redis.call('GET', once) end
-    local seq
+    if mode == '2' then known = once_get(room, id) end
+    local seq, fresh = 0, false
     if known == 'sent' then
       seq = 0
     elseif known then
       seq = tonumber(known)
     else
-      seq = keep(counter, window, record[3])
+      seq, fresh = keep(counter, window, record[3]), true
     end
-    if mode ~= '0' and seq ~= 0 then redis.call('SET', once, 'sent', 'EX', once_ttl) end
+    if mode ~= '0' and seq ~= 0 then once_set(room, id, 'sent', fresh and seq or nil) end
     seqs[i] = seq
   end
 end
@@ -201,14 +250,33 @@ end
 )
 
 
+# Marks recorded ids sent. ARGV: key prefix, one MessagePack array of [room, id].
+_SENT = """
+for _, pair in ipairs(cmsgpack.unpack(ARGV[2])) do
+  local ids = ARGV[1] .. 'once:' .. pair[1]
+  if redis.call('HEXISTS', ids, pair[2]) == 1 then redis.call('HSET', ids, pair[2], 'sent') end
+end
+return 0
+"""
+
+
 class RedisWindow:
     """The window in Redis."""
 
-    def __init__(self, client: Any, *, prefix: str, window: int, ttl_seconds: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        *,
+        prefix: str,
+        window: int,
+        ttl_seconds: int,
+        max_bytes: int = WINDOW_BYTES,
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.window = window
         self.ttl = ttl_seconds
+        self.max_bytes = max_bytes
 
     def _keys(self, room: str) -> tuple[str, str]:
         # The scripts name them the same way (`_RECORDS`).
@@ -230,16 +298,11 @@ class RedisWindow:
             records.append([envelope["room"], envelope["id"], member, mode])
         # MessagePack's old raw strings: what every Redis's Lua reads.
         records_packed = msgpack.packb(records, use_bin_type=False)
-        return [self.window, self.ttl, ONCE_SECONDS, self.prefix, records_packed]
-
-    def _once_key(self, envelope: Envelope) -> str:
-        return f"{self.prefix}once:{envelope['room']}:{envelope['id']}"
+        return [self.window, self.max_bytes, self.ttl, ONCE_SECONDS, self.prefix, records_packed]
 
     async def sent(self, envelopes: Sequence[Envelope]) -> None:
-        async with self.client.pipeline(transaction=False) as pipeline:
-            for envelope in envelopes:
-                pipeline.set(self._once_key(envelope), "sent", ex=ONCE_SECONDS, xx=True)
-            await pipeline.execute()
+        pairs = [[envelope["room"], envelope["id"]] for envelope in envelopes]
+        await self.client.eval(_SENT, 0, self.prefix, msgpack.packb(pairs, use_bin_type=False))
 
     async def seed(self, room: str, floor: int) -> None:
         counter, _ = self._keys(room)
@@ -257,14 +320,21 @@ class RedisWindow:
         rows = await self.client.zrange(window, 0, 0, withscores=True)
         return int(rows[0][1]) if rows else None
 
+    async def forget(self, room: str) -> None:
+        _, window = self._keys(room)
+        once = f"{self.prefix}once:{room}"
+        await self.client.delete(window, f"{window}:bytes", once, f"{self.prefix}once-order:{room}")
+
 
 class LocalWindow:
     """The window in this process, for a gateway that runs as one process."""
 
-    def __init__(self, *, window: int) -> None:
+    def __init__(self, *, window: int, max_bytes: int = WINDOW_BYTES) -> None:
         self.window = window
+        self.max_bytes = max_bytes
         self._counters: dict[str, int] = {}
-        self._messages: dict[str, deque[Envelope]] = {}
+        self._messages: dict[str, deque[tuple[Envelope, int]]] = {}  # with their sizes
+        self._bytes: dict[str, int] = {}
         # (room, id) -> its seq, or COPY once sent; oldest first
         self._once: dict[tuple[str, str], int] = {}
 
@@ -280,8 +350,13 @@ class LocalWindow:
             known = self._once[key]
             return COPY if known == COPY else -known
         seq = self._counters[room] = self._counters[room] + 1
-        kept = self._messages.setdefault(room, deque(maxlen=self.window))
-        kept.append(_with_seq(dict(envelope), seq))
+        kept = self._messages.setdefault(room, deque())
+        size = len(dumps(envelope))
+        kept.append((_with_seq(dict(envelope), seq), size))
+        total = self._bytes.get(room, 0) + size
+        while len(kept) > 1 and (len(kept) > self.window or total > self.max_bytes):
+            total -= kept.popleft()[1]
+        self._bytes[room] = total
         if redelivery is not None:
             self._once.pop(key, None)  # recorded again: the newest are kept
             self._once[key] = seq
@@ -300,11 +375,15 @@ class LocalWindow:
 
     async def after(self, room: str, seq: int, limit: int) -> list[Envelope]:
         kept = self._messages.get(room, ())
-        return [m for m in kept if m["seq"] > seq][:limit]
+        return [m for m, _ in kept if m["seq"] > seq][:limit]
 
     async def oldest(self, room: str) -> int | None:
         kept = self._messages.get(room)
-        return kept[0]["seq"] if kept else None
+        return kept[0][0]["seq"] if kept else None
+
+    async def forget(self, room: str) -> None:
+        self._messages.pop(room, None)
+        self._bytes.pop(room, None)
 
 
 def _with_seq(value: Any, seq: int) -> Envelope:
@@ -316,9 +395,18 @@ def _with_seq(value: Any, seq: int) -> Envelope:
 class History:
     """Allocates ``seq``, keeps the window, writes the database, answers resumes."""
 
-    def __init__(self, window: Window, *, max_messages: int, max_age: timedelta) -> None:
+    def __init__(
+        self,
+        window: Window,
+        *,
+        max_messages: int,
+        max_age: timedelta,
+        max_bytes: int = ROOM_BYTES,
+    ) -> None:
         self.window = window
         self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._grown: dict[str, int] = {}  # room -> bytes written since it was last pruned
         self.max_age = max_age
         self._pending: list[Envelope] = []
         self._touched: set[str] = set()
@@ -375,8 +463,12 @@ class History:
             self._writer = asyncio.get_running_loop().create_task(self._write(), name="history")
         self._wake.set()
 
-    async def missed(self, room: str, since: int, limit: int = WINDOW) -> Missed:
-        """The messages of ``room`` after ``since``, for a browser that reconnects."""
+    async def missed(
+        self, room: str, since: int, limit: int = WINDOW, *, page: bool = False
+    ) -> Missed:
+        """The messages of ``room`` after ``since``, for a browser that reconnects: the newest
+        ``limit`` (and a gap) if more were missed; with ``page``, the oldest ``limit`` (and
+        ``more``)."""
         recent = await self.window.after(room, since, limit + 1)
         oldest_recent = await self.window.oldest(room)
         older: list[Envelope] = []
@@ -394,6 +486,8 @@ class History:
         if oldest_recent is not None and (first_kept is None or oldest_recent < first_kept):
             first_kept = oldest_recent
         gap = first_kept is not None and since + 1 < first_kept
+        if len(messages) > limit and page:
+            return Missed(messages[:limit], gap, more=True)
         if len(messages) > limit:  # too much to catch up on: the newest, and say so
             return Missed(await self.recent(room, limit), gap=True)
         return Missed(messages, gap)
@@ -406,12 +500,33 @@ class History:
         latest = await self.window.after(room, oldest - 1, WINDOW)
         return latest[-limit:]
 
+    async def forget(self, room: str) -> None:
+        """Drop ``room``'s recent window (its records in the database are the caller's)."""
+        await self.window.forget(room)
+
     async def flush(self) -> None:
         """Write what is pending to the database now (one write at a time)."""
         async with self._flushing:
             rows, self._pending = self._pending, []
-            if rows:
-                await database_sync_to_async(_write_rows)(rows)
+            if not rows:
+                return
+            try:
+                written = await database_sync_to_async(_write_rows)(rows)
+            except (OperationalError, InterfaceError):
+                # The database is away or busy: keep the batch (the newest `PENDING_ROWS`) for
+                # the next round, and let the writer log and back off.
+                kept = [*rows, *self._pending]
+                if len(kept) > PENDING_ROWS:
+                    lost = len(kept) - PENDING_ROWS
+                    metrics.inc("history_rows_lost", "database_unavailable", lost)
+                    kept = kept[lost:]
+                self._pending = kept
+                raise
+            except DatabaseError:
+                # A row the database will not take, whatever the retries: write the others.
+                written = await database_sync_to_async(_write_each)(rows)
+            for room, size in written.items():
+                self._grown[room] = self._grown.get(room, 0) + size
 
     async def close(self) -> None:
         """Stop the writer, and write what is still pending."""
@@ -433,15 +548,24 @@ class History:
             try:
                 await self.flush()
                 now = asyncio.get_running_loop().time()
+                # A room growing fast is held to its bytes at once, not at the next round.
+                rooms = {r for r, grown in self._grown.items() if grown > self.max_bytes // 4}
                 if now - last_prune >= PRUNE_SECONDS:
-                    rooms, self._touched = self._touched, set()
-                    await database_sync_to_async(_prune)(rooms, self.max_messages, self.max_age)
+                    rooms |= self._touched
+                    self._touched = set()
                     last_prune = now
+                if rooms:
+                    for room in rooms:
+                        self._grown.pop(room, None)
+                    await database_sync_to_async(_prune)(
+                        rooms, self.max_messages, self.max_age, self.max_bytes
+                    )
             except asyncio.CancelledError:
                 raise
             except Exception:
                 metrics.inc("history_write_failures")
-                logger.exception("writing history failed; the recent window still has it")
+                logger.exception("writing history failed; retrying in %.0f s", WRITE_RETRY_SECONDS)
+                await asyncio.sleep(WRITE_RETRY_SECONDS)
 
 
 def _highest_seq(room: str) -> int:
@@ -465,28 +589,62 @@ def _stored_last(room: str, limit: int) -> list[Envelope]:
     return [cast(Envelope, row.envelope) for row in reversed(rows)]
 
 
-def _write_rows(envelopes: list[Envelope]) -> None:
+def _write_rows(envelopes: list[Envelope]) -> dict[str, int]:
+    """Insert ``envelopes`` (a copy already stored is left alone); the bytes written per room."""
     # Plain SQL: the ORM's bulk_create costs several times more per row, and at thousands of
     # messages a second this thread competes with the event loop for the interpreter.
     table = connection.ops.quote_name(MESSAGE_TABLE)
     sql = (
-        f"INSERT INTO {table} (room, seq, message_id, envelope, created_at) "  # noqa: S608
-        "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
+        f"INSERT INTO {table} (room, seq, message_id, envelope, size, created_at) "  # noqa: S608
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
     )
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    rows = [(e["room"], e["seq"], e["id"], dumps(e), now) for e in envelopes]
+    rows = []
+    written: dict[str, int] = {}
+    for e in envelopes:
+        text = dumps(e)
+        size = len(text.encode())
+        rows.append((e["room"], e["seq"], e["id"], text, size, now))
+        written[e["room"]] = written.get(e["room"], 0) + size
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.executemany(sql, rows)
+    return written
 
 
-def _prune(rooms: set[str], max_messages: int, max_age: timedelta) -> None:
+def _write_each(envelopes: list[Envelope]) -> dict[str, int]:
+    """`_write_rows`, a row at a time: a row the database refuses is counted and logged, and
+    the others are written."""
+    written: dict[str, int] = {}
+    for envelope in envelopes:
+        try:
+            for room, size in _write_rows([envelope]).items():
+                written[room] = written.get(room, 0) + size
+        except DatabaseError as exc:
+            detail = f"room {envelope['room']} seq {envelope.get('seq')}: {exc}"
+            metrics.inc("history_rows_lost", "refused_by_database")
+            logger.warning("history row not written (kept in the recent window): %s", detail[:300])
+    return written
+
+
+def _prune(rooms: set[str], max_messages: int, max_age: timedelta, max_bytes: int) -> None:
+    """Drop what is past its age, and each room's oldest messages past ``max_messages`` or
+    ``max_bytes`` (the newest message stays, whatever its size)."""
     Message.objects.filter(created_at__lt=timezone.now() - max_age).delete()
     for room in rooms:
-        cutoff = (Message.objects.filter(room=room).order_by("-seq").values_list("seq", flat=True))[
+        rows = Message.objects.filter(room=room)
+        cutoff = rows.order_by("-seq").values_list("seq", flat=True)[
             max_messages : max_messages + 1
         ]
         if cutoff:
-            Message.objects.filter(room=room, seq__lte=cutoff[0]).delete()
+            rows.filter(seq__lte=cutoff[0]).delete()
+        if (rows.aggregate(total=Sum("size"))["total"] or 0) <= max_bytes:
+            continue
+        total = 0
+        for kept, (seq, size) in enumerate(rows.order_by("-seq").values_list("seq", "size")):
+            total += size
+            if kept > 0 and total > max_bytes:
+                rows.filter(seq__lte=seq).delete()
+                break
 
 
 _histories: dict[tuple[str | None, int], History] = {}
@@ -513,7 +671,13 @@ def _make_history() -> History:
             prefix=f"gateway:{conf.gateway_id}:",
             window=WINDOW,
             ttl_seconds=int(conf.history_max_age.total_seconds()),
+            max_bytes=conf.history_window_bytes,
         )
     else:
-        window = LocalWindow(window=WINDOW)
-    return History(window, max_messages=conf.history_max_messages, max_age=conf.history_max_age)
+        window = LocalWindow(window=WINDOW, max_bytes=conf.history_window_bytes)
+    return History(
+        window,
+        max_messages=conf.history_max_messages,
+        max_age=conf.history_max_age,
+        max_bytes=conf.history_room_bytes,
+    )

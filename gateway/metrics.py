@@ -217,13 +217,23 @@ _KNOWN_FAMILIES = (
     ("presence_events", "Presence changes announced to rooms, by event.", "event"),
     ("retained_states_refused", "Retained messages not kept: their room is full.", "reason"),
     ("history_write_failures", "Batches of history that could not be written.", "reason"),
+    ("history_rows_lost", "History rows the database never got, by reason.", "reason"),
     ("handoff_retries", "Device messages retried while the channel layer failed.", "reason"),
     ("frames_fanned_out", "Frames this process wrote to its sockets of a room.", "reason"),
-    ("fanout_rooms", "Rooms this process has sockets in (one group membership each).", "reason"),
     ("mqtt_hook_denied", "Brokers' HTTP hook checks answered with a denial.", "check"),
     ("mqtt_hook_errors", "Brokers' HTTP hook requests that failed (answered: deny).", "endpoint"),
     ("mqtt_hook_refused", "Brokers' HTTP hook requests refused unanswered, by reason.", "reason"),
     ("compat_unpatched", "Libraries at a version protocols/compat.py was not made for.", "library"),
+    ("rooms_refused", "New rooms refused: the gateway holds its maximum.", "where"),
+    ("api_throttled", "HTTP API requests without a token refused for their rate.", "reason"),
+    ("presence_refused", "Members not listed: their room's presence is full.", "kind"),
+    ("rooms_forgotten", "Idle rooms forgotten, with their history and state.", "reason"),
+    ("room_sweep_failures", "Sweeps for idle rooms that failed.", "reason"),
+    (
+        "fanout_rooms",
+        "Rooms this process has sockets in (one transport membership each).",
+        "reason",
+    ),
 )
 _families: dict[str, tuple[str, str]] = {
     name: (text, label) for name, text, label in _KNOWN_FAMILIES

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
 from django.db import models
+from django.utils import timezone
 
 from gateway.rooms import ROOM_PATTERN
 
@@ -13,6 +14,8 @@ class Room(models.Model):
 
     name = models.CharField(max_length=64, unique=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # When a message last entered it (recorded at most once a minute per process).
+    last_active = models.DateTimeField(default=timezone.now, db_index=True)
 
     class Meta:
         ordering = ("name",)
@@ -49,6 +52,7 @@ class Message(models.Model):
     seq = models.BigIntegerField()
     message_id = models.CharField(max_length=64)
     envelope = models.JSONField()
+    size = models.PositiveIntegerField(default=0)  # the envelope's bytes, as encoded
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

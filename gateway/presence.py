@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from django.conf import settings
+
 from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import utc_timestamp
@@ -29,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 Kind = Literal["browser", "device"]
 DEVICE_TTL_SECONDS = 7 * 24 * 3600  # devices leave by their status topic, not by expiry
+MAX_MEMBERS = 10_000  # members listed per room at most (``GATEWAY_PRESENCE_MAX_PER_ROOM``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +77,7 @@ class Member:
 class Store(Protocol):
     """Where members are kept."""
 
-    async def add(self, room: str, member: Member, expires: float) -> bool: ...
+    async def add(self, room: str, member: Member, expires: float, limit: int) -> "Added": ...
 
     async def remove(self, room: str, key: str) -> Member | None: ...
 
@@ -83,6 +86,29 @@ class Store(Protocol):
     async def members(self, room: str, now: float) -> list[Member]: ...
 
     async def expired(self, now: float) -> list[tuple[str, Member]]: ...
+
+
+Added = Literal["added", "renewed", "full"]
+_ADDED: dict[int, Added] = {1: "added", 0: "renewed", -1: "full"}
+
+# Adds (or renews) a member unless the room holds its limit of members. KEYS: the room's members
+# hash, its expiry set, the set of rooms with members; ARGV: key, member, expiry, limit, room.
+_ADD = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+    and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
+  return -1
+end
+local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('SADD', KEYS[3], ARGV[5])
+return added
+"""
+
+# Takes a room out of the set of rooms with members once its expiry set is empty.
+_FORGET_EMPTY = """
+if redis.call('ZCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[2], ARGV[1]) end
+return 0
+"""
 
 
 class RedisStore:
@@ -98,15 +124,21 @@ class RedisStore:
     def _keys(self, room: str) -> tuple[str, str]:
         return f"{self.prefix}members:{room}", f"{self.prefix}expiry:{room}"
 
-    async def add(self, room: str, member: Member, expires: float) -> bool:
+    async def add(self, room: str, member: Member, expires: float, limit: int) -> Added:
         members, expiry = self._keys(room)
-        connection = self._connection(room)
-        async with connection.pipeline(transaction=True) as pipe:
-            pipe.hset(members, member.key, dumps(member.as_dict()))
-            pipe.zadd(expiry, {member.key: expires})
-            pipe.sadd(f"{self.prefix}rooms", room)
-            added, _, _ = await pipe.execute()
-        return bool(added)
+        found = await self._connection(room).eval(
+            _ADD,
+            3,
+            members,
+            expiry,
+            f"{self.prefix}rooms",
+            member.key,
+            dumps(member.as_dict()),
+            repr(expires),
+            limit,
+            room,
+        )
+        return _ADDED[int(found)]
 
     async def remove(self, room: str, key: str) -> Member | None:
         members, expiry = self._keys(room)
@@ -145,6 +177,8 @@ class RedisStore:
                 member = await self.remove(room, name)
                 if member is not None:
                     gone.append((room, member))
+            # A room nobody is in leaves the set (a join puts it back).
+            await any_connection.eval(_FORGET_EMPTY, 2, expiry, f"{self.prefix}rooms", room)
         return gone
 
 
@@ -154,11 +188,15 @@ class LocalStore:
     def __init__(self) -> None:
         self._rooms: dict[str, dict[str, tuple[Member, float]]] = {}
 
-    async def add(self, room: str, member: Member, expires: float) -> bool:
+    async def add(self, room: str, member: Member, expires: float, limit: int) -> Added:
         members = self._rooms.setdefault(room, {})
-        added = member.key not in members
+        if member.key in members:
+            members[member.key] = (member, expires)
+            return "renewed"
+        if len(members) >= limit:
+            return "full"
         members[member.key] = (member, expires)
-        return added
+        return "added"
 
     async def remove(self, room: str, key: str) -> Member | None:
         entry = self._rooms.get(room, {}).pop(key, None)
@@ -188,9 +226,12 @@ class LocalStore:
 class Presence:
     """Joins, leaves, refreshes and sweeps; tells rooms of every change."""
 
-    def __init__(self, store: Store, rooms: Transport, *, ttl: float) -> None:
+    def __init__(
+        self, store: Store, rooms: Transport, *, ttl: float, max_members: int = MAX_MEMBERS
+    ) -> None:
         self.store = store
         self.rooms = rooms
+        self.max_members = max_members
         self.ttl = ttl
         self._local: dict[str, set[str]] = {}  # room -> keys of members held by this process
         self._keeper: asyncio.Task[None] | None = None
@@ -211,7 +252,11 @@ class Presence:
         """
         ttl = self.ttl if hold else DEVICE_TTL_SECONDS
         member = Member(key=key, kind=kind, name=name, since=utc_timestamp(), verified=verified)
-        if await self.store.add(room, member, time.time() + ttl):
+        added = await self.store.add(room, member, time.time() + ttl, self.max_members)
+        if added == "full":
+            metrics.inc("presence_refused", kind)
+            return
+        if added == "added":
             await self._announce(room, "join", member)
         if hold:
             self._local.setdefault(room, set()).add(key)
@@ -264,4 +309,9 @@ def _make_presence() -> Presence:
         store = RedisStore(redis_client(), prefix=f"gateway:{conf.gateway_id}:presence:")
     else:
         store = LocalStore()
-    return Presence(store, transport(), ttl=conf.presence_ttl)
+    return Presence(
+        store,
+        transport(),
+        ttl=conf.presence_ttl,
+        max_members=int(getattr(settings, "GATEWAY_PRESENCE_MAX_PER_ROOM", MAX_MEMBERS)),
+    )

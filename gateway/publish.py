@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull
 from channels.layers import BaseChannelLayer, get_channel_layer
 
@@ -29,14 +28,11 @@ from gateway.errors import GatewayError, InvalidMessageError
 from gateway.events import BRIDGE_CHANNEL, MQTT_PUBLISH, MqttPublishEvent
 from gateway.history import History, RedisWindow, history_for
 from gateway.jsonutil import check_sendable
-from gateway.models import Room
+from gateway.room_registry import RoomLimitError, record_room
 from gateway.rooms import validate_room
 from gateway.transport import RedisTransport, Transport, room_error, transport
 
 logger = logging.getLogger(__name__)
-
-# Rooms this process has already recorded, so the database is touched once per room.
-_known_rooms: set[str] = set()
 
 
 @dataclass(slots=True)  # not frozen: a frozen one takes 3x as long to make
@@ -107,14 +103,12 @@ async def publish_many(
     if layer is None:
         raise InvalidMessageError("no channel layer is configured")
     gateway_id = gateway_settings().gateway_id  # once: settings are a lazy object
-    results = [_envelope(entry, gateway_id) for entry in entries]
+    results = await _open_rooms([_envelope(entry, gateway_id) for entry in entries])
     accepted = [
         (entry, result)
         for entry, result in zip(entries, results, strict=True)
         if not isinstance(result, GatewayError)
     ]
-    for room in dict.fromkeys(envelope["room"] for _, envelope in accepted):
-        await _record_room(room)
     live = [envelope for entry, envelope in accepted if entry.live]
     # Messages the broker may deliver again are appended once: copies go no further.
     once = {
@@ -177,6 +171,19 @@ async def _append_and_deliver(
     return history.take(envelopes, seqs)
 
 
+async def _open_rooms(results: list[Envelope | GatewayError]) -> list[Envelope | GatewayError]:
+    """Record each room the envelopes enter; a new room past the cap refuses its messages."""
+    refused: dict[str, GatewayError] = {}
+    for room in dict.fromkeys(r["room"] for r in results if not isinstance(r, GatewayError)):
+        try:
+            await record_room(room)
+        except RoomLimitError as exc:
+            refused[room] = exc
+    if not refused:
+        return results
+    return [r if isinstance(r, GatewayError) else refused.get(r["room"], r) for r in results]
+
+
 def _envelope(entry: Entry, gateway_id: str) -> Envelope | GatewayError:
     try:
         validate_room(entry.room)
@@ -226,10 +233,3 @@ async def _send_to_bridge(
             await rooms.send_to(
                 reply_channel, room_error(envelope, "bridge_unavailable", detail, reply_to)
             )
-
-
-async def _record_room(room: str) -> None:
-    if room in _known_rooms:
-        return
-    await database_sync_to_async(Room.objects.get_or_create)(name=room)
-    _known_rooms.add(room)

@@ -5,6 +5,7 @@ Both are pure and single-threaded (one per socket, used from its own task); time
 """
 
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -90,3 +91,27 @@ class FloodGuard:
             return "ok"
         self.refusals += 1
         return "warn" if self.refusals <= self.warnings else "close"
+
+
+class BucketsByKey:
+    """A `TokenBucket` per key (a client address, say), for at most ``keys`` keys: the least
+    recently seen are forgotten first, so a stranger with many addresses cannot grow it."""
+
+    def __init__(
+        self, limit: RateLimit, *, keys: int = 10_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.limit = limit
+        self.keys = keys
+        self._clock = clock
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+
+    def take(self, key: str, now: float | None = None) -> bool:
+        """Take a token from ``key``'s bucket (a new key starts full)."""
+        bucket = self._buckets.pop(key, None) or TokenBucket(self.limit, clock=self._clock)
+        self._buckets[key] = bucket
+        if len(self._buckets) > self.keys:
+            self._buckets.popitem(last=False)
+        return bucket.take(now)
+
+    def __len__(self) -> int:
+        return len(self._buckets)

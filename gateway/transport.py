@@ -243,8 +243,8 @@ return full
 """
 )
 
-# Appends a burst to history (ARGV[1..5] and `records`: see `APPEND_RECORDS_LUA`) and delivers
-# it, in one step. Nothing is done if a room has no counter yet (returns {0}). ARGV[6..11]:
+# Appends a burst to history (ARGV[1..6] and `records`: see `APPEND_RECORDS_LUA`) and delivers
+# it, in one step. Nothing is done if a room has no counter yet (returns {0}). ARGV[7..12]:
 # now, capacity, inbox TTL, key prefix, messages per event, FORMAT. Each room's new messages go
 # to its hubs as message events in order (copies of messages sent before go nowhere). Returns
 # {1, per envelope its seq (0: a copy), what full inboxes did not get}.
@@ -253,7 +253,7 @@ _APPEND_AND_DELIVER = (
     + """
 if not seqs then return {0} end
 local now, capacity, inbox_ttl, tprefix, limit, version =
-  ARGV[6], tonumber(ARGV[7]), ARGV[8], ARGV[9], tonumber(ARGV[10]), tonumber(ARGV[11])
+  ARGV[7], tonumber(ARGV[8]), ARGV[9], ARGV[10], tonumber(ARGV[11]), tonumber(ARGV[12])
 local full = {}
 """
     + _PUSH

@@ -13,25 +13,32 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
+from redis.exceptions import RedisError
 
+from gateway import metrics
 from gateway.access import aaccess_for, can_read, can_write, visible_rooms
 from gateway.conf import gateway_settings
 from gateway.errors import GatewayError
 from gateway.history import WINDOW, history_for, parse_since
-from gateway.jsonutil import MESSAGE_MAX_DEPTH, parse_json
+from gateway.jsonutil import MESSAGE_MAX_DEPTH, dumps_bytes, parse_json
 from gateway.models import Message, Room
 from gateway.presence import presence_for
 from gateway.publish import publish
+from gateway.ratelimit import BucketsByKey, RateLimit
 from gateway.rooms import is_valid_room
 from protocols.auth import bearer_user
+from protocols.client_address import client_address
 from protocols.openapi import SCHEMA
 
 MINUTE = timedelta(minutes=1)
+ANSWER_BYTES = 1 << 20  # an answer's messages at most (the first always; ``more`` says so)
 
 
 class Refusal(Exception):
@@ -61,13 +68,31 @@ def answers_refusals(
 
 
 async def _caller(request: HttpRequest) -> tuple[Any, bool]:
-    """The user behind a request, and whether a token was given."""
+    """The user behind a request, and whether a token was given; an anonymous caller past its
+    address's rate is refused."""
     if "Authorization" not in request.headers:
-        return await request.auser(), False
+        user = await request.auser()
+        if not user.is_authenticated:
+            _throttle_anonymous(request)
+        return user, False
     found = await sync_to_async(bearer_user)(request)
     if found is None:
         raise Refusal(401, "unauthorised", "invalid or revoked token")
     return found[1], True
+
+
+_anonymous_reads: BucketsByKey | None = None
+
+
+def _throttle_anonymous(request: HttpRequest) -> None:
+    global _anonymous_reads  # noqa: PLW0603 - one set of buckets per process
+    if _anonymous_reads is None:
+        limit = RateLimit(rate=settings.API_ANONYMOUS_RATE, burst=settings.API_ANONYMOUS_BURST)
+        _anonymous_reads = BucketsByKey(limit)
+    scope = getattr(request, "scope", None) or {"client": (request.META.get("REMOTE_ADDR"), 0)}
+    if not _anonymous_reads.take(client_address(scope, settings.TRUSTED_PROXIES)):
+        metrics.inc("api_throttled")
+        raise Refusal(429, "rate_limited", "too many requests without a token: slow down")
 
 
 def _valid_room(room: str) -> None:
@@ -123,8 +148,22 @@ async def messages(request: HttpRequest, room: str) -> HttpResponse:
     limit = int(text) if text.isascii() and text.isdigit() and len(text) <= 4 else 0
     if not 1 <= limit <= WINDOW:
         raise Refusal(400, "invalid_query", f"limit must be a whole number 1-{WINDOW}")
-    missed = await history_for().missed(room, since, limit)
-    return JsonResponse({"room": room, "gap": missed.gap, "messages": missed.messages})
+    page = await history_for().missed(room, since, limit, page=True)
+    messages, more = _within(page.messages, ANSWER_BYTES)
+    return JsonResponse(
+        {"room": room, "gap": page.gap, "more": page.more or more, "messages": messages}
+    )
+
+
+def _within(messages: list[Any], limit: int) -> tuple[list[Any], bool]:
+    """The first of ``messages`` whose JSON fits ``limit`` bytes (the first always), and
+    whether any were left out."""
+    total = 0
+    for count, message in enumerate(messages):
+        total += len(dumps_bytes(message)) + 1
+        if total > limit and count > 0:
+            return messages[:count], True
+    return messages, False
 
 
 async def _post_message(request: HttpRequest, room: str) -> HttpResponse:
@@ -141,7 +180,10 @@ async def _post_message(request: HttpRequest, room: str) -> HttpResponse:
     try:
         envelope = await publish(room, message, source="http", sender=str(user.get_username()))
     except GatewayError as exc:
-        raise Refusal(400, exc.code, str(exc)) from exc
+        raise Refusal(exc.status, exc.code, str(exc)) from exc
+    except (RedisError, DatabaseError) as exc:
+        metrics.dropped("store_unavailable", f"room {room}: {type(exc).__name__}: {exc}")
+        raise Refusal(503, "unavailable", "the gateway cannot keep messages now") from exc
     return JsonResponse({k: v for k, v in envelope.items() if k != "gateway"}, status=201)
 
 

@@ -106,7 +106,7 @@ SCHEMA: dict[str, Any] = {
                             },
                         },
                     ),
-                    **_errors(401),
+                    **_errors(401, 429),
                 },
             }
         },
@@ -128,10 +128,11 @@ SCHEMA: dict[str, Any] = {
                         "messages",
                         {
                             "type": "object",
-                            "required": ["room", "gap", "messages"],
+                            "required": ["room", "gap", "more", "messages"],
                             "properties": {
                                 "room": {"type": "string"},
                                 "gap": {"type": "boolean"},
+                                "more": {"type": "boolean"},
                                 "messages": {
                                     "type": "array",
                                     "items": {"$ref": "#/components/schemas/Message"},
@@ -139,7 +140,7 @@ SCHEMA: dict[str, Any] = {
                             },
                         },
                     ),
-                    **_errors(400, 401, 404),
+                    **_errors(400, 401, 404, 429),
                 },
             },
             "post": {
@@ -163,7 +164,7 @@ SCHEMA: dict[str, Any] = {
                         {"$ref": "#/components/schemas/Message"},
                         201,
                     ),
-                    **_errors(400, 401, 403, 404, 413, 415),
+                    **_errors(400, 401, 403, 404, 413, 415, 429, 503),
                 },
             },
         },
@@ -187,7 +188,7 @@ SCHEMA: dict[str, Any] = {
                             },
                         },
                     ),
-                    **_errors(400, 401, 404),
+                    **_errors(400, 401, 404, 429),
                 },
             },
         },

@@ -15,6 +15,8 @@ from urllib.parse import parse_qs
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError
+from redis.exceptions import RedisError
 
 from gateway import metrics, retained
 from gateway.access import Access, aaccess_for, can_read, can_write
@@ -23,10 +25,11 @@ from gateway.conf import gateway_settings
 from gateway.dispatch import DirectDispatchMixin
 from gateway.errors import GatewayError
 from gateway.history import history_for, parse_since
-from gateway.jsonutil import dumps
+from gateway.jsonutil import dumps, dumps_bytes
 from gateway.presence import presence_for
 from gateway.publish import publish
 from gateway.ratelimit import FloodGuard
+from gateway.room_registry import may_open
 from gateway.rooms import is_valid_room
 from gateway.tokens import atoken_is_active
 from protocols.access_watch import access_watch
@@ -34,7 +37,7 @@ from protocols.auth import asession_is_current
 from protocols.client_address import client_address
 from protocols.fanout import Subscriber, client_view, error_frame, hub_for
 from protocols.frames import Refusal, read_frame
-from protocols.outlets import outlet_for
+from protocols.outlets import CLOSE_SLOW, SEND_BACKLOG_BYTES, Frame, outlet_for
 
 logger = logging.getLogger(__name__)
 
@@ -108,17 +111,22 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         # Every seq up to the highest one read was in the history when it was read (seq and
         # window are written together), so live copies of those are in the welcome already.
         watermark = max((m.get("seq", 0) for m in messages), default=since or 0)
-        frame = {
-            "type": "welcome",
-            "room": room,
-            "seq": watermark,
-            "gap": gap,
-            "messages": [client_view(m) for m in messages],
-            "retained": [client_view(s) for s in await retained.states(room)],
-            "presence": await presence_for().members(room),
-        }
-        await self.send(text_data=dumps(frame))
+        frame = welcome_frame(
+            room,
+            seq=watermark,
+            gap=gap,
+            messages=[client_view(m) for m in messages],
+            states=[client_view(s) for s in await retained.states(room)],
+            presence=await presence_for().members(room),
+        )
         assert self.subscriber is not None
+        # Through the socket's outlet, like every frame after it: it counts against what the
+        # socket may leave unread, and the frames held meanwhile follow it in order.
+        if not self.subscriber.outlet.write(Frame(frame)):
+            self.subscriber.gone = True
+            metrics.inc("ws_closed", "slow_consumer")
+            self.subscriber.outlet.close(CLOSE_SLOW)
+            return
         self.subscriber.ready(watermark)
 
     async def _refusal(self, room: str) -> tuple[int, str, str] | None:
@@ -137,6 +145,10 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         if not can_read(self._access):
             self._release_claims()  # a refused socket keeps nothing
             return CLOSE_FORBIDDEN, "forbidden", f"you may not enter room {room}"
+        if not await may_open(room):
+            self._release_claims()
+            detail = f"this gateway holds its maximum of rooms: join an existing room, not {room}"
+            return CLOSE_POLICY, "too_many_rooms", detail
         return None
 
     def _socket_limits(self) -> list[tuple[str, int]]:
@@ -255,6 +267,9 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             )
         except GatewayError as exc:
             await self.send_error(exc.code, str(exc))
+        except (RedisError, DatabaseError) as exc:  # full, or away: the sender may try again
+            metrics.dropped("store_unavailable", f"room {self.room}: {type(exc).__name__}: {exc}")
+            await self.send_error("unavailable", "the gateway cannot keep messages now; try again")
 
     async def _within_rate(self) -> bool:
         """Count the frame against the rate limit: warn, then close a client that floods."""
@@ -330,3 +345,56 @@ class RefuseConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
     async def connect(self) -> None:
         metrics.inc("ws_refused", "unknown_path")
         await self.close()
+
+
+# The welcome's bytes at most: what a socket may leave unread in the server.
+WELCOME_MAX_BYTES = SEND_BACKLOG_BYTES
+
+
+def welcome_frame(
+    room: str,
+    *,
+    seq: int,
+    gap: bool,
+    messages: list[dict[str, Any]],
+    states: list[dict[str, Any]],
+    presence: list[Any],
+    limit: int = WELCOME_MAX_BYTES,
+) -> str:
+    """The welcome, within ``limit`` bytes: what does not fit is left out, the oldest messages
+    first (``gap`` then says so: the HTTP API pages through them), then the states least
+    recently updated (``retained_gap``)."""
+    frame: dict[str, Any] = {
+        "type": "welcome",
+        "room": room,
+        "seq": seq,
+        "gap": gap,
+        "messages": messages,
+        "retained": states,
+        "presence": presence,
+    }
+    text = dumps(frame)
+    if len(text) <= limit // 4 or len(text.encode()) <= limit:  # most welcomes: one encoding
+        return text
+    budget = limit - len(dumps_bytes({**frame, "messages": [], "retained": []})) - 64
+    kept_states = _newest_within(states, budget, key="ts")
+    budget -= sum(len(dumps_bytes(item)) + 1 for item in kept_states)
+    kept_messages = _newest_within(messages, budget, key="seq")
+    frame["messages"] = kept_messages
+    frame["retained"] = kept_states
+    frame["gap"] = gap or len(kept_messages) < len(messages)
+    if len(kept_states) < len(states):
+        frame["retained_gap"] = True
+    return dumps(frame)
+
+
+def _newest_within(items: list[dict[str, Any]], budget: int, *, key: str) -> list[dict[str, Any]]:
+    """The newest of ``items`` (by ``key``) whose JSON fits ``budget`` bytes, in their order."""
+    chosen: set[int] = set()
+    for index in sorted(range(len(items)), key=lambda i: items[i].get(key) or 0, reverse=True):
+        size = len(dumps_bytes(items[index])) + 1
+        if size > budget:
+            break
+        budget -= size
+        chosen.add(index)
+    return [item for index, item in enumerate(items) if index in chosen]

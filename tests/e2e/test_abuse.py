@@ -15,7 +15,14 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.support.clients import mqtt_client, read_until_closed, recv_json, ws_connect
 from tests.support.devices import Device
-from tests.support.processes import Gateway, Mosquitto, django_shell, http_get, wait_for
+from tests.support.processes import (
+    Gateway,
+    Mosquitto,
+    django_shell,
+    http_get,
+    http_request,
+    wait_for,
+)
 from tests.support.prometheus import parse_exposition, samples
 
 MAX_PAYLOAD = 2048
@@ -51,6 +58,7 @@ get_user_model().objects.filter(username="{name}").update(is_active=False)
 
 
 ANONYMOUS_PER_ADDRESS = 100  # every socket of these tests comes from 127.0.0.1
+ANONYMOUS_API_BURST = 10
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +69,8 @@ def gateway_options() -> dict[str, Any]:
         "GATEWAY_WS_MAX_ANONYMOUS_PER_ADDRESS": str(ANONYMOUS_PER_ADDRESS),
         "GATEWAY_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
         "RETAINED_MAX_TOPICS": str(RETAINED_TOPICS),
+        "GATEWAY_API_ANONYMOUS_RATE": "0.1",
+        "GATEWAY_API_ANONYMOUS_BURST": str(ANONYMOUS_API_BURST),
     }
 
 
@@ -278,3 +288,23 @@ async def test_anonymous_sockets_past_the_cap_of_an_address_are_refused_and_coun
         assert len(again) == ANONYMOUS_PER_ADDRESS
         await asyncio.gather(*(ws.close() for ws in again))
     await assert_other_rooms_flow(gateway, broker)
+
+
+async def test_anonymous_api_reads_past_their_rate_get_429_and_signed_in_ones_do_not(
+    gateway: Gateway,
+) -> None:
+    def get(path: str, **headers: str) -> tuple[int, str]:
+        return http_request("GET", f"{gateway.http}{path}", headers=headers)
+
+    answers = [
+        (await asyncio.to_thread(get, "/api/rooms/"))[0] for _ in range(ANONYMOUS_API_BURST + 5)
+    ]
+    assert answers[:ANONYMOUS_API_BURST] == [200] * ANONYMOUS_API_BURST
+    assert answers[ANONYMOUS_API_BURST:] == [429] * 5
+    status, body = await asyncio.to_thread(get, "/api/rooms/")
+    assert (status, json.loads(body)["error"]) == (429, "rate_limited")
+    # A caller with a token is not counted against the address.
+    token = await shell(gateway, USER, name="api-reader")
+    assert (await asyncio.to_thread(get, "/api/rooms/", Authorization=f"Bearer {token}"))[0] == 200
+    _, text = await asyncio.to_thread(http_get, f"{gateway.http}/metrics")
+    assert samples(parse_exposition(text), "gateway_api_throttled_total")[0].value >= 6

@@ -28,6 +28,17 @@ print(issue_token(writer, "api")[1], issue_token(reader, "api")[1])
 """
 
 
+
+
+@pytest.fixture(scope="module")
+def gateway_options() -> dict[str, Any]:
+    return {
+        # The schema's fuzzing asks anonymously, and must reach the views, not the throttle.
+        "GATEWAY_API_ANONYMOUS_RATE": "10000",
+        "GATEWAY_API_ANONYMOUS_BURST": "100000",
+    }
+
+
 @pytest.fixture(scope="module")
 def tokens(gateway: Gateway) -> dict[str, str]:
     writer, reader = django_shell(SETUP, env=gateway.env).split()
@@ -162,3 +173,35 @@ def test_the_api_never_fails_whatever_it_is_sent(gateway: Gateway, tokens: dict[
                 case.validate_response(response, checks=[not_a_server_error])
 
         never_a_server_error()
+
+
+def test_an_answer_is_paged_within_its_bytes_and_says_there_is_more(
+    gateway: Gateway, tokens: dict[str, str]
+) -> None:
+    big = json.dumps({"message": "x" * 60_000}).encode()  # 60 KB a message: 20 make 1.2 MB
+    seqs = []
+    for _ in range(20):
+        status, posted = call(
+            gateway, "POST", "/api/rooms/pages/messages", token=tokens["writer"], body=big
+        )
+        assert status == 201, posted
+        seqs.append(posted["seq"])
+    status, page = call(
+        gateway, "GET", "/api/rooms/pages/messages?since=0&limit=100", token=tokens["writer"]
+    )
+    assert status == 200
+    got = [m["seq"] for m in page["messages"]]
+    assert got == seqs[: len(got)]  # the oldest first, none skipped
+    assert 1 <= len(got) < 20  # 1.2 MB do not fit in the 1 MiB an answer may hold
+    assert page["more"] is True
+    since, seen = got[-1], list(got)
+    while page["more"]:
+        status, page = call(
+            gateway,
+            "GET",
+            f"/api/rooms/pages/messages?since={since}&limit=100",
+            token=tokens["writer"],
+        )
+        seen += [m["seq"] for m in page["messages"]]
+        since = seen[-1]
+    assert seen == seqs

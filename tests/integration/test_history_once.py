@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.envelope import Envelope, new_envelope
-from gateway.history import COPY, LocalWindow, RedisWindow, Window
+from gateway.history import COPY, ONCE_PER_ROOM, LocalWindow, RedisWindow, Window
 from gateway.shared import connect
 from tests.support.processes import Redis
 
@@ -82,3 +82,43 @@ async def test_messages_without_a_delivery_id_are_never_copies(window: Window) -
     await window.seed("e", 0)
     batch = [envelope("e", "browser-message") for _ in range(2)]
     assert await window.append(batch) == [1, 2]
+
+
+@pytest.fixture
+async def redis_window(redis_server: Redis) -> AsyncIterator[RedisWindow]:
+    client = connect(redis_server.url)
+    prefix = f"test:{uuid.uuid4().hex}:"
+    yield RedisWindow(client, prefix=prefix, window=1000, ttl_seconds=60, max_bytes=20_000)
+    await client.aclose(close_connection_pool=True)
+
+
+async def test_a_room_remembers_a_bounded_number_of_ids_in_two_keys(
+    redis_window: RedisWindow,
+) -> None:
+    await redis_window.seed("busy", 0)
+    total = ONCE_PER_ROOM + 500
+    for start in range(0, total, 500):
+        batch = [envelope("busy", f"id-{n}") for n in range(start, start + 500)]
+        await redis_window.append(batch, {e["id"]: False for e in batch})
+    client, prefix = redis_window.client, redis_window.prefix
+    assert await client.hlen(f"{prefix}once:busy") == ONCE_PER_ROOM
+    assert await client.zcard(f"{prefix}once-order:busy") == ONCE_PER_ROOM
+    assert len(await client.keys(f"{prefix}once*")) == 2  # not a key per message
+    # The newest are still recognised; the oldest, past the bound, are forgotten.
+    newest = envelope("busy", f"id-{total - 1}")
+    assert await redis_window.append([newest], {newest["id"]: True}) == [-total]
+    oldest = envelope("busy", "id-0")
+    assert await redis_window.append([oldest], {oldest["id"]: True}) == [total + 1]
+
+
+async def test_the_redis_window_keeps_a_room_within_its_bytes(redis_window: RedisWindow) -> None:
+    await redis_window.seed("big", 0)
+    for n in range(60):
+        await redis_window.append([envelope("big", f"m{n}", text="\x01" * 100)])
+    members = await redis_window.client.zrange(f"{redis_window.prefix}window:big", 0, -1)
+    assert 1 < len(members) < 60
+    assert sum(len(m) for m in members) <= 20_000
+    counted = await redis_window.client.get(f"{redis_window.prefix}window:big:bytes")
+    assert int(counted) == sum(len(m) for m in members)
+    kept = await redis_window.after("big", 0, 100)
+    assert [m["seq"] for m in kept] == list(range(61 - len(kept), 61))

@@ -20,9 +20,12 @@ from urllib.parse import urlparse
 import django
 import jsonschema
 import pytest
+import redis
 import yaml
 from django.apps import apps
 from django.core.management import get_commands
+
+from tests.support.processes import binary, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 MOSQUITTO_CONF = ROOT / "mosquitto" / "mosquitto.conf"
@@ -294,3 +297,46 @@ def test_mosquitto_refuses_strangers_and_admits_the_bridge() -> None:
     assert bridge == MQTT_CONNACK_OK, f"the bridge was not admitted ({bridge!r}); log:\n{log}"
     assert anonymous == MQTT_CONNACK_REFUSED, f"anonymous: {anonymous!r}; log:\n{log}"
     assert wrong == MQTT_CONNACK_REFUSED, f"wrong password: {wrong!r}; log:\n{log}"
+
+
+def test_compose_redis_is_bounded_and_refuses_writes_when_full_rather_than_evicting(
+    tmp_path: Path,
+) -> None:
+    """The redis service's own command line, run for real with a small maxmemory."""
+    command = [interpolate(part) for part in compose()["services"]["redis"]["command"]]
+    assert command[0] == "redis-server"
+    options = dict(zip(command[1::2], command[2::2], strict=True))
+    assert options["--maxmemory"] == "512mb"
+    assert options["--maxmemory-policy"] == "noeviction"
+    assert interpolate("${REDIS_MAXMEMORY:-512mb}", {"REDIS_MAXMEMORY": "2gb"}) == "2gb"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    small = [binary("redis-server"), *command[1:], "--maxmemory", "3mb", "--port", str(port)]
+    small += ["--bind", "127.0.0.1"]
+    small += ["--dir", str(tmp_path)]
+    server = subprocess.Popen(small, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        wait_for(lambda: _pings(client), "the compose redis to start")
+        client.set("gateway:gw:seq:kept", 41)
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            _fill(client, 10_000)  # ~10 MB: past the 3 MB
+        # Nothing was evicted to make room: the first key is still there.
+        assert client.get("gateway:gw:seq:kept") == b"41"
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(10)
+
+
+def _fill(client: "redis.Redis", keys: int) -> None:
+    for n in range(keys):
+        client.set(f"filler:{n}", b"x" * 1024)
+
+
+def _pings(client: "redis.Redis") -> bool:
+    try:
+        return bool(client.ping())
+    except redis.exceptions.ConnectionError:
+        return False

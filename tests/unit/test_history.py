@@ -2,11 +2,17 @@
 
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db import DataError, OperationalError
 
+from gateway import history as history_module
+from gateway import metrics
 from gateway.envelope import new_envelope
-from gateway.history import History, LocalWindow
+from gateway.history import History, LocalWindow, _prune
+from gateway.jsonutil import dumps
 from gateway.models import Message
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -92,3 +98,100 @@ async def test_a_lost_counter_is_seeded_above_the_database(
     assert seq > 1
     stored = [m["seq"] async for m in Message.objects.filter(room="seeded").values("seq")]
     assert seq > max(stored)
+
+
+async def test_the_window_keeps_a_room_within_its_bytes_newest_first() -> None:
+    window = LocalWindow(window=1000, max_bytes=4000)
+    await window.seed("big", 0)
+    await window.seed("small", 0)
+    await window.append(
+        [new_envelope(room="small", message="s", source="ws", sender="t", gateway="g")]
+    )
+    for n in range(50):  # about 600 bytes each as JSON
+        envelope = new_envelope(
+            room="big", message="\x01" * 80, source="mqtt", sender="d", gateway="g"
+        )
+        envelope["message"] = f"{n}:" + envelope["message"]
+        await window.append([envelope])
+    kept = await window.after("big", 0, 1000)
+    assert 1 < len(kept) < 50
+    assert [m["seq"] for m in kept] == list(range(51 - len(kept), 51))  # the newest, no hole
+    assert sum(len(dumps(m)) for m in kept) <= 4000 + 20 * len(kept)  # seq adds a few bytes
+    assert len(await window.after("small", 0, 10)) == 1  # another room keeps its own
+
+
+async def test_the_database_keeps_a_room_within_its_bytes_and_a_huge_message_alone(
+    make_history: Callable[..., History],
+) -> None:
+    history = History(
+        LocalWindow(window=10), max_messages=1000, max_age=timedelta(days=1), max_bytes=5000
+    )
+    try:
+        for n in range(40):
+            await append(history, "flooded", f"{n}:" + "\x01" * 100)  # ~700 bytes stored
+        await append(history, "quiet", "kept")
+        await history.flush()
+        await sync_to_async(_prune)({"flooded", "quiet"}, 1000, timedelta(days=1), 5000)
+        rows = [r async for r in Message.objects.filter(room="flooded").order_by("seq")]
+        assert 1 < len(rows) < 40
+        assert [r.seq for r in rows] == list(range(41 - len(rows), 41))
+        assert sum(r.size for r in rows) <= 5000
+        assert all(r.size == len(dumps(r.envelope).encode()) for r in rows)
+        assert await Message.objects.filter(room="quiet").acount() == 1
+        # One message over the whole bound: the newest stays, alone.
+        await append(history, "flooded", "x" * 6000)
+        await history.flush()
+        await sync_to_async(_prune)({"flooded"}, 1000, timedelta(days=1), 5000)
+        assert [r.seq async for r in Message.objects.filter(room="flooded")] == [41]
+    finally:
+        await history.close()
+
+
+async def test_a_page_gives_the_oldest_after_since_and_says_there_is_more(
+    make_history: Callable[..., History],
+) -> None:
+    history = make_history(window=10)
+    for n in range(8):
+        await append(history, "paged", f"m{n}")
+    first = await history.missed("paged", since=0, limit=3, page=True)
+    assert ([m["seq"] for m in first.messages], first.gap, first.more) == ([1, 2, 3], False, True)
+    last = await history.missed("paged", since=6, limit=3, page=True)
+    assert ([m["seq"] for m in last.messages], last.more) == ([7, 8], False)
+
+
+async def test_a_row_the_database_refuses_is_left_out_and_the_rest_written(
+    make_history: Callable[..., History], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history = make_history()
+    seqs = [await append(history, "mixed", f"m{n}") for n in range(3)]
+    real = history_module._write_rows
+
+    def refuse_the_middle(envelopes: list[Any]) -> dict[str, int]:
+        if any(e["message"] == "m1" for e in envelopes):
+            raise DataError("value refused by the database")
+        return real(envelopes)
+
+    monkeypatch.setattr(history_module, "_write_rows", refuse_the_middle)
+    before = metrics.get("history_rows_lost", "refused_by_database")
+    await history.flush()
+    stored = [m.seq async for m in Message.objects.filter(room="mixed").order_by("seq")]
+    assert stored == [seqs[0], seqs[2]]
+    assert metrics.get("history_rows_lost", "refused_by_database") == before + 1
+
+
+async def test_a_batch_is_kept_while_the_database_is_away(
+    make_history: Callable[..., History], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history = make_history()
+    await append(history, "patient", "m0")
+    real = history_module._write_rows
+
+    def away(envelopes: list[Any]) -> dict[str, int]:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(history_module, "_write_rows", away)
+    with pytest.raises(OperationalError):
+        await history.flush()
+    monkeypatch.setattr(history_module, "_write_rows", real)
+    await history.flush()  # back: the batch that failed is written now
+    assert await Message.objects.filter(room="patient").acount() == 1

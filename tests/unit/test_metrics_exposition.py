@@ -400,7 +400,7 @@ gateway_delivery_latency_seconds_count{process="web",reason="mqtt"} 1
 # HELP gateway_dynsec_changes_total Changes sent to the broker's dynamic security, or failed syncs.
 # TYPE gateway_dynsec_changes_total counter
 gateway_dynsec_changes_total{process="worker:gw-bridge-0",reason="applied"} 3
-# HELP gateway_fanout_rooms Rooms this process has sockets in (one group membership each).
+# HELP gateway_fanout_rooms Rooms this process has sockets in (one transport membership each).
 # TYPE gateway_fanout_rooms gauge
 gateway_fanout_rooms{process="web"} 3
 # HELP gateway_frames_fanned_out_total Frames this process wrote to its sockets of a room.

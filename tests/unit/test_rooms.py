@@ -1,6 +1,5 @@
 """Room names: the rule every edge relies on to keep names safe as topics and groups."""
 
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
