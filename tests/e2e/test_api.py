@@ -28,8 +28,6 @@ print(issue_token(writer, "api")[1], issue_token(reader, "api")[1])
 """
 
 
-
-
 @pytest.fixture(scope="module")
 def gateway_options() -> dict[str, Any]:
     return {
