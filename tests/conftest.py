@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 
 from tests.support.ledger import Ledger
-from tests.support.processes import Gateway, Mosquitto, Redis, gateway_env, manage
+from tests.support.processes import (
+    Gateway,
+    Mosquitto,
+    Postgres,
+    Redis,
+    gateway_env,
+    manage,
+    postgres_bindir,
+)
 
 # The test process itself never talks to a configured broker or Redis.
 for _name in ("MQTT_URL", "REDIS_URL", "GATEWAY_ID"):
@@ -33,6 +41,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
     server = Redis(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgres]:
+    """A real PostgreSQL server with a cluster of its own; each module creates its databases."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL's server binaries (initdb, postgres) are not installed: `make test` "
+            "installs Debian's postgresql package"
+        )
+    server = Postgres(tmp_path_factory.mktemp("postgres"), bindir).start()
     yield server
     server.stop()
 

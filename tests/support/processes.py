@@ -1,12 +1,15 @@
-"""Real servers for the tests: Mosquitto, Redis, daphne and the bridge worker, on free ports."""
+"""Real servers for the tests: Mosquitto, Redis, PostgreSQL, daphne and the bridge worker, on
+free ports."""
 
 import getpass
 import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -242,6 +245,173 @@ class Redis:
             return int(client.info("memory")["used_memory"])
         finally:
             client.close()
+
+
+POSTGRES_VERSIONS = Path("/usr/lib/postgresql")  # Debian's: one directory per major version
+
+
+def postgres_bindir() -> Path | None:
+    """The directory of PostgreSQL's server binaries (initdb, postgres), or None.
+
+    Debian's newest version if there is one (they are not on the PATH), else the PATH's.
+    """
+
+    def version(initdb: Path) -> tuple[int, ...]:
+        return tuple(int(part) for part in initdb.parents[1].name.split(".") if part.isdigit())
+
+    found = sorted(POSTGRES_VERSIONS.glob("*/bin/initdb"), key=version)
+    if found:
+        return found[-1].parent
+    initdb = shutil.which("initdb", path=SBIN_PATH)
+    # A link on the PATH leads to the directory that has the rest (createdb, postgres).
+    return Path(initdb).resolve().parent if initdb else None
+
+
+class Postgres:
+    """A real PostgreSQL server: a fresh cluster on a free loopback port, made for the tests.
+
+    The cluster lives in a temporary directory of its own, removed by `stop`; its log is
+    ``workdir/postgres.log``. Its superuser `USER` is trusted without a password, and durability
+    is off (no fsync): a crash of the machine loses it, which a test cluster may.
+
+    PostgreSQL refuses to run as root. Started by root, initdb and the server run as the
+    ``postgres`` user (which Debian's package creates), and the cluster's directory is made
+    outside pytest's temporary directories (only root may enter those) and given to that user.
+    """
+
+    USER = "gateway"
+    DATABASE = "gateway"  # the database `url` names
+
+    def __init__(self, workdir: Path, bindir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.bindir = bindir
+        self.cluster: Path | None = None  # the temporary directory: data/, and the socket
+        self.process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return self.database_url(self.DATABASE)
+
+    def database_url(self, name: str) -> str:
+        return f"postgres://{self.USER}@127.0.0.1:{self.port}/{name}"
+
+    def _as_owner(self) -> list[str]:
+        """What runs a command as the cluster's owner, in the cluster's directory (empty when
+        this process may own it)."""
+        if os.geteuid() != 0:
+            return []
+        assert self.cluster is not None
+        # setpriv executes the command in its own place (runuser would stay, as its parent), so
+        # the signals `stop` sends reach the server itself. env -C: the server must be able to
+        # enter its working directory (PostgreSQL 15 returns to it while finding its own path),
+        # and the test's may be closed to that user.
+        return [
+            binary("setpriv"),
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--clear-groups",
+            "env",
+            "-C",
+            str(self.cluster),
+        ]
+
+    def start(self) -> "Postgres":
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.cluster = Path(tempfile.mkdtemp(prefix="gateway-postgres-"))
+        if os.geteuid() == 0:
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError(
+                    "PostgreSQL will not run as root, and there is no postgres user to run it "
+                    "as: install Debian's postgresql package (`make test` does)"
+                ) from None
+            os.chown(self.cluster, owner.pw_uid, owner.pw_gid)
+        data = self.cluster / "data"
+        initdb = subprocess.run(
+            [
+                *self._as_owner(),
+                str(self.bindir / "initdb"),
+                "--pgdata",
+                str(data),
+                "--username",
+                self.USER,
+                "--auth",
+                "trust",
+                "--encoding",
+                "UTF8",
+                "--locale",
+                "C",
+                "--no-sync",
+            ],
+            cwd=self.cluster,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        (self.workdir / "initdb.log").write_text(initdb.stdout + initdb.stderr)
+        if initdb.returncode != 0:
+            raise RuntimeError(f"initdb failed:\n{(initdb.stdout + initdb.stderr)[-3000:]}")
+        argv = [
+            *self._as_owner(),
+            str(self.bindir / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(self.port),
+            "-k",  # the unix socket: in the cluster's directory, not the system's
+            str(self.cluster),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+        ]
+        self.process = Process("postgres", argv, self.workdir / "postgres.log").start()
+        self.process.wait_log("database system is ready to accept connections", timeout=60)
+        self.create_database(self.DATABASE)
+
+    def create_database(self, name: str) -> str:
+        """Create the database ``name``; its URL."""
+        result = subprocess.run(
+            [
+                str(self.bindir / "createdb"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--username",
+                self.USER,
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"createdb {name} failed:\n{result.stderr[-3000:]}")
+        return self.database_url(name)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            # SIGINT: a fast shutdown, which does not wait for the clients still connected.
+            self.process.signal(signal.SIGINT)
+            self.process.stop()
+        if self.cluster is not None:
+            shutil.rmtree(self.cluster, ignore_errors=True)
 
 
 def gateway_env(**overrides: str) -> dict[str, str]:
