@@ -78,6 +78,8 @@ PRUNE_SECONDS = 60.0
 # written in a few batches a second instead of one per burst (the window has them meanwhile).
 WRITE_LINGER_SECONDS = 0.05
 WRITE_RETRY_SECONDS = 1.0  # after a failed write
+WRITE_CHUNK_BYTES = 1 << 20  # rows inserted between checks of the rooms' bounds
+KNOWN_SIZES = 10_000  # rooms whose bytes in the database this process keeps count of
 PENDING_ROWS = 100_000  # rows kept for the database while it is away; the oldest go past that
 
 
@@ -406,7 +408,7 @@ class History:
         self.window = window
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._grown: dict[str, int] = {}  # room -> bytes written since it was last pruned
+        self._stored: dict[str, int] = {}  # room -> its bytes in the database, as last known
         self.max_age = max_age
         self._pending: list[Envelope] = []
         self._touched: set[str] = set()
@@ -510,8 +512,9 @@ class History:
             rows, self._pending = self._pending, []
             if not rows:
                 return
+            hold = Hold(self._stored, self.max_messages, self.max_bytes)
             try:
-                written = await database_sync_to_async(_write_rows)(rows)
+                await database_sync_to_async(_write_rows)(rows, hold)
             except (OperationalError, InterfaceError):
                 # The database is away or busy: keep the batch (the newest `PENDING_ROWS`) for
                 # the next round, and let the writer log and back off.
@@ -524,9 +527,7 @@ class History:
                 raise
             except DatabaseError:
                 # A row the database will not take, whatever the retries: write the others.
-                written = await database_sync_to_async(_write_each)(rows)
-            for room, size in written.items():
-                self._grown[room] = self._grown.get(room, 0) + size
+                await database_sync_to_async(_write_each)(rows, hold)
 
     async def close(self) -> None:
         """Stop the writer, and write what is still pending."""
@@ -548,15 +549,9 @@ class History:
             try:
                 await self.flush()
                 now = asyncio.get_running_loop().time()
-                # A room growing fast is held to its bytes at once, not at the next round.
-                rooms = {r for r, grown in self._grown.items() if grown > self.max_bytes // 4}
                 if now - last_prune >= PRUNE_SECONDS:
-                    rooms |= self._touched
-                    self._touched = set()
+                    rooms, self._touched = self._touched, set()
                     last_prune = now
-                if rooms:
-                    for room in rooms:
-                        self._grown.pop(room, None)
                     await database_sync_to_async(_prune)(
                         rooms, self.max_messages, self.max_age, self.max_bytes
                     )
@@ -589,8 +584,21 @@ def _stored_last(room: str, limit: int) -> list[Envelope]:
     return [cast(Envelope, row.envelope) for row in reversed(rows)]
 
 
-def _write_rows(envelopes: list[Envelope]) -> dict[str, int]:
-    """Insert ``envelopes`` (a copy already stored is left alone); the bytes written per room."""
+@dataclass(slots=True)
+class Hold:
+    """What keeps each room's rows within their bounds as they are written: the bytes each room
+    holds as this process last knew them (shared with the history, updated as rows go in), and
+    the bounds. Another process's writes to the same room are seen at the next prune."""
+
+    stored: dict[str, int]
+    max_messages: int
+    max_bytes: int
+
+
+def _write_rows(envelopes: list[Envelope], hold: Hold) -> None:
+    """Insert ``envelopes`` (a copy already stored is left alone), `WRITE_CHUNK_BYTES` at a
+    time; after each chunk, a room over its bounds is pruned to them in the same transaction,
+    so no reader sees it over them by more than a chunk, and none once the write is done."""
     # Plain SQL: the ORM's bulk_create costs several times more per row, and at thousands of
     # messages a second this thread competes with the event loop for the interpreter.
     table = connection.ops.quote_name(MESSAGE_TABLE)
@@ -599,52 +607,69 @@ def _write_rows(envelopes: list[Envelope]) -> dict[str, int]:
         "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
     )
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    rows = []
-    written: dict[str, int] = {}
-    for e in envelopes:
-        text = dumps(e)
-        size = len(text.encode())
-        rows.append((e["room"], e["seq"], e["id"], text, size, now))
-        written[e["room"]] = written.get(e["room"], 0) + size
+    limit = max(1, min(WRITE_CHUNK_BYTES, hold.max_bytes // 4))
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
-    return written
+        chunk: list[tuple[Any, ...]] = []
+        chunk_bytes = 0
+        for position, e in enumerate(envelopes):
+            text = dumps(e)
+            size = len(text.encode())
+            chunk.append((e["room"], e["seq"], e["id"], text, size, now))
+            chunk_bytes += size
+            if chunk_bytes < limit and position < len(envelopes) - 1:
+                continue
+            for room in {row[0] for row in chunk} - hold.stored.keys():
+                hold.stored[room] = _stored_bytes(room)  # first sight in this process
+            cursor.executemany(sql, chunk)
+            for room, _, _, _, written, _ in chunk:
+                hold.stored[room] += written
+            for room in [r for r, stored in hold.stored.items() if stored > hold.max_bytes]:
+                hold.stored[room] = _hold(room, hold.max_messages, hold.max_bytes)
+            chunk, chunk_bytes = [], 0
+    while len(hold.stored) > KNOWN_SIZES:
+        del hold.stored[next(iter(hold.stored))]
 
 
-def _write_each(envelopes: list[Envelope]) -> dict[str, int]:
+def _stored_bytes(room: str) -> int:
+    return int(Message.objects.filter(room=room).aggregate(total=Sum("size"))["total"] or 0)
+
+
+def _write_each(envelopes: list[Envelope], hold: Hold) -> None:
     """`_write_rows`, a row at a time: a row the database refuses is counted and logged, and
     the others are written."""
-    written: dict[str, int] = {}
     for envelope in envelopes:
         try:
-            for room, size in _write_rows([envelope]).items():
-                written[room] = written.get(room, 0) + size
+            _write_rows([envelope], hold)
         except DatabaseError as exc:
             detail = f"room {envelope['room']} seq {envelope.get('seq')}: {exc}"
             metrics.inc("history_rows_lost", "refused_by_database")
             logger.warning("history row not written (kept in the recent window): %s", detail[:300])
-    return written
 
 
 def _prune(rooms: set[str], max_messages: int, max_age: timedelta, max_bytes: int) -> None:
-    """Drop what is past its age, and each room's oldest messages past ``max_messages`` or
-    ``max_bytes`` (the newest message stays, whatever its size)."""
+    """Drop what is past its age, and hold each of ``rooms`` to its bounds (`_hold`)."""
     Message.objects.filter(created_at__lt=timezone.now() - max_age).delete()
     for room in rooms:
-        rows = Message.objects.filter(room=room)
-        cutoff = rows.order_by("-seq").values_list("seq", flat=True)[
-            max_messages : max_messages + 1
-        ]
-        if cutoff:
-            rows.filter(seq__lte=cutoff[0]).delete()
-        if (rows.aggregate(total=Sum("size"))["total"] or 0) <= max_bytes:
-            continue
-        total = 0
-        for kept, (seq, size) in enumerate(rows.order_by("-seq").values_list("seq", "size")):
-            total += size
-            if kept > 0 and total > max_bytes:
-                rows.filter(seq__lte=seq).delete()
-                break
+        _hold(room, max_messages, max_bytes)
+
+
+def _hold(room: str, max_messages: int, max_bytes: int) -> int:
+    """Drop ``room``'s oldest messages past ``max_messages`` or ``max_bytes`` (the newest
+    message stays, whatever its size); the bytes it keeps."""
+    rows = Message.objects.filter(room=room)
+    cutoff = rows.order_by("-seq").values_list("seq", flat=True)[max_messages : max_messages + 1]
+    if cutoff:
+        rows.filter(seq__lte=cutoff[0]).delete()
+    stored = _stored_bytes(room)
+    if stored <= max_bytes:
+        return stored
+    total = 0
+    for kept, (seq, size) in enumerate(rows.order_by("-seq").values_list("seq", "size")):
+        if kept > 0 and total + size > max_bytes:
+            rows.filter(seq__lte=seq).delete()
+            break
+        total += size
+    return total
 
 
 _histories: dict[tuple[str | None, int], History] = {}

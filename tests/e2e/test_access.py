@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import start_gateway
-from tests.support.clients import frames_within, read_until_closed, recv_json, ws_connect
+from tests.support.clients import flood, frames_within, read_until_closed, recv_json, ws_connect
 from tests.support.processes import Gateway, Mosquitto, Redis, django_shell
 
 SETUP = """
@@ -139,21 +138,11 @@ async def test_a_token_in_the_url_is_refused(gateway: Gateway) -> None:
 
 
 async def test_a_flood_gets_error_frames_then_1008(gateway: Gateway) -> None:
-    async with (
-        ws_connect(gateway.ws, "floodgate") as watcher,
-        ws_connect(gateway.ws, "floodgate") as ws,
-    ):
-        for n in range(40):
-            try:
-                await ws.send(json.dumps({"message": n}))
-            except ConnectionClosed:
-                break
-        frames, code = await read_until_closed(ws)
-        seen = [f["message"] for f in await frames_within(watcher, 2.0) if f["type"] == "message"]
+    frames, code, seen = await flood(gateway.ws, "floodgate")
     assert code == 1008
     # The room got the first five and nothing past them.
     assert seen == [0, 1, 2, 3, 4]
-    # The flooder's own echoes come back through the channel layer, the warnings and the close
+    # The flooder's own echoes come back through the room, the warnings and the close
     # straight from its consumer: the close may overtake the last echoes, never reorder them.
     echoes = [f["message"] for f in frames if f["type"] == "message"]
     assert echoes == seen[: len(echoes)]

@@ -13,9 +13,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.clients import (
-    frames_within,
+    flood,
     mqtt_client,
-    read_until_closed,
     recv_json,
     ws_connect,
 )
@@ -100,17 +99,7 @@ async def test_an_oversized_frame_closes_cleanly_with_4009(gateway: Gateway) -> 
 
 
 async def test_a_flood_gets_error_frames_then_closes_cleanly_with_4008(gateway: Gateway) -> None:
-    async with (
-        ws_connect(gateway.ws, "plain-flood") as watcher,
-        ws_connect(gateway.ws, "plain-flood") as ws,
-    ):
-        for n in range(40):
-            try:
-                await ws.send(json.dumps({"message": n}))
-            except ConnectionClosed:
-                break
-        frames, code = await read_until_closed(ws)
-        seen = [f["message"] for f in await frames_within(watcher, 2.0) if f["type"] == "message"]
+    frames, code, seen = await flood(gateway.ws, "plain-flood")
     assert code == 4008  # 1008
     assert seen == [0, 1, 2, 3, 4]
     assert "rate_limited" in [f.get("code") for f in frames if f["type"] == "error"]

@@ -5,6 +5,7 @@ A gateway of its own, with its own database (the cap counts every room in it) an
 """
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -44,12 +45,17 @@ MAX_ROOMS = 4
 IDLE_SECONDS = 3
 
 
-def own_database(workdir: Path) -> str:
-    """A migrated database of the gateway's own: the cap counts every room in it."""
+@contextlib.contextmanager
+def own_gateway(workdir: Path, broker: Mosquitto, redis: Redis, **env: str) -> Iterator[Gateway]:
+    """A gateway with a migrated database of its own: the cap counts every room in it."""
     url = f"sqlite:///{workdir / 'gateway.sqlite3'}"
     result = manage("migrate", "--noinput", env=gateway_env(DATABASE_URL=url))
     assert result.returncode == 0, result.stderr
-    return url
+    stack = start_gateway(workdir, broker, redis, url, **env)
+    try:
+        yield stack
+    finally:
+        stack.stop()
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +63,15 @@ def bounded(
     tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto, redis_server: Redis
 ) -> Iterator[Gateway]:
     """Small bytes per room."""
-    workdir = tmp_path_factory.mktemp("bounded")
-    stack = start_gateway(
-        workdir,
+    with own_gateway(
+        tmp_path_factory.mktemp("bounded"),
         broker,
         redis_server,
-        own_database(workdir),
         GATEWAY_MAX_PAYLOAD_BYTES=str(PAYLOAD),
         HISTORY_ROOM_BYTES=str(ROOM_BYTES),
         HISTORY_WINDOW_BYTES=str(WINDOW_BYTES),
-    )
-    yield stack
-    stack.stop()
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +79,14 @@ def capped(
     tmp_path_factory: pytest.TempPathFactory, broker: Mosquitto, redis_server: Redis
 ) -> Iterator[Gateway]:
     """Few rooms, soon forgotten."""
-    workdir = tmp_path_factory.mktemp("capped")
-    stack = start_gateway(
-        workdir,
+    with own_gateway(
+        tmp_path_factory.mktemp("capped"),
         broker,
         redis_server,
-        own_database(workdir),
         GATEWAY_MAX_ROOMS=str(MAX_ROOMS),
         GATEWAY_ROOM_IDLE_SECONDS=str(IDLE_SECONDS),
-    )
-    yield stack
-    stack.stop()
+    ) as stack:
+        yield stack
 
 
 def database(gateway: Gateway) -> sqlite3.Connection:
@@ -135,14 +135,17 @@ async def test_a_room_flooded_with_control_characters_stays_within_its_bytes(
         return check
 
     junk = bytes([1]) * PAYLOAD  # 8 KiB that JSON writes as 48 KiB
+    peaks: list[int] = []  # the room's bytes in the database after each step
     async with mqtt_client(broker.port) as device:
         # In steps the bridge keeps up with: the broker holds 1,000 messages for it at most.
         for step in range(0, MESSAGES, STEP):
             for _ in range(STEP):
                 await device.publish("rooms/flood/junk-box", junk, qos=1)
             await asyncio.to_thread(wait_for, arrived(step + STEP), "the flood's step", 60)
+            peaks.append(stored_bytes(bounded, "flood")[1])
     count, size = stored_bytes(bounded, "flood")
     assert 0 < size <= ROOM_BYTES, (count, size)
+    assert max(peaks) <= ROOM_BYTES, peaks  # under it all along, not only in the end
     assert count < MESSAGES  # the oldest went, the newest stayed
     assert 0 < window_bytes(bounded, redis_server, "flood") <= WINDOW_BYTES
     # The room next door kept its message, and a browser reads the flood's newest ones.

@@ -92,3 +92,18 @@ async def mqtt_messages_within(client: aiomqtt.Client, seconds: float) -> list[a
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(collect(), seconds)
     return received
+
+
+async def flood(base: str, room: str, frames: int = 40) -> tuple[list[Any], int | None, list[Any]]:
+    """Send ``frames`` messages as fast as a socket can into ``room`` while a second socket
+    watches: what the flooder got before the server closed it, its close code, and the
+    messages the watcher saw reach the room."""
+    async with ws_connect(base, room) as watcher, ws_connect(base, room) as ws:
+        for n in range(frames):
+            try:
+                await ws.send(json.dumps({"message": n}))
+            except ConnectionClosed:
+                break
+        got, code = await read_until_closed(ws)
+        seen = [f["message"] for f in await frames_within(watcher, 2.0) if f["type"] == "message"]
+    return got, code, seen
