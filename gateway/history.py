@@ -83,6 +83,12 @@ KNOWN_SIZES = 10_000  # rooms whose bytes in the database this process keeps cou
 PENDING_ROWS = 100_000  # rows kept for the database while it is away; the oldest go past that
 
 
+def window_text(envelope: Envelope) -> str:
+    """An envelope as the window keeps it, and as message events carry it: its JSON without
+    the ``seq``, which travels beside it."""
+    return dumps({k: v for k, v in envelope.items() if k != "seq"})
+
+
 def parse_since(text: str) -> int:
     """A client's ``since`` (the last seq it saw): a whole number from 0 to `MAX_SEQ`.
 
@@ -295,7 +301,7 @@ class RedisWindow:
         records = []
         for envelope in envelopes:
             redelivery = once.get(envelope["id"])
-            member = dumps({k: v for k, v in envelope.items() if k != "seq"})
+            member = window_text(envelope)
             mode = "0" if redelivery is None else "2" if redelivery else "1"
             records.append([envelope["room"], envelope["id"], member, mode])
         # MessagePack's old raw strings: what every Redis's Lua reads.

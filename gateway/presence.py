@@ -118,15 +118,12 @@ class RedisStore:
         self.client = client
         self.prefix = prefix
 
-    def _connection(self, room: str) -> Any:
-        return self.client
-
     def _keys(self, room: str) -> tuple[str, str]:
         return f"{self.prefix}members:{room}", f"{self.prefix}expiry:{room}"
 
     async def add(self, room: str, member: Member, expires: float, limit: int) -> Added:
         members, expiry = self._keys(room)
-        found = await self._connection(room).eval(
+        found = await self.client.eval(
             _ADD,
             3,
             members,
@@ -142,8 +139,7 @@ class RedisStore:
 
     async def remove(self, room: str, key: str) -> Member | None:
         members, expiry = self._keys(room)
-        connection = self._connection(room)
-        async with connection.pipeline(transaction=True) as pipe:
+        async with self.client.pipeline(transaction=True) as pipe:
             pipe.hget(members, key)
             pipe.hdel(members, key)
             pipe.zrem(expiry, key)
@@ -155,30 +151,28 @@ class RedisStore:
     async def touch(self, room: str, keys: list[str], expires: float) -> None:
         if keys:
             _, expiry = self._keys(room)
-            await self._connection(room).zadd(expiry, dict.fromkeys(keys, expires), xx=True)
+            await self.client.zadd(expiry, dict.fromkeys(keys, expires), xx=True)
 
     async def members(self, room: str, now: float) -> list[Member]:
         members, expiry = self._keys(room)
-        connection = self._connection(room)
-        live = await connection.zrangebyscore(expiry, now, "+inf")
+        live = await self.client.zrangebyscore(expiry, now, "+inf")
         if not live:
             return []
-        raws = await connection.hmget(members, live)
+        raws = await self.client.hmget(members, live)
         return [Member.from_dict(parse_json(raw)) for raw in raws if raw is not None]
 
     async def expired(self, now: float) -> list[tuple[str, Member]]:
         gone: list[tuple[str, Member]] = []
-        any_connection = self.client
-        for raw_room in await any_connection.smembers(f"{self.prefix}rooms"):
+        for raw_room in await self.client.smembers(f"{self.prefix}rooms"):
             room = raw_room.decode() if isinstance(raw_room, bytes) else str(raw_room)
             _, expiry = self._keys(room)
-            for key in await self._connection(room).zrangebyscore(expiry, "-inf", f"({now}"):
+            for key in await self.client.zrangebyscore(expiry, "-inf", f"({now}"):
                 name = key.decode() if isinstance(key, bytes) else str(key)
                 member = await self.remove(room, name)
                 if member is not None:
                     gone.append((room, member))
             # A room nobody is in leaves the set (a join puts it back).
-            await any_connection.eval(_FORGET_EMPTY, 2, expiry, f"{self.prefix}rooms", room)
+            await self.client.eval(_FORGET_EMPTY, 2, expiry, f"{self.prefix}rooms", room)
         return gone
 
 

@@ -34,8 +34,7 @@ from redis.asyncio import Redis
 from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
-from gateway.history import APPEND_RECORDS_LUA, Once, RedisWindow
-from gateway.jsonutil import dumps
+from gateway.history import APPEND_RECORDS_LUA, Once, RedisWindow, window_text
 from gateway.shared import per_loop, redis_client, uses_redis
 
 logger = logging.getLogger(__name__)
@@ -126,7 +125,7 @@ def encode(event: Event) -> bytes:
         value = [
             FORMAT,
             _MESSAGES,
-            [dumps({k: v for k, v in e.items() if k != "seq"}) for e in envelopes],
+            [window_text(e) for e in envelopes],
             [e["seq"] for e in envelopes],
         ]
     elif event["type"] == ROOM_PRESENCE:
@@ -167,7 +166,7 @@ def decode(raw: bytes) -> Event:
             _, _, texts, seqs = value
             envelopes = []
             for text, seq in zip(texts, seqs, strict=True):
-                envelope = cast(Envelope, orjson.loads(text))  # written by `dumps`: no check
+                envelope = cast(Envelope, orjson.loads(text))  # written by `window_text`: no check
                 envelope["seq"] = int(seq)
                 envelopes.append(envelope)
             return messages_event(envelopes)

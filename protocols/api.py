@@ -34,7 +34,7 @@ from gateway.publish import publish
 from gateway.ratelimit import BucketsByKey, RateLimit
 from gateway.rooms import is_valid_room
 from protocols.auth import bearer_user
-from protocols.client_address import client_address
+from protocols.client_address import request_address
 from protocols.openapi import SCHEMA
 
 MINUTE = timedelta(minutes=1)
@@ -89,8 +89,7 @@ def _throttle_anonymous(request: HttpRequest) -> None:
     if _anonymous_reads is None:
         limit = RateLimit(rate=settings.API_ANONYMOUS_RATE, burst=settings.API_ANONYMOUS_BURST)
         _anonymous_reads = BucketsByKey(limit)
-    scope = getattr(request, "scope", None) or {"client": (request.META.get("REMOTE_ADDR"), 0)}
-    if not _anonymous_reads.take(client_address(scope, settings.TRUSTED_PROXIES)):
+    if not _anonymous_reads.take(request_address(request, settings.TRUSTED_PROXIES)):
         metrics.inc("api_throttled")
         raise Refusal(429, "rate_limited", "too many requests without a token: slow down")
 

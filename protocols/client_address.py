@@ -47,3 +47,10 @@ def client_address(scope: Mapping[str, Any], proxies: tuple[Network, ...]) -> st
         if hop and not _trusted(hop, proxies):
             return str(hop[:64])
     return address
+
+
+def request_address(request: Any, proxies: tuple[Network, ...]) -> str:
+    """`client_address` of a Django request: from its ASGI scope, or, served by WSGI, from
+    ``REMOTE_ADDR``."""
+    scope = getattr(request, "scope", None) or {"client": (request.META.get("REMOTE_ADDR"), 0)}
+    return client_address(scope, proxies)

@@ -79,6 +79,15 @@ class Subscriber:
         elif not self.outlet.write(frame):
             self._too_slow()
 
+    def welcome(self, frame: Frame, watermark: int) -> None:
+        """Send its welcome (with every message up to ``watermark``), then what waited: through
+        its outlet, like every frame after it, so it counts against what the socket may leave
+        unread; a socket too far behind to take it is closed as any other."""
+        if self.outlet.write(frame):
+            self.ready(watermark)
+        else:
+            self._too_slow()
+
     def ready(self, watermark: int) -> None:
         """Its welcome (with every message up to ``watermark``) is out: send what waited."""
         self.watermark = watermark

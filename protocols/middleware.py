@@ -10,7 +10,7 @@ from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
 from gateway import metrics
-from protocols.client_address import client_address
+from protocols.client_address import request_address
 
 # The pages load their scripts, styles and images from the gateway itself and talk to it over
 # WebSocket; nothing inline, nothing from elsewhere.
@@ -76,8 +76,7 @@ class LoginThrottleMiddleware(_Middleware):
     def refuse(self, request: HttpRequest) -> HttpResponse | None:
         if request.method != "POST" or request.path not in LOGIN_PATHS:
             return None
-        scope = getattr(request, "scope", None) or {"client": (request.META.get("REMOTE_ADDR"), 0)}
-        address = client_address(scope, settings.TRUSTED_PROXIES)
+        address = request_address(request, settings.TRUSTED_PROXIES)
         now = time.monotonic()
         recent = self.attempts.pop(address, None) or deque()
         while recent and now - recent[0] > LOGIN_WINDOW_SECONDS:

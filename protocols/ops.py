@@ -28,7 +28,7 @@ from gateway import metrics
 from gateway.bridge_state import TTL_SECONDS, local_bridge, read_heartbeats
 from gateway.metrics import ExportedState
 from gateway.shared import redis_client, uses_redis
-from protocols.client_address import client_address
+from protocols.client_address import request_address
 
 logger = logging.getLogger(__name__)
 
@@ -89,9 +89,8 @@ def may_see_detail(request: HttpRequest) -> bool:
         given = request.headers.get("Authorization", "")
         if hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             return True
-    scope = getattr(request, "scope", None) or {"client": (request.META.get("REMOTE_ADDR"), 0)}
     try:
-        return ipaddress.ip_address(client_address(scope, settings.TRUSTED_PROXIES)).is_loopback
+        return ipaddress.ip_address(request_address(request, settings.TRUSTED_PROXIES)).is_loopback
     except ValueError:
         return False
 

@@ -14,7 +14,7 @@ from tests.support.processes import (
     Postgres,
     Redis,
     gateway_env,
-    manage,
+    migrated,
     postgres_bindir,
 )
 
@@ -70,9 +70,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated SQLite database for gateway subprocesses."""
     url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'gateway.sqlite3'}"
-    result = manage("migrate", "--noinput", env=gateway_env(DATABASE_URL=url))
-    assert result.returncode == 0, result.stderr
-    return url
+    return migrated(url)
 
 
 @pytest.fixture(scope="module")

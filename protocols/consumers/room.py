@@ -37,7 +37,7 @@ from protocols.auth import asession_is_current
 from protocols.client_address import client_address
 from protocols.fanout import Subscriber, client_view, error_frame, hub_for
 from protocols.frames import Refusal, read_frame
-from protocols.outlets import CLOSE_SLOW, SEND_BACKLOG_BYTES, Frame, outlet_for
+from protocols.outlets import SEND_BACKLOG_BYTES, Frame, outlet_for
 
 logger = logging.getLogger(__name__)
 
@@ -120,14 +120,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             presence=await presence_for().members(room),
         )
         assert self.subscriber is not None
-        # Through the socket's outlet, like every frame after it: it counts against what the
-        # socket may leave unread, and the frames held meanwhile follow it in order.
-        if not self.subscriber.outlet.write(Frame(frame)):
-            self.subscriber.gone = True
-            metrics.inc("ws_closed", "slow_consumer")
-            self.subscriber.outlet.close(CLOSE_SLOW)
-            return
-        self.subscriber.ready(watermark)
+        self.subscriber.welcome(Frame(frame), watermark)
 
     async def _refusal(self, room: str) -> tuple[int, str, str] | None:
         """Why this socket may not join ``room`` (close code, error code, detail), if so."""

@@ -19,9 +19,8 @@ from tests.support.processes import (
     Mosquitto,
     Postgres,
     Redis,
-    gateway_env,
     http_get,
-    manage,
+    migrated,
     wait_for,
 )
 from tests.support.prometheus import parse_exposition, samples
@@ -30,10 +29,7 @@ from tests.support.prometheus import parse_exposition, samples
 @pytest.fixture(scope="module")
 def database_url(postgres_server: Postgres) -> str:
     """A migrated PostgreSQL database, in place of the SQLite one the other modules use."""
-    url = postgres_server.create_database("gateway_e2e")
-    result = manage("migrate", "--noinput", env=gateway_env(DATABASE_URL=url))
-    assert result.returncode == 0, result.stderr
-    return url
+    return migrated(postgres_server.create_database("gateway_e2e"))
 
 
 def stored(url: str, room: str) -> list[Any]:

@@ -22,10 +22,9 @@ from tests.support.processes import (
     Mosquitto,
     Redis,
     django_shell,
-    gateway_env,
     http_get,
     http_request,
-    manage,
+    migrated,
     wait_for,
 )
 from tests.support.prometheus import parse_exposition, samples
@@ -48,9 +47,7 @@ IDLE_SECONDS = 3
 @contextlib.contextmanager
 def own_gateway(workdir: Path, broker: Mosquitto, redis: Redis, **env: str) -> Iterator[Gateway]:
     """A gateway with a migrated database of its own: the cap counts every room in it."""
-    url = f"sqlite:///{workdir / 'gateway.sqlite3'}"
-    result = manage("migrate", "--noinput", env=gateway_env(DATABASE_URL=url))
-    assert result.returncode == 0, result.stderr
+    url = migrated(f"sqlite:///{workdir / 'gateway.sqlite3'}")
     stack = start_gateway(workdir, broker, redis, url, **env)
     try:
         yield stack

@@ -11,7 +11,7 @@ import json
 import psycopg
 import pytest
 
-from tests.support.processes import Postgres, gateway_env, manage
+from tests.support.processes import Postgres, gateway_env, manage, migrated
 
 ROOM = "refused"  # the room WRITE_A_BATCH writes to
 
@@ -66,10 +66,7 @@ asyncio.run(main())
 @pytest.fixture(scope="module")
 def postgres_url(postgres_server: Postgres) -> str:
     """A migrated PostgreSQL database of this module's own."""
-    url = postgres_server.create_database("gateway_history")
-    result = manage("migrate", "--noinput", env=gateway_env(DATABASE_URL=url))
-    assert result.returncode == 0, result.stderr
-    return url
+    return migrated(postgres_server.create_database("gateway_history"))
 
 
 def test_a_row_postgresql_refuses_is_counted_and_the_rest_of_its_batch_is_written(

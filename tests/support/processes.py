@@ -427,6 +427,13 @@ def gateway_env(**overrides: str) -> dict[str, str]:
     return env
 
 
+def migrated(url: str) -> str:
+    """``url`` (a database), its migrations applied by ``manage.py migrate``."""
+    result = manage("migrate", "--noinput", env=gateway_env(DATABASE_URL=url))
+    assert result.returncode == 0, result.stderr
+    return url
+
+
 def manage(
     *args: str, env: dict[str, str], timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
