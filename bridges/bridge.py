@@ -87,6 +87,7 @@ class Bridge:
             handler=self.handle_inbound,
             origin=gateway_id,
             shared_group=gateway_id,
+            max_payload_bytes=gateway_settings().max_payload_bytes,
         )
 
     @classmethod

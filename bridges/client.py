@@ -1,16 +1,19 @@
-"""The bridge's connection to the broker: paho-mqtt driven by the asyncio event loop.
+"""The bridge's connection to the broker: an MQTT 3.1.1 and 5 client of the gateway's own.
 
-paho-mqtt 2 is used for its manual acknowledgement (``manual_ack``): a QoS 1 message is
-acknowledged to the broker only once the bridge has handed it on, so a bridge that dies in between
-gets it again. paho tells the link through its socket callbacks when its socket opens and closes
-and when it has something to write; the link watches the socket with the event loop and calls
-``loop_read`` and ``loop_write`` when it is ready, on the loop's own thread: no second thread
-competes with the loop for the interpreter. One wake-up reads what the socket holds (up to
-`BATCH_MESSAGES` packets); the messages ``on_message`` delivered meanwhile wait in an inbox for the
-loop's consumer, which hands them on together. While the inbox is full the link stops reading the
-socket, so the broker (not our memory) holds the backlog. Only the connect itself (name lookup,
-TCP, TLS) runs on a worker thread. Reconnection is ours: capped exponential backoff with full
-jitter, and every (re)connect subscribes again.
+It runs on the event loop as an asyncio protocol and reads the broker's packets with the same
+codec as the embedded broker (`bridges.wire`): one read of the socket is cut into every packet it
+holds, and a PUBLISH becomes an `Incoming` in one pass. What the bridge promises rests on
+acknowledging by hand: a QoS 1 message is acknowledged (PUBACK; QoS 2: PUBREC) only once the
+bridge has handed it on or counted it as dropped, and only on the connection that delivered it,
+so a bridge that dies in between gets it again. The messages of one read wait in an inbox for
+the loop's consumer, which hands them on together; while the inbox is full the connection stops
+reading, so the broker (not our memory) holds the backlog. A packet larger than the largest
+payload a room takes is never held whole: its head is read, the rest skipped, and the drop
+counted. Reconnection is ours: capped exponential backoff with full jitter; every (re)connect
+subscribes again and sends what still awaits the broker's acknowledgement, flagged DUP.
+
+Publications wait in order while the broker is away (`MAX_QUEUED_PUBLICATIONS` at most; past that
+one is refused at once) and go out within the broker's Receive Maximum.
 
 With MQTT 5 the link subscribes through a shared subscription (``$share/<group>/<filter>``), so
 several bridge processes split the load, and once, at each connect, through a plain subscription
@@ -31,18 +34,13 @@ import json
 import logging
 import random
 import ssl
-import threading
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
-from paho.mqtt.subscribeoptions import SubscribeOptions
-
+from bridges import wire
 from bridges.conf import MqttSettings
 from gateway import metrics
 from gateway.errors import GatewayError
@@ -51,15 +49,18 @@ logger = logging.getLogger(__name__)
 
 SESSION_EXPIRY_SECONDS = 3600
 STATUS_TIMEOUT_SECONDS = 2.0  # for the broker to confirm a stopping bridge's status
+CONNECT_TIMEOUT_SECONDS = 10.0  # to open the connection, and then for the broker's CONNACK
 BACKOFF_BASE_SECONDS = 0.5
 BACKOFF_CAP_SECONDS = 10.0
-# Publications paho keeps while the broker is away; past that a publish is refused at once.
+# Publications kept while the broker is away or busy; past that a publish is refused at once.
 MAX_QUEUED_PUBLICATIONS = 10_000
-BATCH_MESSAGES = 256  # messages handed on together at most; packets read in one wake-up
+V3_IN_FLIGHT = 20  # publications awaiting the broker with MQTT 3.1.1, which has no Receive Maximum
+BATCH_MESSAGES = 256  # messages handed on together at most
+# A packet is held whole up to the largest payload a room takes plus this (topic, properties).
+PACKET_OVERHEAD_BYTES = 128 * 1024
 ORIGIN_PROPERTY = "gateway"
 # Where each bridge connection says whether it is up: retained, with a last will saying "lost".
 STATUS_TOPIC = "gateways/{client_id}/status"
-MISC_INTERVAL_SECONDS = 1.0  # how often paho's keepalive and retry timers are looked at
 _LIVE, _SNAPSHOT = 1, 2  # subscription identifiers
 
 
@@ -102,10 +103,68 @@ class Incoming:
     origin: str | None
     content_type: str | None
     dup: bool = False
+    connection: int = 0  # which connection delivered it: it is acknowledged on that one only
 
 
 # Takes the messages that arrived together, in order; they are acknowledged when it returns.
 Handler = Callable[[list[Incoming]], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Publication:
+    message: wire.Publish
+    future: "asyncio.Future[None]"
+    packet: bytes = b""  # as first sent; a resend sets the DUP flag
+    released: bool = False  # QoS 2: the broker has it (PUBREC) and PUBREL went out
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection to the broker; the link reads what it receives."""
+
+    def __init__(self, number: int, limit: int, on_data: Callable[["_Connection"], None]) -> None:
+        self.number = number
+        self.on_data = on_data  # reads the packets the framer holds
+        self.framer = wire.Framer(limit)
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.reading = True
+        self.last_sent = self.last_received = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received = time.monotonic()
+        self.framer.feed(data)
+        self.on_data(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+    def write(self, data: bytes) -> None:
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+            self.last_sent = time.monotonic()
+
+    def pause(self) -> None:
+        if self.reading and self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
+        self.reading = False
+
+    def resume(self) -> None:
+        if not self.reading and self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        self.reading = True
+
+    def close(self) -> None:
+        """Close once what was written has gone out."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class MqttLink:
@@ -120,14 +179,17 @@ class MqttLink:
         origin: str,
         shared_group: str | None = None,
         queue_size: int = 1000,
+        max_payload_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.settings = settings
         self._filters = filters
         self._handler = handler
         self._origin = origin
+        self._version = 5 if settings.protocol == "5" else 4
         self._shared_group = shared_group if self.is_v5 else None
-        # Messages received and not yet handed on, in order. Past `_queue_size` of them the socket
-        # is not read until the consumer catches up.
+        self.max_packet_bytes = max_payload_bytes + PACKET_OVERHEAD_BYTES
+        # Messages received and not yet handed on, in order. Past `_queue_size` of them the
+        # connection is not read until the consumer catches up.
         self._inbox: list[Incoming] = []
         self._queue_size = queue_size
         self._arrived = asyncio.Event()  # the inbox has messages for the consumer
@@ -138,26 +200,30 @@ class MqttLink:
         self.connected = asyncio.Event()
         # Set whenever the connection comes or goes (the heartbeat clears it as it beats).
         self.connection_changed = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
         self._network: asyncio.Task[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
-        self._sock: paho.SocketLike | None = None  # the connection's socket, while it is watched
-        self._fd = -1  # its descriptor, as it was when the watch began
-        self._reading = False
-        self._writing = False
-        self._lost: asyncio.Future[None] | None = None  # done when the watched socket closes
-        self._packets = 0  # PUBLISH and PUBACK packets paho has handed over: the reads' progress
+        self._conn: _Connection | None = None  # the connection, once the broker accepted it
+        self._connections = 0  # connections opened: each one's number
+        self._connack: asyncio.Future[wire.Connack] | None = None
         self._attempt = 0
-        self._acks_lock = threading.Lock()
-        self._pending: dict[int, asyncio.Future[None]] = {}
-        self._early: dict[int, ReasonCode | None] = {}
-        self._snapshot_mid: int | None = None
-        self._client = self._make_client()
+        # Publications: waiting to go out, in order; sent and awaiting the broker, by packet id.
+        self._queue: deque[_Publication] = deque()
+        self._in_flight: dict[int, _Publication] = {}
+        self._send_quota = V3_IN_FLIGHT  # the broker's Receive Maximum, with MQTT 5
+        self._max_qos = 2
+        self._max_out_bytes = wire.MAX_REMAINING_LENGTH
+        self._keepalive = settings.keepalive
+        self._last_id = 0
+        self._subscribing: set[int] = set()  # SUBSCRIBE and UNSUBSCRIBE packet ids unanswered
+        self._snapshot_id: int | None = None
+        self._ping_sent: float | None = None
+        # QoS 2 from the broker: handed on and not yet PUBREC'd; PUBREC'd and awaiting PUBREL.
+        self._qos2_held: set[int] = set()
+        self._qos2_received: set[int] = set()
 
     @property
     def is_v5(self) -> bool:
-        return self.settings.protocol == "5"
+        return self._version == 5
 
     @property
     def status_topic(self) -> str:
@@ -183,43 +249,8 @@ class MqttLink:
         future.add_done_callback(logged)
         return future
 
-    def _make_client(self) -> paho.Client:
-        s = self.settings
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=s.client_id,
-            protocol=paho.MQTTv5 if self.is_v5 else paho.MQTTv311,
-            clean_session=None if self.is_v5 else False,
-            reconnect_on_failure=False,
-        )
-        # A QoS 1 or 2 message is acknowledged by `_consume`, once it has been handed on.
-        client.manual_ack_set(True)
-        client.max_queued_messages_set(MAX_QUEUED_PUBLICATIONS)
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password)
-        if s.tls:
-            client.tls_set(
-                ca_certs=s.ca_certs,
-                certfile=s.certfile,
-                keyfile=s.keyfile,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        client.will_set(self.status_topic, self._status(online=False, reason="lost"), 1, True)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = self._on_subscribe
-        client.on_publish = self._on_publish
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_write_wanted
-        client.on_socket_unregister_write = self._on_write_wanted
-        return client
-
     async def start(self) -> None:
         """Start connecting (in the background, retrying) and handing messages on."""
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         self._consumer = asyncio.create_task(self._consume(), name="mqtt-consume")
         self._network = asyncio.create_task(self._run(), name="mqtt-network")
 
@@ -228,7 +259,7 @@ class MqttLink:
         self._draining = True
         try:
             await asyncio.wait_for(self._idle.wait(), drain_seconds)
-            pending = list(self._pending.values())
+            pending = [p.future for p in (*self._in_flight.values(), *self._queue)]
             if pending and self.connected.is_set():
                 await asyncio.wait(pending, timeout=drain_seconds)
         except TimeoutError:
@@ -241,7 +272,12 @@ class MqttLink:
             stopped = self._announce(online=False, reason="stopped")
             await asyncio.wait([stopped], timeout=STATUS_TIMEOUT_SECONDS)
         self._stopping.set()
-        self._client.disconnect()  # written when the socket is writable; paho then closes it
+        conn = self._conn
+        if conn is not None:
+            conn.write(wire.CLIENT_DISCONNECT_PACKET)
+            conn.close()
+        elif self._network is not None:
+            self._network.cancel()  # still connecting
         if self._network is not None:
             done, _ = await asyncio.wait([self._network], timeout=10)
             if not done:
@@ -262,189 +298,236 @@ class MqttLink:
     ) -> "asyncio.Future[None]":
         """Publish; the future is done when the broker has the message (QoS 0: when sent).
 
-        paho keeps a publication while the broker is away and sends it after the reconnect.
+        A publication waits while the broker is away and goes out after the reconnect.
         """
-        properties = None
-        if self.is_v5:
-            properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            properties.UserProperty = [(ORIGIN_PROPERTY, self._origin)]
-            if content_type:
-                properties.ContentType = content_type
-        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
-            future.set_exception(PublishRefusedError(paho.error_string(info.rc)))
+        if len(self._queue) + len(self._in_flight) >= MAX_QUEUED_PUBLICATIONS:
+            future.set_exception(
+                PublishRefusedError(
+                    f"{MAX_QUEUED_PUBLICATIONS} publications already wait for the broker"
+                )
+            )
             return future
-        with self._acks_lock:
-            if info.mid in self._early:
-                self._settle(future, self._early.pop(info.mid))
-            else:
-                self._pending[info.mid] = future
+        properties: wire.Properties = []
+        if self.is_v5:
+            properties.append((wire.USER_PROPERTY, (ORIGIN_PROPERTY, self._origin)))
+            if content_type:
+                properties.append((wire.CONTENT_TYPE, content_type))
+        message = wire.Publish(topic, payload, qos, retain, properties=properties)
+        self._queue.append(_Publication(message, future))
+        self._pump()
         return future
 
-    @staticmethod
-    def _settle(future: "asyncio.Future[None]", reason: ReasonCode | None) -> None:
-        if future.done():
+    def _pump(self) -> None:
+        """Send the publications that wait, in order, while the broker's quota allows."""
+        conn, queue, in_flight = self._conn, self._queue, self._in_flight
+        if conn is None:
             return
-        if reason is not None and reason.is_failure:
-            future.set_exception(PublishRefusedError(str(reason)))
-        else:
-            future.set_result(None)
+        out = []
+        while queue and len(in_flight) < self._send_quota:
+            publication = queue.popleft()
+            message = publication.message
+            message.qos = min(message.qos, self._max_qos)
+            if message.qos:
+                message.packet_id = self._next_id()
+            packet = wire.publish(message, self._version)
+            if len(packet) > self._max_out_bytes:
+                _settle(publication.future, 0x95)
+                continue
+            publication.packet = packet
+            out.append(packet)
+            if message.qos:
+                in_flight[message.packet_id] = publication
+            else:
+                _settle(publication.future, 0)
+        conn.write(b"".join(out))
 
-    # The connection, driven by the event loop.
+    def _next_id(self) -> int:
+        busy = self._in_flight.keys() | self._subscribing
+        while True:  # fewer than 65,535 ids are ever busy: one is free
+            self._last_id = self._last_id % 65_535 + 1
+            if self._last_id not in busy:
+                return self._last_id
+
+    # The connection.
 
     async def _run(self) -> None:
         s = self.settings
-        properties = None
-        if self.is_v5:
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = SESSION_EXPIRY_SECONDS
         while not self._stopping.is_set():
             try:
-                # paho opens the socket here, on the worker thread: `_on_socket_open` has the
-                # loop watch it before this returns to the loop.
-                await asyncio.to_thread(
-                    self._client.connect,
-                    s.host,
-                    s.port,
-                    keepalive=s.keepalive,
-                    clean_start=False if self.is_v5 else paho.MQTT_CLEAN_START_FIRST_ONLY,
-                    properties=properties,
-                )
-            except (OSError, ssl.SSLError) as exc:
+                conn = await asyncio.wait_for(self._open(), CONNECT_TIMEOUT_SECONDS)
+            except (OSError, ssl.SSLError, TimeoutError) as exc:
                 await self._wait_before_retry(f"cannot reach broker {s.describe()}: {exc}")
                 continue
-            lost = self._lost
-            if self._stopping.is_set():
-                self._client.disconnect()  # stopped while connecting
-            misc = asyncio.create_task(self._keep_alive(), name="mqtt-keepalive")
+            why = "connection to {} lost"
             try:
-                if lost is not None:
-                    await lost
+                if await self._handshake(conn):
+                    keep_alive = asyncio.create_task(self._keep_alive(conn), name="mqtt-ping")
+                    try:
+                        await conn.closed
+                    finally:
+                        keep_alive.cancel()
+                else:
+                    why = "connection to {} refused"
             finally:
-                misc.cancel()
+                conn.abort()  # if it is still open: a refusal, a cancel
+                self._disconnected(conn)
             if not self._stopping.is_set():
-                await self._wait_before_retry(f"connection to {s.describe()} lost")
+                await self._wait_before_retry(why.format(s.describe()))
 
-    def _in_loop(self, callback: Callable[[], object]) -> None:
-        """Run ``callback`` now on the loop's thread, or soon on it from any other."""
-        if threading.get_ident() == self._loop_thread:
-            callback()
+    async def _open(self) -> _Connection:
+        s = self.settings
+        context = None
+        if s.tls:
+            context = ssl.create_default_context(cafile=s.ca_certs)
+            if s.certfile:
+                context.load_cert_chain(s.certfile, s.keyfile)
+        self._connections += 1
+        number = self._connections
+        limit = self.max_packet_bytes
+        _, conn = await asyncio.get_running_loop().create_connection(
+            lambda: _Connection(number, limit, self._read), s.host, s.port, ssl=context
+        )
+        return conn
+
+    async def _handshake(self, conn: _Connection) -> bool:
+        """CONNECT, and the broker's CONNACK: whether it accepted the connection."""
+        s = self.settings
+        will = wire.Will(self.status_topic, self._status(online=False, reason="lost"), 1, True)
+        properties: wire.Properties = []
+        if self.is_v5:
+            properties.append((wire.SESSION_EXPIRY, SESSION_EXPIRY_SECONDS))
+        self._connack = asyncio.get_running_loop().create_future()
+        conn.write(
+            wire.connect(
+                wire.Connect(
+                    version=self._version,
+                    client_id=s.client_id,
+                    clean_start=False,
+                    keepalive=s.keepalive,
+                    username=s.username,
+                    password=None if s.password is None else s.password.encode(),
+                    will=will,
+                    properties=properties,
+                )
+            )
+        )
+        answers: list[asyncio.Future[Any]] = [self._connack, conn.closed]
+        done, _ = await asyncio.wait(
+            answers,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+            return_when=asyncio.FIRST_COMPLETED,
+        )
+        if self._connack not in done:
+            logger.warning(
+                "broker %s did not accept the connection within %.0f s (%s)",
+                s.describe(),
+                CONNECT_TIMEOUT_SECONDS,
+                "it closed it" if conn.closed in done else "no CONNACK",
+            )
+            return False
+        connack = self._connack.result()
+        if connack.reason:
+            hint = ""
+            if connack.reason in (0x01, 0x84) and self.is_v5:
+                hint = " (the broker may only speak MQTT 3.1.1: set MQTT_PROTOCOL=3.1.1)"
+            name = wire.reason_name(connack.reason, v3_connack=not self.is_v5)
+            logger.error("broker %s refused the connection: %s%s", s.describe(), name, hint)
+            return False
+        if self._stopping.is_set():
+            conn.write(wire.CLIENT_DISCONNECT_PACKET)  # stopped while connecting
+            return False
+        return True  # `_connected` ran as the CONNACK was read, before what came after it
+
+    def _connected(self, conn: _Connection, connack: wire.Connack) -> None:
+        self._conn = conn
+        self._attempt = 0
+        self._ping_sent = None
+        self._send_quota, self._max_qos = V3_IN_FLIGHT, 2
+        self._max_out_bytes, self._keepalive = wire.MAX_REMAINING_LENGTH, self.settings.keepalive
+        for ident, value in connack.properties:
+            if ident == wire.RECEIVE_MAXIMUM:
+                self._send_quota = int(cast(int, value))
+            elif ident == wire.MAXIMUM_QOS:
+                self._max_qos = int(cast(int, value))
+            elif ident == wire.MAXIMUM_PACKET_SIZE:
+                self._max_out_bytes = int(cast(int, value))
+            elif ident == wire.SERVER_KEEP_ALIVE:
+                self._keepalive = int(cast(int, value))
+        if self.is_v5 and not any(i == wire.RECEIVE_MAXIMUM for i, _ in connack.properties):
+            self._send_quota = 65_535
+        metrics.inc("mqtt_connects")
+        logger.info("connected to %s", self.settings.describe())
+        self._subscribe(conn)
+        # What the broker has not acknowledged goes again, flagged as sent before.
+        for packet_id, publication in self._in_flight.items():
+            if publication.released:
+                conn.write(wire.ack(wire.PUBREL, packet_id, self._version))
+            else:
+                conn.write(bytes([publication.packet[0] | wire.DUP_FLAG]) + publication.packet[1:])
+        self._pump()
+        if len(self._inbox) >= self._queue_size:
+            conn.pause()
+        self.connected.set()
+        self.connection_changed.set()
+        self._announce(online=True)
+
+    def _disconnected(self, conn: _Connection) -> None:
+        if self._conn is not conn:
             return
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(callback)
+        self._conn = None
+        self._subscribing.clear()
+        self.connected.clear()
+        self.connection_changed.set()
+        if not self._stopping.is_set():
+            exc = conn.closed.result() if conn.closed.done() else None
+            logger.warning(
+                "disconnected from %s%s", self.settings.describe(), f": {exc}" if exc else ""
+            )
 
-    def _on_socket_open(
-        self, _client: paho.Client, _userdata: Any, sock: "paho.SocketLike"
-    ) -> None:
-        self._in_loop(lambda: self._watch(sock))
-
-    def _on_socket_close(
-        self, _client: paho.Client, _userdata: Any, sock: "paho.SocketLike"
-    ) -> None:
-        # On the loop's thread paho calls this before it closes the socket, so the socket is
-        # unwatched while it is still open.
-        self._in_loop(lambda: self._unwatch(sock))
-
-    def _on_write_wanted(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
-        self._in_loop(self._update_writer)  # the connect's worker thread queues CONNECT
-
-    def _watch(self, sock: "paho.SocketLike") -> None:
-        assert self._loop is not None
-        if self._sock is not None:
-            self._unwatch(self._sock)
-        self._sock, self._fd = sock, sock.fileno()
-        self._lost = self._loop.create_future()
-        if len(self._inbox) < self._queue_size:
-            self._resume()
-        self._update_writer()
-
-    def _unwatch(self, sock: "paho.SocketLike") -> None:
-        if sock is not self._sock or self._loop is None:
+    def _subscribe(self, conn: _Connection) -> None:
+        if self._shared_group is None:
+            # MQTT 3.1.1 (no No Local, no identifiers): retained messages arrive flagged.
+            subscriptions = [wire.Subscription(topic, qos) for topic, qos in self._filters]
+            conn.write(self._subscribe_packet(subscriptions, None))
+            self._snapshot_id = None
             return
-        # From another thread paho may have closed the socket already: the selector then
-        # forgets it anyway.
-        if self._reading:
-            with contextlib.suppress(OSError):
-                self._loop.remove_reader(self._fd)
-        if self._writing:
-            with contextlib.suppress(OSError):
-                self._loop.remove_writer(self._fd)
-        self._sock, self._fd = None, -1
-        self._reading = self._writing = False
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
+        live = [
+            wire.Subscription(
+                f"$share/{self._shared_group}/{topic}",
+                qos,
+                retain_as_published=True,
+                retain_handling=2,
+            )
+            for topic, qos in self._filters
+        ]
+        conn.write(self._subscribe_packet(live, _LIVE))
+        snapshot = [wire.Subscription(topic, qos, no_local=True) for topic, qos in self._filters]
+        conn.write(self._subscribe_packet(snapshot, _SNAPSHOT))
+        self._snapshot_id = self._last_id
 
-    def _check(self, rc: MQTTErrorCode) -> None:
-        """After paho has read, written or kept alive: is the connection still there?"""
-        # paho closes the socket on a failure (`_on_socket_close`); this is in case it did not.
-        if (
-            rc != MQTTErrorCode.MQTT_ERR_SUCCESS
-            and self._client.socket() is None
-            and self._sock is not None
-        ):
-            self._unwatch(self._sock)
+    def _subscribe_packet(self, subscriptions: list[wire.Subscription], ident: int | None) -> bytes:
+        packet_id = self._next_id()
+        self._subscribing.add(packet_id)
+        properties: wire.Properties = [] if ident is None else [(wire.SUBSCRIPTION_ID, ident)]
+        return wire.subscribe(wire.Subscribe(packet_id, subscriptions, properties), self._version)
 
-    def _on_readable(self) -> None:
-        if not self._reading:
-            return  # paused, or the socket closed, since this was scheduled
-        client, inbox, limit = self._client, self._inbox, self._queue_size
-        waiting = len(inbox)
-        rc = MQTTErrorCode.MQTT_ERR_SUCCESS
-        # `loop_read` reads one packet (more while publications await their PUBACKs). Read on
-        # while packets come: those already in the kernel's buffer need no wait for the selector.
-        # A read that hands nothing over found the socket empty, or read some other packet, in
-        # which case the selector reports the rest.
-        for _ in range(BATCH_MESSAGES):
-            before = self._packets
-            rc = client.loop_read()
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or self._packets == before:
-                break
-            if len(inbox) >= limit or not self._reading:
-                break
-        if len(inbox) > waiting:
-            self._idle.clear()
-            self._arrived.set()  # the consumer takes what arrived in this wake-up together
-        self._check(rc)
-        if len(inbox) >= limit:
-            self._pause()
-        elif self._reading and self._loop is not None and _buffered(self._sock):
-            self._loop.call_soon(self._on_readable)  # TLS bytes decrypted but not yet read
-
-    def _on_writable(self) -> None:
-        self._check(self._client.loop_write())
-        self._update_writer()
-
-    def _update_writer(self) -> None:
-        if self._sock is None or self._loop is None:
+    async def _keep_alive(self, conn: _Connection) -> None:
+        """Ping when the line has been quiet; close it when a ping goes unanswered."""
+        keepalive = self._keepalive
+        if not keepalive:
             return
-        wanted = self._client.want_write()
-        if wanted and not self._writing:
-            self._loop.add_writer(self._fd, self._on_writable)
-        elif not wanted and self._writing:
-            self._loop.remove_writer(self._fd)
-        self._writing = wanted
-
-    def _pause(self) -> None:
-        """Stop reading: the inbox is full, and the broker keeps the rest."""
-        if self._reading and self._loop is not None:
-            self._loop.remove_reader(self._fd)
-        self._reading = False
-
-    def _resume(self) -> None:
-        if self._reading or self._sock is None or self._loop is None:
-            return
-        self._reading = True
-        self._loop.add_reader(self._fd, self._on_readable)
-        if _buffered(self._sock):  # TLS bytes decrypted before the pause: the selector is blind
-            self._loop.call_soon(self._on_readable)
-
-    async def _keep_alive(self) -> None:
         while True:
-            await asyncio.sleep(MISC_INTERVAL_SECONDS)
-            self._check(self._client.loop_misc())
-            self._update_writer()
+            await asyncio.sleep(keepalive / 4)
+            now = time.monotonic()
+            if self._ping_sent is not None:
+                if now - self._ping_sent > keepalive:
+                    logger.warning("broker %s answers no ping", self.settings.describe())
+                    conn.abort()
+                    return
+            elif min(now - conn.last_sent, now - conn.last_received) >= keepalive / 2:
+                self._ping_sent = now
+                conn.write(wire.PINGREQ_PACKET)
 
     async def _wait_before_retry(self, why: str) -> None:
         delay = backoff_delay(self._attempt)
@@ -454,55 +537,136 @@ class MqttLink:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), delay)
 
-    def _on_connect(
-        self, client: paho.Client, _userdata: Any, _flags: Any, reason: ReasonCode, _properties: Any
-    ) -> None:
-        if reason.is_failure:
-            hint = ""
-            if "protocol" in str(reason).lower() and self.is_v5:
-                hint = " (the broker may only speak MQTT 3.1.1: set MQTT_PROTOCOL=3.1.1)"
-            logger.error(
-                "broker %s refused the connection: %s%s", self.settings.describe(), reason, hint
-            )
-            return
-        self._attempt = 0
-        metrics.inc("mqtt_connects")
-        logger.info("connected to %s", self.settings.describe())
-        if self._shared_group is None:
-            # MQTT 3.1.1 (no No Local, no identifiers): retained messages arrive flagged.
-            client.subscribe(list(self._filters))
-        else:
-            live = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
-            live.SubscriptionIdentifier = _LIVE
-            client.subscribe(
-                [
-                    (
-                        f"$share/{self._shared_group}/{topic}",
-                        SubscribeOptions(qos=qos, retainAsPublished=True, retainHandling=2),
-                    )
-                    for topic, qos in self._filters
-                ],
-                properties=live,
-            )
-            snapshot = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
-            snapshot.SubscriptionIdentifier = _SNAPSHOT
-            _, self._snapshot_mid = client.subscribe(
-                [(topic, SubscribeOptions(qos=qos, noLocal=True)) for topic, qos in self._filters],
-                properties=snapshot,
-            )
-        self._call_in_loop(self.connected.set)
-        self._call_in_loop(self.connection_changed.set)
-        self._call_in_loop(lambda: self._announce(online=True))
+    # Reading.
 
-    def _on_subscribe(
-        self,
-        client: paho.Client,
-        _userdata: Any,
-        mid: int,
-        reasons: list[ReasonCode],
-        _properties: Any,
-    ) -> None:
-        refused = [str(r) for r in reasons if r.is_failure]
+    def _read(self, conn: _Connection) -> None:
+        """Take the packets ``conn`` has received, until the inbox is full."""
+        inbox, limit, framer = self._inbox, self._queue_size, conn.framer
+        waiting = len(inbox)
+        try:
+            while len(inbox) < limit:
+                packet = framer.next()
+                if packet is None:
+                    break
+                if type(packet) is tuple:
+                    first, body = packet
+                    if first >> 4 == wire.PUBLISH:
+                        self._on_publish(conn, first, body)
+                    else:
+                        self._on_control(conn, wire.parse_from_server(first, body, self._version))
+                else:
+                    self._on_oversized(conn, cast(wire.Oversized, packet))
+        except wire.MalformedError as exc:
+            # The broker's fault, not the bridge's: no traceback.
+            logger.error("broker %s broke the protocol: %s", self.settings.describe(), exc)  # noqa: TRY400
+            conn.abort()
+        if len(inbox) > waiting:
+            self._idle.clear()
+            self._arrived.set()  # the consumer takes what arrived in this read together
+        if len(inbox) >= limit:
+            conn.pause()
+
+    def _on_publish(self, conn: _Connection, first: int, body: bytes) -> None:
+        """A PUBLISH: into the inbox, unacknowledged."""
+        try:
+            message = wire.parse_publish(first, body, self._version)
+        except wire.TopicError as exc:  # MQTT forbids it (1.5.4); a broker may pass it on
+            metrics.dropped("invalid_topic", f"a topic that is {exc}")
+            self._acknowledge_now(conn, exc.qos, exc.packet_id)
+            return
+        qos, packet_id = message.qos, message.packet_id
+        if not message.topic:
+            raise wire.MalformedError("a topic alias, which the bridge does not allow", 0x94)
+        if qos == 2:
+            if packet_id in self._qos2_received:  # the broker missed our PUBREC
+                conn.write(wire.ack(wire.PUBREC, packet_id, self._version))
+                return
+            if packet_id in self._qos2_held:  # the first is on its way
+                return
+        retain = message.retain
+        snapshot = retain and not self.is_v5
+        origin = content_type = None
+        if message.properties:
+            identifiers, origin, content_type = _read_properties(message.properties)
+            if _SNAPSHOT in identifiers and _LIVE not in identifiers:
+                if not retain:
+                    self._acknowledge_now(conn, qos, packet_id)  # a copy the share delivers
+                    return
+                snapshot = True
+        if self._draining:
+            return  # not acknowledged: the broker redelivers it to the next session
+        if qos == 2:
+            self._qos2_held.add(packet_id)
+        self._inbox.append(
+            Incoming(
+                topic=message.topic,
+                payload=message.payload,
+                qos=qos,
+                mid=packet_id,
+                retain=retain,
+                snapshot=snapshot,
+                origin=origin,
+                content_type=content_type,
+                dup=message.dup,
+                connection=conn.number,
+            )
+        )
+
+    def _on_oversized(self, conn: _Connection, packet: wire.Oversized) -> None:
+        if packet.first >> 4 != wire.PUBLISH:
+            raise wire.MalformedError(f"a control packet of {packet.length} bytes")
+        qos, packet_id = wire.oversized_publish(packet)
+        metrics.dropped(
+            "payload_too_big",
+            f"a PUBLISH of {packet.length} bytes, over the {self.max_packet_bytes} held",
+        )
+        self._acknowledge_now(conn, qos, packet_id)
+
+    def _on_control(self, conn: _Connection, packet: wire.ServerPacket) -> None:
+        kind = type(packet)
+        if kind is wire.Ack:
+            ack = cast(wire.Ack, packet)
+            if ack.kind == wire.PUBREL:  # QoS 2 from the broker: it is done
+                self._qos2_received.discard(ack.packet_id)
+                conn.write(wire.ack(wire.PUBCOMP, ack.packet_id, self._version))
+                return
+            publication = self._in_flight.get(ack.packet_id)
+            if ack.kind == wire.PUBREC and ack.reason < 0x80:
+                conn.write(wire.ack(wire.PUBREL, ack.packet_id, self._version))
+                if publication is not None:
+                    publication.released = True
+                return
+            if publication is not None:
+                del self._in_flight[ack.packet_id]
+                _settle(publication.future, ack.reason)
+                self._pump()
+        elif kind is wire.Connack:
+            connack = cast(wire.Connack, packet)
+            if self._connack is None or self._connack.done():
+                raise wire.MalformedError("a second CONNACK", 0x82)
+            if not connack.reason and not self._stopping.is_set():
+                self._connected(conn, connack)
+            self._connack.set_result(connack)
+        elif kind is wire.Granted:
+            self._on_granted(conn, cast(wire.Granted, packet))
+        elif kind is wire.Ping:
+            self._ping_sent = None
+        elif kind is wire.Disconnect:
+            reason = cast(wire.Disconnect, packet).reason
+            logger.warning(
+                "broker %s disconnected the bridge: %s",
+                self.settings.describe(),
+                wire.reason_name(reason),
+            )
+            conn.abort()
+        else:
+            raise wire.MalformedError(f"a server may not send {kind.__name__}", 0x82)
+
+    def _on_granted(self, conn: _Connection, granted: wire.Granted) -> None:
+        self._subscribing.discard(granted.packet_id)
+        if granted.kind == wire.UNSUBACK:
+            return
+        refused = [wire.reason_name(code) for code in granted.codes if code >= 0x80]
         if refused:
             metrics.inc("mqtt_subscriptions_refused", amount=len(refused))
             logger.error(
@@ -512,93 +676,47 @@ class MqttLink:
                 refused,
             )
             return
-        if mid == self._snapshot_mid:
+        if granted.packet_id == self._snapshot_id:
             # The retained messages are on their way; live ones come through the share.
-            client.unsubscribe([topic for topic, _ in self._filters])
+            packet_id = self._next_id()
+            self._subscribing.add(packet_id)
+            filters = [topic for topic, _ in self._filters]
+            conn.write(wire.unsubscribe(wire.Unsubscribe(packet_id, filters), self._version))
             return
         shared = f" (shared as $share/{self._shared_group})" if self._shared_group else ""
         logger.info("subscribed to %s%s", [t for t, _ in self._filters], shared)
 
-    def _on_disconnect(
-        self,
-        _client: paho.Client,
-        _userdata: Any,
-        _flags: Any,
-        reason: ReasonCode,
-        _properties: Any,
-    ) -> None:
-        self._call_in_loop(self.connected.clear)
-        self._call_in_loop(self.connection_changed.set)
-        if not self._stopping.is_set():
-            logger.warning("disconnected from %s: %s", self.settings.describe(), reason)
+    # Acknowledging.
 
-    def _on_publish(
-        self, _client: paho.Client, _userdata: Any, mid: int, reason: ReasonCode, _properties: Any
-    ) -> None:
-        self._packets += 1
-        with self._acks_lock:
-            future = self._pending.pop(mid, None)
-            if future is None:
-                self._early[mid] = reason
-                return
-        self._call_in_loop(lambda: self._settle(future, reason))
+    def _acknowledge_now(self, conn: _Connection, qos: int, packet_id: int) -> None:
+        """Acknowledge a message the bridge will not hand on (counted where it was dropped)."""
+        if qos == 1:
+            conn.write(wire.ack(wire.PUBACK, packet_id, self._version))
+        elif qos == 2:
+            self._qos2_received.add(packet_id)
+            conn.write(wire.ack(wire.PUBREC, packet_id, self._version))
 
-    def _on_message(self, client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
-        """A PUBLISH (QoS 2: its PUBREL) from ``loop_read``: into the inbox, unacknowledged."""
-        self._packets += 1
-        try:
-            topic = message.topic
-        except UnicodeDecodeError:  # MQTT forbids it (1.5.4); paho passes it on
-            metrics.dropped("invalid_topic", "a topic that is not UTF-8")
-            client.ack(message.mid, message.qos)
-            return
-        retain = message.retain
-        snapshot = retain
-        origin = content_type = None
-        props = message.properties  # None with MQTT 3.1.1
-        if props is not None:
-            snapshot = False
-            identifiers = getattr(props, "SubscriptionIdentifier", ())
-            if _SNAPSHOT in identifiers and _LIVE not in identifiers:
-                if not retain:
-                    client.ack(message.mid, message.qos)  # a copy of one the share delivers
-                    return
-                snapshot = True
-            for key, value in getattr(props, "UserProperty", ()):
-                if key == ORIGIN_PROPERTY:
-                    origin = value
-            content_type = getattr(props, "ContentType", None)
-        if self._draining:
-            return  # not acknowledged: the broker redelivers it to the next session
-        payload = message.payload
-        self._inbox.append(
-            Incoming(
-                topic=topic,
-                # paho's payload is bytes already: bytes() returns the same object, no copy.
-                payload=payload if type(payload) is bytes else bytes(payload),
-                qos=message.qos,
-                mid=message.mid,
-                retain=retain,
-                snapshot=snapshot,
-                origin=origin,
-                content_type=content_type,
-                dup=message.dup,
-            )
-        )
-
-    def _call_in_loop(self, callback: Callable[[], object]) -> None:
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        if threading.get_ident() == self._loop_thread:
-            loop.call_soon(callback)
-        else:
-            loop.call_soon_threadsafe(callback)
+    def _acknowledge(self, batch: list[Incoming]) -> None:
+        """Acknowledge what was handed on, on the connection that delivered it, if still up."""
+        conn = self._conn
+        if conn is None:
+            return  # the broker delivers it again
+        out = []
+        for incoming in batch:
+            if not incoming.qos or incoming.connection != conn.number:
+                continue
+            if incoming.qos == 1:
+                out.append(_PUBACK_HEAD + incoming.mid.to_bytes(2, "big"))
+            else:
+                self._qos2_held.discard(incoming.mid)
+                self._qos2_received.add(incoming.mid)
+                out.append(wire.ack(wire.PUBREC, incoming.mid, self._version))
+        conn.write(b"".join(out))
 
     # The event loop.
 
     async def _consume(self) -> None:
-        inbox, client = self._inbox, self._client
+        inbox = self._inbox
         while True:
             if not inbox:
                 self._idle.set()
@@ -620,14 +738,37 @@ class MqttLink:
                     metrics.dropped("handler_error", f"topic {incoming.topic}")
                 logger.exception("handling %d messages from the broker failed", len(batch))
             if acknowledge:  # only now that they were handed on (or counted as dropped)
-                for incoming in batch:
-                    if incoming.qos:
-                        client.ack(incoming.mid, incoming.qos)
-            if len(inbox) < self._queue_size:
-                self._resume()
+                self._acknowledge(batch)
+            conn = self._conn
+            if conn is not None and not conn.reading and len(inbox) < self._queue_size:
+                conn.resume()
+                self._read(conn)  # what the last read left in the framer
 
 
-def _buffered(sock: "paho.SocketLike | None") -> bool:
-    """Whether ``sock`` holds bytes the selector cannot see (decrypted TLS records)."""
-    pending = getattr(sock, "pending", None)
-    return pending is not None and pending() > 0
+_PUBACK_HEAD = bytes([wire.PUBACK << 4, 2])
+
+
+def _read_properties(properties: wire.Properties) -> tuple[list[int], str | None, str | None]:
+    """A PUBLISH's subscription identifiers, origin and content type."""
+    identifiers: list[int] = []
+    origin = content_type = None
+    for key, value in properties:
+        if key == wire.SUBSCRIPTION_ID:
+            identifiers.append(cast(int, value))
+        elif key == wire.USER_PROPERTY:
+            name, text = cast(tuple[str, str], value)
+            if name == ORIGIN_PROPERTY:
+                origin = text
+        elif key == wire.CONTENT_TYPE:
+            content_type = cast(str, value)
+    return identifiers, origin, content_type
+
+
+def _settle(future: "asyncio.Future[None]", reason: int) -> None:
+    """Settle a publication's future with the broker's reason code."""
+    if future.done():
+        return
+    if reason >= 0x80:
+        future.set_exception(PublishRefusedError(wire.reason_name(reason)))
+    else:
+        future.set_result(None)

@@ -28,8 +28,8 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 
 from bridges.broker.server import Broker
-from bridges.broker.wire import Connect
 from bridges.conf import MqttSettings
+from bridges.wire import Connect
 from gateway.access import mqtt_access, mqtt_identity
 from gateway.devices import authenticate_device
 from gateway.mqtt_acl import AclEntry, Identity, RoomAccess, RoomTopics, TopicAction, acl, decide

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bridges.broker import wire
-from bridges.broker.wire import Ack, Connect, Disconnect, Ping, Publish, Subscribe, Unsubscribe
+from bridges import wire
+from bridges.wire import Ack, Connect, Disconnect, Ping, Publish, Subscribe, Unsubscribe
 from gateway import metrics
 from gateway.mqtt_acl import is_valid_topic, matches
 

@@ -19,8 +19,8 @@ import pytest
 from channels.db import database_sync_to_async
 from websockets.asyncio.client import ClientConnection
 
-from bridges.broker.wire import Connect
 from bridges.embedded_broker import GatewayAuthorizer, bridge_settings
+from bridges.wire import Connect
 from gateway.devices import revoke_device
 from gateway.models import Device, RoomGrant
 from gateway.mqtt_acl import Identity

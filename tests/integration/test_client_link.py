@@ -11,6 +11,7 @@ from paho.mqtt.properties import Properties
 
 from bridges.client import Incoming, MqttLink, RedeliverError
 from bridges.conf import MqttSettings
+from gateway import metrics
 from tests.support.processes import Mosquitto, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -194,3 +195,98 @@ async def test_a_burst_goes_on_together_in_order_and_a_full_inbox_stops_reading(
     assert [int(m.payload) for batch in batches for m in batch] == list(range(300))
     assert len(batches) < 30  # messages that waited went on together, not one by one
     assert max(map(len, batches)) <= 256
+
+
+async def test_qos_2_goes_through_once_and_is_completed(mosquitto: Mosquitto) -> None:
+    """QoS 2 both ways: a device's message is handed on once; the bridge's own is confirmed."""
+    received: list[Incoming] = []
+
+    async def handler(batch: list[Incoming]) -> None:
+        received.extend(batch)
+
+    device = publisher(mosquitto)
+    link = MqttLink(
+        MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="link-qos2"),
+        filters=[("devices/#", 2)],
+        handler=handler,
+        origin="gw-test",
+        shared_group="gw-test",
+    )
+    await started(link)
+    heard: list[paho.MQTTMessage] = []
+    device.on_message = lambda _client, _userdata, message: heard.append(message)
+    device.subscribe("out/#", qos=2)
+    try:
+        device.publish("devices/valve/close", b"now", qos=2).wait_for_publish(5)
+        await until(lambda: len(received) == 1, "the QoS 2 message")
+        await asyncio.wait_for(link.publish("out/valve", b"closed", qos=2), 5)
+        await until(lambda: len(heard) == 1, "the bridge's QoS 2 publication")
+        await asyncio.sleep(0.5)
+    finally:
+        await link.stop(drain_seconds=2)
+    assert [(m.topic, m.payload, m.qos) for m in received] == [("devices/valve/close", b"now", 2)]
+    assert [(m.topic, m.payload, m.qos) for m in heard] == [("out/valve", b"closed", 2)]
+
+    # Completed: the same session gets nothing again.
+    again: list[Incoming] = []
+
+    async def record(batch: list[Incoming]) -> None:
+        again.extend(batch)
+
+    link = MqttLink(
+        MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="link-qos2"),
+        filters=[("devices/#", 2)],
+        handler=record,
+        origin="gw-test",
+        shared_group="gw-test",
+    )
+    await started(link)
+    await asyncio.sleep(1)
+    await link.stop(drain_seconds=2)
+    device.disconnect()
+    device.loop_stop()
+    assert again == []
+
+
+async def test_a_message_too_large_to_hold_is_counted_acknowledged_and_the_next_goes_on(
+    mosquitto: Mosquitto,
+) -> None:
+    received: list[Incoming] = []
+
+    async def handler(batch: list[Incoming]) -> None:
+        received.extend(batch)
+
+    device = publisher(mosquitto)
+    link = MqttLink(
+        MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="link-big"),
+        filters=[("devices/#", 1)],
+        handler=handler,
+        origin="gw-test",
+        shared_group="gw-test",
+        max_payload_bytes=1024,
+    )
+    before = metrics.get("messages_dropped", "payload_too_big")
+    await started(link)
+    try:
+        huge = b"x" * (link.max_packet_bytes + 100_000)
+        device.publish("devices/camera/frame", huge, qos=1).wait_for_publish(5)
+        device.publish("devices/camera/status", b"ok", qos=1).wait_for_publish(5)
+        await until(lambda: len(received) == 1, "the message after the large one")
+    finally:
+        await link.stop(drain_seconds=2)
+        device.disconnect()
+        device.loop_stop()
+    assert [(m.topic, m.payload) for m in received] == [("devices/camera/status", b"ok")]
+    assert metrics.get("messages_dropped", "payload_too_big") == before + 1
+
+    # Acknowledged: a new session of the same client gets neither again.
+    again: list[Incoming] = []
+
+    async def record(batch: list[Incoming]) -> None:
+        again.extend(batch)
+
+    link = link_on(mosquitto, record, client_id="link-big")
+    await started(link)
+    await asyncio.sleep(1)
+    await link.stop(drain_seconds=2)
+    assert again == []

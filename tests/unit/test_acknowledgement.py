@@ -38,10 +38,10 @@ async def test_a_message_is_acknowledged_only_when_handed_on_or_counted(
     settings = MqttSettings(host="127.0.0.1", port=1, client_id="ack-test")
     link = MqttLink(settings, filters=[("rooms/#", 1)], handler=handler, origin="gw")
     acks: list[tuple[int, int]] = []
-    link._client.ack = lambda mid, qos: acks.append((mid, qos))  # type: ignore[method-assign]
+    link._acknowledge = lambda batch: acks.extend((m.mid, m.qos) for m in batch)  # type: ignore[method-assign]
     before = metrics.get("messages_dropped", "handler_error")
     consumer = asyncio.create_task(link._consume())
-    link._inbox.append(message(7))  # as `loop_read` leaves it, through `on_message`
+    link._inbox.append(message(7))  # as a read of the connection leaves it
     link._idle.clear()
     link._arrived.set()
     await asyncio.wait_for(link._idle.wait(), 5)

@@ -9,7 +9,7 @@ import aiomqtt
 import pytest
 
 from bridges.broker.server import Broker, Limits, OpenDoor
-from bridges.broker.wire import Connect
+from bridges.wire import Connect
 
 V5, V311 = aiomqtt.ProtocolVersion.V5, aiomqtt.ProtocolVersion.V311
 

@@ -1,8 +1,10 @@
-"""MQTT 3.1.1 and 5 packets as the embedded broker reads and writes them (pure, no I/O).
+"""MQTT 3.1.1 and 5 packets, both ways (pure, no I/O).
 
-Only what a broker needs: it reads what clients send (CONNECT, PUBLISH, the acknowledgements,
-SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT, AUTH) and writes what brokers send. A packet that
-breaks the protocol raises `MalformedError`, and the connection is closed.
+The embedded broker reads what clients send (`parse`: CONNECT, PUBLISH, the acknowledgements,
+SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT, AUTH) and writes what brokers send; the bridge's
+client (`bridges.client`) writes what clients send and reads what brokers send
+(`parse_from_server`). `Framer` cuts a byte stream into packets. A packet that breaks the
+protocol raises `MalformedError`, and the connection is closed.
 """
 
 import struct
@@ -152,7 +154,32 @@ class Ping:
     pass
 
 
+@dataclass(slots=True)
+class Connack:
+    session_present: bool
+    reason: int  # 0: accepted (MQTT 3.1.1's return codes are under 0x80 too, but not 0)
+    properties: Properties = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Granted:
+    """SUBACK or UNSUBACK: a code per filter (MQTT 3.1.1's UNSUBACK has none)."""
+
+    kind: int
+    packet_id: int
+    codes: list[int]
+
+
 Packet = Connect | Publish | Subscribe | Unsubscribe | Ack | Disconnect | Ping
+ServerPacket = Connack | Publish | Ack | Granted | Ping | Disconnect
+
+
+class TopicError(MalformedError):
+    """A PUBLISH whose topic is not a valid UTF-8 string; the rest of it was read."""
+
+    def __init__(self, detail: str, qos: int, packet_id: int) -> None:
+        super().__init__(detail)
+        self.qos, self.packet_id = qos, packet_id
 
 
 def property_value(properties: Properties, ident: int) -> PropertyValue | None:
@@ -197,14 +224,7 @@ class _Reader:
         return self.take(self.u16())
 
     def utf8(self) -> str:
-        raw = self.binary()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise MalformedError("a string is not UTF-8") from exc
-        if "\x00" in text:
-            raise MalformedError("a string contains NUL")
-        return text
+        return _text(self.binary())
 
     def properties(self) -> Properties:
         end = self.varint() + self.at
@@ -235,6 +255,16 @@ class _Reader:
         if kind == _BINARY:
             return self.binary()
         return (self.utf8(), self.utf8())
+
+
+def _text(raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedError("a string is not UTF-8") from exc
+    if "\x00" in text:
+        raise MalformedError("a string contains NUL")
+    return text
 
 
 def remaining_length(header: bytes) -> int | None:
@@ -320,17 +350,91 @@ def _connect(reader: _Reader) -> Connect:
     )
 
 
+def parse_publish(first: int, body: bytes, version: int) -> Publish:
+    """A PUBLISH from its first byte and its body: what `parse` gives, read faster.
+
+    The bridge's hot path. The common shape (a short properties section, or one holding just a
+    subscription identifier under 128) is read inline; any other goes through the reader.
+    """
+    qos = (first >> 1) & 0x03
+    try:
+        pos = 2 + (body[0] << 8 | body[1])
+        if qos == 3 or pos > len(body):
+            raise MalformedError("QoS 3" if qos == 3 else "packet ends too soon")
+        raw_topic = body[2:pos]
+        packet_id = 0
+        if qos:
+            packet_id = body[pos] << 8 | body[pos + 1]
+            pos += 2
+            if not packet_id:
+                raise MalformedError("packet id 0")
+        properties: Properties = []
+        if version == 5:
+            size = body[pos]
+            if size == 2 and body[pos + 1] == SUBSCRIPTION_ID and body[pos + 2] < 0x80:
+                properties = [(SUBSCRIPTION_ID, body[pos + 2])]
+                pos += 3
+            elif size:
+                reader = _Reader(body)
+                reader.at = pos
+                properties = reader.properties()
+                pos = reader.at
+            else:
+                pos += 1
+    except IndexError as exc:
+        raise MalformedError("packet ends too soon") from exc
+    try:
+        topic = _text(raw_topic)
+    except MalformedError as exc:
+        raise TopicError(str(exc), qos, packet_id) from exc
+    return Publish(topic, body[pos:], qos, bool(first & 1), bool(first & 8), packet_id, properties)
+
+
 def _publish(reader: _Reader, flags: int, version: int) -> Publish:
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise MalformedError("QoS 3")
-    topic = reader.utf8()
+    raw_topic = reader.binary()
     packet_id = reader.u16() if qos else 0
     if qos and not packet_id:
         raise MalformedError("packet id 0")
+    try:
+        topic = _text(raw_topic)
+    except MalformedError as exc:
+        raise TopicError(str(exc), qos, packet_id) from exc
     properties = reader.properties() if version == 5 else []
     payload = reader.take(reader.left())
     return Publish(topic, payload, qos, bool(flags & 1), bool(flags & 8), packet_id, properties)
+
+
+def parse_from_server(first: int, body: bytes, version: int) -> ServerPacket:  # noqa: PLR0911
+    """One packet a broker sent, from its first byte and its body, on a ``version`` connection."""
+    kind, flags = first >> 4, first & 0x0F
+    reader = _Reader(body)
+    if kind == PUBLISH:
+        return _publish(reader, flags, version)
+    if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
+        if flags != (2 if kind == PUBREL else 0):
+            raise MalformedError("reserved flags set")
+        packet_id = reader.u16()
+        return Ack(kind, packet_id, reader.byte() if version == 5 and reader.left() else 0)
+    if kind == CONNACK:
+        session_present, reason = reader.byte() & 0x01, reader.byte()
+        properties = reader.properties() if version == 5 and reader.left() else []
+        return Connack(bool(session_present), reason, properties)
+    if kind in (SUBACK, UNSUBACK):
+        packet_id = reader.u16()
+        if version == 5:
+            reader.properties()
+        return Granted(kind, packet_id, list(reader.take(reader.left())))
+    if kind == PINGRESP:
+        return Ping()
+    if kind == DISCONNECT:
+        if version == 5 and reader.left():
+            reason = reader.byte()
+            return Disconnect(reason, reader.properties() if reader.left() else [])
+        return Disconnect()
+    raise MalformedError(f"a server may not send packet type {kind}", 0x82)
 
 
 def _subscribe(reader: _Reader, flags: int, version: int) -> Subscribe:
@@ -370,9 +474,12 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _string(text: str) -> bytes:
-    raw = text.encode("utf-8")
+def _binary(raw: bytes) -> bytes:
     return struct.pack(">H", len(raw)) + raw
+
+
+def _string(text: str) -> bytes:
+    return _binary(text.encode("utf-8"))
 
 
 def encode_properties(properties: Iterable[tuple[int, PropertyValue]]) -> bytes:
@@ -392,7 +499,7 @@ def encode_properties(properties: Iterable[tuple[int, PropertyValue]]) -> bytes:
             body += _string(str(value))
         elif kind == _BINARY:
             assert isinstance(value, bytes)
-            body += struct.pack(">H", len(value)) + value
+            body += _binary(value)
         else:
             assert isinstance(value, tuple)
             body += _string(value[0]) + _string(value[1])
@@ -446,3 +553,190 @@ PINGRESP_PACKET = bytes([PINGRESP << 4, 0])
 def disconnect(reason: int) -> bytes:
     """A server's DISCONNECT (MQTT 5 only: 3.1.1 servers just close)."""
     return _packet(DISCONNECT << 4, bytes([reason]))
+
+
+# What a client writes.
+
+
+def connect(message: Connect) -> bytes:
+    """CONNECT (with MQTT 3.1.1, a password is sent only with a user name)."""
+    v5 = message.version == 5
+    flags = 0x02 if message.clean_start else 0
+    payload = _string(message.client_id)
+    will = message.will
+    if will is not None:
+        flags |= 0x04 | will.qos << 3 | (0x20 if will.retain else 0)
+        if v5:
+            payload += encode_properties(will.properties)
+        payload += _string(will.topic) + _binary(will.payload)
+    if message.username is not None:
+        flags |= 0x80
+        payload += _string(message.username)
+    if message.password is not None and (v5 or message.username is not None):
+        flags |= 0x40
+        payload += _binary(message.password)
+    body = _string("MQTT") + bytes([message.version, flags]) + struct.pack(">H", message.keepalive)
+    if v5:
+        body += encode_properties(message.properties)
+    return _packet(CONNECT << 4, body + payload)
+
+
+def subscribe(message: Subscribe, version: int) -> bytes:
+    body = struct.pack(">H", message.packet_id)
+    if version == 5:
+        body += encode_properties(message.properties)
+    for sub in message.subscriptions:
+        options = sub.qos
+        if version == 5:
+            options |= int(sub.no_local) << 2 | int(sub.retain_as_published) << 3
+            options |= sub.retain_handling << 4
+        body += _string(sub.topic_filter) + bytes([options])
+    return _packet(SUBSCRIBE << 4 | 2, body)
+
+
+def unsubscribe(message: Unsubscribe, version: int) -> bytes:
+    body = struct.pack(">H", message.packet_id)
+    if version == 5:
+        body += encode_properties([])
+    return _packet(UNSUBSCRIBE << 4 | 2, body + b"".join(_string(f) for f in message.filters))
+
+
+PINGREQ_PACKET = bytes([PINGREQ << 4, 0])
+# A client's DISCONNECT: normal, so the broker drops the will (MQTT 5 reason 0 goes unsaid).
+CLIENT_DISCONNECT_PACKET = bytes([DISCONNECT << 4, 0])
+DUP_FLAG = 0x08  # in a PUBLISH's first byte: sent before
+
+
+@dataclass(slots=True)
+class Oversized:
+    """The start of a packet over the framer's limit; the rest is skipped as it arrives."""
+
+    first: int
+    head: bytes  # the first `Framer.HEAD` bytes of the body at most
+    length: int
+
+
+def oversized_publish(packet: Oversized) -> tuple[int, int]:
+    """The QoS and packet id of an oversized PUBLISH, read from its head."""
+    reader = _Reader(packet.head)
+    qos = (packet.first >> 1) & 0x03
+    reader.binary()  # the topic
+    return qos, reader.u16() if qos else 0
+
+
+class Framer:
+    """Cuts the bytes a connection receives into packets, ``(first byte, body)``.
+
+    A packet over ``limit`` bytes is never held whole: its first `HEAD` bytes come out as an
+    `Oversized` (a PUBLISH's topic and packet id fit in them), and the rest is skipped.
+    """
+
+    HEAD = 2 + 65_535 + 2  # a topic of the longest kind and a packet id
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buffer = bytearray()
+        self._at = 0
+        self._skip = 0
+
+    def feed(self, data: bytes) -> None:
+        if self._skip:
+            skipped = min(self._skip, len(data))
+            self._skip -= skipped
+            data = data[skipped:]
+        if self._at and self._at == len(self._buffer):
+            self._buffer.clear()
+            self._at = 0
+        self._buffer += data
+
+    def pending(self) -> int:
+        """Bytes received and not yet cut into packets."""
+        return len(self._buffer) - self._at
+
+    def next(self) -> "tuple[int, bytes] | Oversized | None":
+        """The next whole packet, or None until more bytes come."""
+        buffer, at = self._buffer, self._at
+        end = len(buffer)
+        if end - at < 2:
+            return None
+        length, shift, pos = 0, 0, at + 1
+        while True:
+            if pos >= end:
+                return None
+            digit = buffer[pos]
+            length |= (digit & 0x7F) << shift
+            pos += 1
+            if not digit & 0x80:
+                break
+            shift += 7
+            if shift > 21:
+                raise MalformedError("remaining length longer than 4 bytes")
+        first = buffer[at]
+        if length > self.limit:
+            head = min(length, self.HEAD)
+            if end - pos < head:
+                return None
+            oversized = Oversized(first, bytes(buffer[pos : pos + head]), length)
+            rest = length - head
+            taken = min(rest, end - pos - head)
+            self._skip = rest - taken
+            self._at = pos + head + taken
+            self._compact()
+            return oversized
+        if end - pos < length:
+            self._compact()
+            return None
+        self._at = pos + length
+        return first, bytes(buffer[pos : self._at])
+
+    def _compact(self) -> None:
+        if self._at:
+            del self._buffer[: self._at]
+            self._at = 0
+
+
+# MQTT 5 reason codes (3.1.1's CONNACK return codes 1-5 are mapped to theirs), for log lines.
+REASON_NAMES = {
+    0x00: "success",
+    0x10: "no matching subscribers",
+    0x80: "unspecified error",
+    0x81: "malformed packet",
+    0x82: "protocol error",
+    0x83: "implementation specific error",
+    0x84: "unsupported protocol version",
+    0x85: "client identifier not valid",
+    0x86: "bad user name or password",
+    0x87: "not authorized",
+    0x88: "server unavailable",
+    0x89: "server busy",
+    0x8A: "banned",
+    0x8B: "server shutting down",
+    0x8C: "bad authentication method",
+    0x8D: "keep alive timeout",
+    0x8E: "session taken over",
+    0x8F: "topic filter invalid",
+    0x90: "topic name invalid",
+    0x91: "packet identifier in use",
+    0x92: "packet identifier not found",
+    0x93: "receive maximum exceeded",
+    0x94: "topic alias invalid",
+    0x95: "packet too large",
+    0x97: "quota exceeded",
+    0x99: "payload format invalid",
+    0x9A: "retain not supported",
+    0x9B: "QoS not supported",
+    0x9C: "use another server",
+    0x9D: "server moved",
+    0x9E: "shared subscriptions not supported",
+    0x9F: "connection rate exceeded",
+    0xA1: "subscription identifiers not supported",
+    0xA2: "wildcard subscriptions not supported",
+}
+_V3_CONNACK = {1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87}
+
+
+def reason_name(code: int, *, v3_connack: bool = False) -> str:
+    """What a reason code means (``v3_connack``: an MQTT 3.1.1 CONNACK return code)."""
+    if v3_connack:
+        code = _V3_CONNACK.get(code, code)
+    return REASON_NAMES.get(code, f"reason 0x{code:02x}")
