@@ -204,6 +204,11 @@ def _summary(record: dict[str, Any]) -> str:
     for idle in record.get("idle") or []:
         kb, p99 = idle["server_kb_per_connection"], idle["handshake_p99_ms"]
         parts.append(f"{idle['connections']}: {kb} KB/conn, handshake p99 {p99} ms")
+    if joined_room := record.get("join"):
+        parts.append(
+            f"{joined_room['sockets']} joined: {joined_room['frames_per_socket']} frames/socket, "
+            f"{joined_room['server_kb_per_socket']} KB/socket"
+        )
     knee = f", knee {record['knee']:g}/s" if record.get("knee") else ""
     joined = ""
     if record["status"] == "partial":

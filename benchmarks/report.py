@@ -201,6 +201,38 @@ def _idle_section(runs: list[dict[str, Any]]) -> list[str]:
     return [*_table(header, rows), "", *_failures(runs)]
 
 
+def _join_section(runs: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        [
+            r["system"],
+            f"{j['sockets']:,}",
+            j["frames_per_socket"],
+            f"{j['frames']:,}",
+            j["welcomes_seconds"],
+            j["quiet_after_seconds"],
+            j["server_kb_per_socket"],
+            j["server_rss_after_mb"],
+            j["handshake_p50_ms"],
+            j["handshake_p99_ms"],
+        ]
+        for r in runs
+        if (j := r.get("join"))
+    ]
+    header = [
+        "system",
+        "joined",
+        "frames per socket",
+        "frames",
+        "all welcomed after s",
+        "quiet after s",
+        "server KB/socket",
+        "server RSS MB",
+        "handshake p50 ms",
+        "handshake p99 ms",
+    ]
+    return [*_table(header, rows), "", *_failures(runs)]
+
+
 def _single_section(runs: list[dict[str, Any]]) -> list[str]:
     rows = []
     for r in runs:
@@ -331,6 +363,12 @@ def _glance(results: dict[str, Any]) -> list[str]:
         "idle: server KB per socket", "idle", lambda r: last_idle(r).get("server_kb_per_connection")
     )
     row("idle: handshake p99 ms", "idle", lambda r: last_idle(r).get("handshake_p99_ms"))
+    row("join: frames per socket", "join", lambda r: (r.get("join") or {}).get("frames_per_socket"))
+    row(
+        "join: server KB per socket",
+        "join",
+        lambda r: (r.get("join") or {}).get("server_kb_per_socket"),
+    )
     row("slow: others' p99 ms", "slow", lambda r: step(r).get("p99_ms"))
     row(
         "slow: server RSS growth MB",
@@ -375,6 +413,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 lines += _ramp_section(runs, unit)
             elif name == "idle":
                 lines += _idle_section(runs)
+            elif name == "join":
+                lines += _join_section(runs)
             elif name == "slow":
                 lines += _slow_section(runs)
             else:

@@ -20,7 +20,7 @@ class Plan:
     """Sizes, rates and durations of a run (the full run, or `QUICK`)."""
 
     step_seconds: float = 4.0
-    fanout_sizes: tuple[int, ...] = (10, 100, 1000)
+    fanout_sizes: tuple[int, ...] = (10, 100, 1000, 10_000)
     fanout_deliveries: tuple[int, ...] = (250, 500, 1000, 2000, 5000, 10000, 20000, 40000, 80000)
     ingest_rooms: int = 100
     ingest_rates: tuple[int, ...] = (50, 100, 250, 500, 1000, 2000, 4000, 8000, 16000)
@@ -36,6 +36,7 @@ class Plan:
     slow_payload: int = 3072
     slow_pause_seconds: float = 60.0
     slow_resume_seconds: float = 5.0
+    join_count: int = 10_000
 
 
 FULL = Plan()
@@ -55,6 +56,7 @@ QUICK = replace(
     slow_room_size=5,
     slow_pause_seconds=5.0,
     slow_resume_seconds=2.0,
+    join_count=200,
 )
 
 
@@ -274,6 +276,32 @@ async def slow(run: Run, _group: object, plan: Plan) -> dict[str, Any]:
     return {"setup": setup, "steps": [record], "pause_s": pause}
 
 
+async def join(run: Run, count: int, _plan: Plan) -> dict[str, Any]:
+    """``count`` browsers join one room as fast as they can: the frames each gets until the
+    room is quiet (its welcome and the presence of those after it), the seconds until every
+    welcome came, and the server's memory per socket in one big room."""
+    server_before = run.system.server_rss()
+    receivers, setup = await run.browsers(["join"] * count)
+    if setup["connected"] == 0:
+        raise HarnessError(f"no browser could join: {setup['errors']}")
+    quiet_after = await run.quiet(receivers)
+    frames = await run.frames(receivers)
+    server_after = run.system.server_rss()
+    connected = setup["connected"]
+    record = {
+        "sockets": connected,
+        "frames": frames,
+        "frames_per_socket": round(frames / connected, 1),
+        "welcomes_seconds": setup["join_seconds"],
+        "quiet_after_seconds": quiet_after,
+        "server_kb_per_socket": round((server_after - server_before) / 1024 / connected, 1),
+        "server_rss_after_mb": round(server_after / MB, 1),
+        "handshake_p50_ms": setup["handshake_p50_ms"],
+        "handshake_p99_ms": setup["handshake_p99_ms"],
+    }
+    return {"setup": setup, "steps": [], "join": record}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -320,6 +348,13 @@ SCENARIOS = {
             lambda p: [p.idle_counts],
             lambda counts: " then ".join(f"{n:,}" for n in counts) + " sockets",
             idle,
+        ),
+        Scenario(
+            "join",
+            "Join storm: N browsers join one room at once",
+            lambda p: [p.join_count],
+            lambda n: f"{n:,} sockets",
+            join,
         ),
         Scenario(
             "slow",

@@ -192,6 +192,9 @@ GATEWAY = GatewaySettings(
     history_room_bytes=_read("HISTORY_ROOM_BYTES", env.int, 64 << 20),
     history_window_bytes=_read("HISTORY_WINDOW_BYTES", env.int, 4 << 20),
     presence_ttl=_read("PRESENCE_TTL_SECONDS", env.float, 30.0),
+    presence_list_max=_read("GATEWAY_PRESENCE_LIST_MAX", env.int, 100),
+    presence_interval=_read("GATEWAY_PRESENCE_INTERVAL", env.float, 0.25),
+    presence_count_interval=_read("GATEWAY_PRESENCE_COUNT_INTERVAL", env.float, 2.0),
 )
 
 # Rooms a gateway holds at most, and how long a room with no message and nobody present is kept.

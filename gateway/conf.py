@@ -31,6 +31,12 @@ class GatewaySettings:
             what falls out of it is still read from the database.
         presence_ttl: seconds a crashed process's browsers stay present
             (``PRESENCE_TTL_SECONDS``).
+        presence_list_max: members a room may have for its sockets to be sent the list and
+            each change; above it they get the count (``GATEWAY_PRESENCE_LIST_MAX``).
+        presence_interval: seconds over which joins and leaves are gathered into one frame
+            (``GATEWAY_PRESENCE_INTERVAL``).
+        presence_count_interval: seconds between count frames at most, in a room above
+            ``presence_list_max`` (``GATEWAY_PRESENCE_COUNT_INTERVAL``).
     """
 
     gateway_id: str = "gateway"
@@ -42,6 +48,9 @@ class GatewaySettings:
     history_room_bytes: int = 64 << 20
     history_window_bytes: int = 4 << 20
     presence_ttl: float = 30.0
+    presence_list_max: int = 100
+    presence_interval: float = 0.25
+    presence_count_interval: float = 2.0
 
     def __post_init__(self) -> None:
         if not _GATEWAY_ID_RE.fullmatch(self.gateway_id):
@@ -76,6 +85,16 @@ class GatewaySettings:
             raise ImproperlyConfigured(
                 f"PRESENCE_TTL_SECONDS={self.presence_ttl} is out of range (1-3600)"
             )
+        if not 0 <= self.presence_list_max <= 1000:
+            raise ImproperlyConfigured(
+                f"GATEWAY_PRESENCE_LIST_MAX={self.presence_list_max} is out of range (0-1000)"
+            )
+        for setting, seconds, top in (
+            ("GATEWAY_PRESENCE_INTERVAL", self.presence_interval, 10),
+            ("GATEWAY_PRESENCE_COUNT_INTERVAL", self.presence_count_interval, 60),
+        ):
+            if not 0.01 <= seconds <= top:  # also refuses nan
+                raise ImproperlyConfigured(f"{setting}={seconds} is out of range (0.01-{top})")
         if not timedelta(hours=1) <= self.history_max_age <= timedelta(days=36_500):
             raise ImproperlyConfigured(
                 f"HISTORY_MAX_AGE_DAYS={self.history_max_age.days} is out of range (0.05-36500)"

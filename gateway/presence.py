@@ -10,6 +10,12 @@ Devices are members while their status topic says ``online`` (a rule with ``"pre
 usually with the broker's last will saying ``offline`` when a device vanishes). A device member
 says whether it is ``verified``: whether its name was a registered, active device's when it came
 online (the bridge looks it up then). Browser members have no such field.
+
+Every join and leave takes the room's next presence version, atomically with the change, and
+says how many members the room has after it; the hubs send the count of the newest change they
+have seen, so every process converges on the same count whatever order events arrive in. A
+snapshot (a welcome's) reads the members, the count and the version together; in a room of
+more members than asked for it holds the count alone. Pages list a room's members on request.
 """
 
 import asyncio
@@ -74,34 +80,84 @@ class Member:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a join or a leave did: the room's presence version after it, and its count."""
+
+    version: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A room's presence at one version: every member, unless there are more than asked for."""
+
+    members: list[Member] | None  # None: more than the limit asked
+    count: int
+    version: int
+
+
 class Store(Protocol):
-    """Where members are kept."""
+    """Where members are kept. Every join and leave takes the room's next version."""
 
-    async def add(self, room: str, member: Member, expires: float, limit: int) -> "Added": ...
+    async def add(
+        self, room: str, member: Member, expires: float, limit: int
+    ) -> "tuple[Added, Change | None]": ...
 
-    async def remove(self, room: str, key: str) -> Member | None: ...
+    async def remove(self, room: str, key: str) -> tuple[Member, Change] | None: ...
 
     async def touch(self, room: str, keys: list[str], expires: float) -> None: ...
 
     async def members(self, room: str, now: float) -> list[Member]: ...
 
-    async def expired(self, now: float) -> list[tuple[str, Member]]: ...
+    async def snapshot(self, room: str, limit: int) -> Snapshot: ...
+
+    async def page(
+        self, room: str, cursor: str, limit: int, now: float
+    ) -> tuple[list[Member], str | None]: ...
+
+    async def expired(self, now: float) -> list[tuple[str, Member, Change]]: ...
 
 
 Added = Literal["added", "renewed", "full"]
 _ADDED: dict[int, Added] = {1: "added", 0: "renewed", -1: "full"}
 
 # Adds (or renews) a member unless the room holds its limit of members. KEYS: the room's members
-# hash, its expiry set, the set of rooms with members; ARGV: key, member, expiry, limit, room.
+# hash, its expiry set, the set of rooms with members, its version; ARGV: key, member, expiry,
+# limit, room. Returns {1 added | 0 renewed | -1 full, version, count}.
 _ADD = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
-    and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
-  return -1
+local count = redis.call('HLEN', KEYS[1])
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and count >= tonumber(ARGV[4]) then
+  return {-1, 0, count}
 end
 local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[5])
-return added
+local version = 0
+if added == 1 then version = redis.call('INCR', KEYS[4]) end
+return {added, version, count + added}
+"""
+
+# Removes a member. KEYS: members hash, expiry set, version; ARGV: key.
+# Returns {member JSON, version, count}, or false when another process removed it first.
+_REMOVE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if not raw then return false end
+redis.call('HDEL', KEYS[1], ARGV[1])
+return {raw, redis.call('INCR', KEYS[3]), redis.call('HLEN', KEYS[1])}
+"""
+
+# A room's presence at one version. KEYS: members hash, version; ARGV: limit.
+# Returns {count, version, member JSON...} (no members when there are more than the limit).
+_SNAPSHOT = """
+local count = redis.call('HLEN', KEYS[1])
+local version = tonumber(redis.call('GET', KEYS[2]) or '0')
+if count > tonumber(ARGV[1]) then return {count, version} end
+local found = redis.call('HVALS', KEYS[1])
+table.insert(found, 1, version)
+table.insert(found, 1, count)
+return found
 """
 
 # Takes a room out of the set of rooms with members once its expiry set is empty.
@@ -112,7 +168,7 @@ return 0
 
 
 class RedisStore:
-    """Members in Redis: a hash of members and a sorted set of expiries per room."""
+    """Members in Redis: a hash of members, a sorted set of expiries and a version per room."""
 
     def __init__(self, client: Any, *, prefix: str) -> None:
         self.client = client
@@ -121,32 +177,36 @@ class RedisStore:
     def _keys(self, room: str) -> tuple[str, str]:
         return f"{self.prefix}members:{room}", f"{self.prefix}expiry:{room}"
 
-    async def add(self, room: str, member: Member, expires: float, limit: int) -> Added:
+    def _version(self, room: str) -> str:
+        return f"{self.prefix}version:{room}"
+
+    async def add(
+        self, room: str, member: Member, expires: float, limit: int
+    ) -> tuple[Added, Change | None]:
         members, expiry = self._keys(room)
-        found = await self.client.eval(
+        found, version, count = await self.client.eval(
             _ADD,
-            3,
+            4,
             members,
             expiry,
             f"{self.prefix}rooms",
+            self._version(room),
             member.key,
             dumps(member.as_dict()),
             repr(expires),
             limit,
             room,
         )
-        return _ADDED[int(found)]
+        added = _ADDED[int(found)]
+        return added, Change(int(version), int(count)) if added == "added" else None
 
-    async def remove(self, room: str, key: str) -> Member | None:
+    async def remove(self, room: str, key: str) -> tuple[Member, Change] | None:
         members, expiry = self._keys(room)
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.hget(members, key)
-            pipe.hdel(members, key)
-            pipe.zrem(expiry, key)
-            raw, removed, _ = await pipe.execute()
-        if not removed or raw is None:
+        found = await self.client.eval(_REMOVE, 3, members, expiry, self._version(room), key)
+        if not found:
             return None  # another process removed it first
-        return Member.from_dict(parse_json(raw))
+        raw, version, count = found
+        return Member.from_dict(parse_json(raw)), Change(int(version), int(count))
 
     async def touch(self, room: str, keys: list[str], expires: float) -> None:
         if keys:
@@ -161,16 +221,40 @@ class RedisStore:
         raws = await self.client.hmget(members, live)
         return [Member.from_dict(parse_json(raw)) for raw in raws if raw is not None]
 
-    async def expired(self, now: float) -> list[tuple[str, Member]]:
-        gone: list[tuple[str, Member]] = []
+    async def snapshot(self, room: str, limit: int) -> Snapshot:
+        members, _ = self._keys(room)
+        count, version, *raws = await self.client.eval(
+            _SNAPSHOT, 2, members, self._version(room), limit
+        )
+        listed = None
+        if int(count) <= limit:
+            listed = [Member.from_dict(parse_json(raw)) for raw in raws]
+        return Snapshot(listed, int(count), int(version))
+
+    async def page(
+        self, room: str, cursor: str, limit: int, now: float
+    ) -> tuple[list[Member], str | None]:
+        members, expiry = self._keys(room)
+        following, found = await self.client.hscan(members, int(cursor), count=limit)
+        keys = list(found)
+        live: list[Member] = []
+        if keys:
+            expiries = await self.client.zmscore(expiry, keys)
+            for key, expires in zip(keys, expiries, strict=True):
+                if expires is not None and float(expires) >= now:
+                    live.append(Member.from_dict(parse_json(found[key])))
+        return live, None if int(following) == 0 else str(following)
+
+    async def expired(self, now: float) -> list[tuple[str, Member, Change]]:
+        gone: list[tuple[str, Member, Change]] = []
         for raw_room in await self.client.smembers(f"{self.prefix}rooms"):
             room = raw_room.decode() if isinstance(raw_room, bytes) else str(raw_room)
             _, expiry = self._keys(room)
             for key in await self.client.zrangebyscore(expiry, "-inf", f"({now}"):
                 name = key.decode() if isinstance(key, bytes) else str(key)
-                member = await self.remove(room, name)
-                if member is not None:
-                    gone.append((room, member))
+                removed = await self.remove(room, name)
+                if removed is not None:
+                    gone.append((room, *removed))
             # A room nobody is in leaves the set (a join puts it back).
             await self.client.eval(_FORGET_EMPTY, 2, expiry, f"{self.prefix}rooms", room)
         return gone
@@ -181,20 +265,33 @@ class LocalStore:
 
     def __init__(self) -> None:
         self._rooms: dict[str, dict[str, tuple[Member, float]]] = {}
+        self._versions: dict[str, int] = {}
 
-    async def add(self, room: str, member: Member, expires: float, limit: int) -> Added:
+    def _change(self, room: str) -> Change:
+        version = self._versions[room] = self._versions.get(room, 0) + 1
+        return Change(version, len(self._rooms.get(room, {})))
+
+    async def add(
+        self, room: str, member: Member, expires: float, limit: int
+    ) -> tuple[Added, Change | None]:
         members = self._rooms.setdefault(room, {})
         if member.key in members:
             members[member.key] = (member, expires)
-            return "renewed"
+            return "renewed", None
         if len(members) >= limit:
-            return "full"
+            return "full", None
         members[member.key] = (member, expires)
-        return "added"
+        return "added", self._change(room)
 
-    async def remove(self, room: str, key: str) -> Member | None:
-        entry = self._rooms.get(room, {}).pop(key, None)
-        return entry[0] if entry else None
+    async def remove(self, room: str, key: str) -> tuple[Member, Change] | None:
+        members = self._rooms.get(room, {})
+        entry = members.pop(key, None)
+        if entry is None:
+            return None
+        change = self._change(room)
+        if not members:
+            self._rooms.pop(room, None)
+        return entry[0], change
 
     async def touch(self, room: str, keys: list[str], expires: float) -> None:
         members = self._rooms.get(room, {})
@@ -205,16 +302,35 @@ class LocalStore:
     async def members(self, room: str, now: float) -> list[Member]:
         return [m for m, expires in self._rooms.get(room, {}).values() if expires >= now]
 
-    async def expired(self, now: float) -> list[tuple[str, Member]]:
+    async def snapshot(self, room: str, limit: int) -> Snapshot:
+        members = self._rooms.get(room, {})
+        listed = [m for m, _ in members.values()] if len(members) <= limit else None
+        return Snapshot(listed, len(members), self._versions.get(room, 0))
+
+    async def page(
+        self, room: str, cursor: str, limit: int, now: float
+    ) -> tuple[list[Member], str | None]:
+        start = int(cursor)
+        live = sorted(
+            (m for m, expires in self._rooms.get(room, {}).values() if expires >= now),
+            key=lambda m: m.key,
+        )
+        following = start + limit
+        return live[start:following], str(following) if following < len(live) else None
+
+    async def expired(self, now: float) -> list[tuple[str, Member, Change]]:
         gone = [
             (room, member)
             for room, members in self._rooms.items()
             for member, expires in members.values()
             if expires < now
         ]
+        found = []
         for room, member in gone:
-            await self.remove(room, member.key)
-        return gone
+            removed = await self.remove(room, member.key)
+            if removed is not None:
+                found.append((room, *removed))
+        return found
 
 
 class Presence:
@@ -246,12 +362,12 @@ class Presence:
         """
         ttl = self.ttl if hold else DEVICE_TTL_SECONDS
         member = Member(key=key, kind=kind, name=name, since=utc_timestamp(), verified=verified)
-        added = await self.store.add(room, member, time.time() + ttl, self.max_members)
+        added, change = await self.store.add(room, member, time.time() + ttl, self.max_members)
         if added == "full":
             metrics.inc("presence_refused", kind)
             return
-        if added == "added":
-            await self._announce(room, "join", member)
+        if change is not None:
+            await self._announce(room, "join", member, change)
         if hold:
             self._local.setdefault(room, set()).add(key)
             if self._keeper is None or self._keeper.done():
@@ -260,17 +376,42 @@ class Presence:
     async def leave(self, room: str, key: str) -> None:
         """``key`` left ``room``."""
         self._local.get(room, set()).discard(key)
-        member = await self.store.remove(room, key)
-        if member is not None:
-            await self._announce(room, "leave", member)
+        removed = await self.store.remove(room, key)
+        if removed is not None:
+            await self._announce(room, "leave", *removed)
 
     async def members(self, room: str) -> list[PresenceMember]:
         """Who is in ``room`` now."""
         return [m.as_dict() for m in await self.store.members(room, time.time())]
 
-    async def _announce(self, room: str, event: Literal["join", "leave"], member: Member) -> None:
+    async def snapshot(self, room: str, limit: int) -> tuple[list[PresenceMember] | None, int, int]:
+        """Every member of ``room`` (None when there are more than ``limit``), the count and
+        the version they are at, read together."""
+        found = await self.store.snapshot(room, limit)
+        listed = None if found.members is None else [m.as_dict() for m in found.members]
+        return listed, found.count, found.version
+
+    async def page(
+        self, room: str, cursor: str, limit: int
+    ) -> tuple[list[PresenceMember], str | None]:
+        """About ``limit`` members of ``room`` from ``cursor`` ("0" to begin), and the cursor
+        of the next page (None at the end). A member present throughout is listed at least
+        once; one who comes or goes meanwhile may or may not be."""
+        members, following = await self.store.page(room, cursor, limit, time.time())
+        return [m.as_dict() for m in members], following
+
+    async def _announce(
+        self, room: str, event: Literal["join", "leave"], member: Member, change: Change
+    ) -> None:
         metrics.inc("presence_events", event)
-        payload = PresenceEvent(type=ROOM_PRESENCE, room=room, event=event, member=member.as_dict())
+        payload = PresenceEvent(
+            type=ROOM_PRESENCE,
+            room=room,
+            event=event,
+            member=member.as_dict(),
+            version=change.version,
+            count=change.count,
+        )
         await self.rooms.send(room, [payload])
 
     async def _keep(self) -> None:
@@ -280,8 +421,8 @@ class Presence:
                 expires = time.time() + self.ttl
                 for room, keys in list(self._local.items()):
                     await self.store.touch(room, list(keys), expires)
-                for room, member in await self.store.expired(time.time()):
-                    await self._announce(room, "leave", member)
+                for room, member, change in await self.store.expired(time.time()):
+                    await self._announce(room, "leave", member, change)
             except asyncio.CancelledError:
                 raise
             except Exception:

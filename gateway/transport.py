@@ -69,12 +69,15 @@ class PresenceMember(TypedDict):
 
 
 class PresenceEvent(TypedDict):
-    """A member joined or left a room."""
+    """A member joined or left a room: the room's presence ``version`` after the change (each
+    change takes the next one) and its ``count`` of members then."""
 
     type: Literal["room.presence"]
     room: str
     event: Literal["join", "leave"]
     member: PresenceMember
+    version: int
+    count: int
 
 
 class ErrorEvent(TypedDict):
@@ -116,7 +119,8 @@ def encode(event: Event) -> bytes:
 
     Messages: ``[FORMAT, "m", [envelope JSON without seq, ...], [seq, ...]]`` (the JSON is what
     the history window keeps, so the script that appends a burst delivers it as it is).
-    Presence: ``[FORMAT, "p", room, "join" | "leave", member]``. Error: ``[FORMAT, "e", room,
+    Presence: ``[FORMAT, "p", room, "join" | "leave", member, version, count]``. Error:
+    ``[FORMAT, "e", room,
     to ("" for none), id, code, detail]``.
     """
     value: list[Any]
@@ -130,7 +134,15 @@ def encode(event: Event) -> bytes:
         ]
     elif event["type"] == ROOM_PRESENCE:
         presence = event
-        value = [FORMAT, _PRESENCE, presence["room"], presence["event"], presence["member"]]
+        value = [
+            FORMAT,
+            _PRESENCE,
+            presence["room"],
+            presence["event"],
+            presence["member"],
+            presence["version"],
+            presence["count"],
+        ]
     elif event["type"] == ROOM_ERROR:
         error = event
         value = [
@@ -171,8 +183,15 @@ def decode(raw: bytes) -> Event:
                 envelopes.append(envelope)
             return messages_event(envelopes)
         if kind == _PRESENCE:
-            _, _, room, change, member = value
-            return PresenceEvent(type=ROOM_PRESENCE, room=room, event=change, member=member)
+            _, _, room, change, member, version, count = value
+            return PresenceEvent(
+                type=ROOM_PRESENCE,
+                room=room,
+                event=change,
+                member=member,
+                version=int(version),
+                count=int(count),
+            )
         if kind == _ERROR:
             _, _, room, to, message_id, code, detail = value
             error = ErrorEvent(type=ROOM_ERROR, code=code, detail=detail, id=message_id, room=room)

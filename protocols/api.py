@@ -35,6 +35,7 @@ from gateway.ratelimit import BucketsByKey, RateLimit
 from gateway.rooms import is_valid_room
 from protocols.auth import bearer_user
 from protocols.client_address import request_address
+from protocols.frames import read_page
 from protocols.openapi import SCHEMA
 
 MINUTE = timedelta(minutes=1)
@@ -191,7 +192,14 @@ async def _post_message(request: HttpRequest, room: str) -> HttpResponse:
 async def presence(request: HttpRequest, room: str) -> HttpResponse:
     """Who is in a room now."""
     await _readable_room(request, room)
-    return JsonResponse({"room": room, "presence": await presence_for().members(room)})
+    try:
+        cursor, limit = read_page(request.GET.get("cursor"), request.GET.get("limit"))
+    except ValueError as exc:
+        raise Refusal(400, "invalid_query", str(exc)) from exc
+    presence = presence_for()
+    members, following = await presence.page(room, cursor, limit)
+    _, count, _ = await presence.snapshot(room, 0)
+    return JsonResponse({"room": room, "presence": members, "count": count, "cursor": following})
 
 
 @require_GET

@@ -12,6 +12,15 @@ A socket that joins is held (its frames queued) until its welcome frame is out, 
 only what is newer than the welcome, so that a message is either in the welcome or arrives
 after it, never both and never neither.
 
+Presence is gathered per room, not sent per change: the joins and leaves of an interval
+(`GATEWAY_PRESENCE_INTERVAL`) go out as one frame, ``{"type": "presence", "count", "joined",
+"left"}``. In a room of more than `GATEWAY_PRESENCE_LIST_MAX` members the sockets get the count
+alone, at most once a `GATEWAY_PRESENCE_COUNT_INTERVAL`, so a room that N sockets join costs
+O(N) frames, not O(N²). A socket that does not hold the member list (its welcome had only the
+count, or it missed a frame while its welcome was being read) is sent the whole list,
+``"members"``, once the room is small enough again. Every change takes the room's next presence
+version; the count sent is the one of the newest change, whichever process made it.
+
 A socket that stops reading is not allowed to grow the server's memory: once more than
 `SEND_BACKLOG_BYTES` wait for it in the server it is closed with 1013 (try
 again later), and the frames it missed are counted. Its client resumes from its last ``seq``.
@@ -27,9 +36,11 @@ from typing import Any, cast
 from django.conf import settings
 
 from gateway import metrics
+from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.history import history_for
 from gateway.jsonutil import dumps
+from gateway.presence import presence_for
 from gateway.shared import per_loop
 from gateway.transport import (
     ROOM_ERROR,
@@ -39,6 +50,7 @@ from gateway.transport import (
     Event,
     MessagesEvent,
     PresenceEvent,
+    PresenceMember,
     Transport,
     transport,
 )
@@ -56,14 +68,28 @@ RENEW_FRACTION = 0.25  # renew group memberships every quarter of the layer's gr
 class Subscriber:
     """One socket in a room, as the hub sees it."""
 
-    __slots__ = ("gone", "key", "outlet", "pending", "watermark")
+    __slots__ = (
+        "gone",
+        "key",
+        "listed",
+        "outlet",
+        "pending",
+        "presence_reset",
+        "presence_version",
+        "watermark",
+    )
 
     def __init__(self, key: str, outlet: Outlet) -> None:
-        self.key = key  # its presence key: its own join is not announced to it
+        self.key = key  # its presence key
         self.outlet = outlet
         self.watermark = 0  # the seq of its welcome: older messages were in it
         self.pending: list[tuple[int, Frame]] | None = []  # until its welcome is out
         self.gone = False
+        # The presence version its welcome was read at (None: not read yet), whether it holds
+        # the member list, and whether it must be sent the room's presence whole.
+        self.presence_version: int | None = None
+        self.listed = False
+        self.presence_reset = False
 
     def deliver(self, frame: Frame, seq: int) -> None:
         if self.gone:
@@ -106,6 +132,19 @@ class Subscriber:
             logger.exception("closing socket %s failed", self.key)
 
 
+class _RoomPresence:
+    """A room's presence changes waiting to go out, and the newest version and count seen."""
+
+    __slots__ = ("changed", "changes", "count", "flush", "version")
+
+    def __init__(self) -> None:
+        self.changes: dict[str, tuple[str, PresenceMember]] = {}  # key -> its last change
+        self.changed = False
+        self.version = 0
+        self.count = 0
+        self.flush: asyncio.Task[None] | None = None
+
+
 class RoomHub:
     """This process's member of every room it has sockets for."""
 
@@ -117,6 +156,7 @@ class RoomHub:
         self._membership = asyncio.Lock()
         self._seen: dict[str, tuple[deque[str], set[str]]] = {}
         self._delivered: dict[str, int] = {}  # room -> the highest seq fanned out
+        self._presence_of: dict[str, _RoomPresence] = {}
         self._reader: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
 
@@ -145,6 +185,9 @@ class RoomHub:
         del self.rooms[room]
         self._seen.pop(room, None)
         self._delivered.pop(room, None)
+        state = self._presence_of.pop(room, None)
+        if state is not None and state.flush is not None:
+            state.flush.cancel()
         async with self._membership:
             if room in self._joined and room not in self.rooms:
                 assert self.channel is not None
@@ -244,14 +287,86 @@ class RoomHub:
         metrics.inc("frames_fanned_out", amount=len(members))
 
     def _presence(self, event: PresenceEvent) -> None:
-        members = self.rooms.get(event["room"])
+        room = event["room"]
+        if not self.rooms.get(room):
+            return
+        state = self._presence_of.get(room)
+        if state is None:
+            state = self._presence_of[room] = _RoomPresence()
+        if event["version"] > state.version:
+            state.version, state.count = event["version"], event["count"]
+        state.changed = True
+        if state.count <= gateway_settings().presence_list_max:
+            member = event["member"]
+            state.changes[member["key"]] = (event["event"], member)
+        else:
+            state.changes.clear()  # the count alone goes out
+        self._schedule_presence(room, state)
+
+    def _schedule_presence(self, room: str, state: _RoomPresence) -> None:
+        if state.flush is not None:
+            return
+        conf = gateway_settings()
+        big = state.count > conf.presence_list_max
+        interval = conf.presence_count_interval if big else conf.presence_interval
+        state.flush = asyncio.get_running_loop().create_task(
+            self._flush_presence(room, state, interval), name="presence-flush"
+        )
+
+    async def _flush_presence(self, room: str, state: _RoomPresence, interval: float) -> None:
+        await asyncio.sleep(interval)
+        state.flush = None
+        try:
+            await self._send_presence(room, state)
+        except Exception:  # the room's next change sends again
+            logger.exception("could not send room %s's presence", room)
+
+    async def _send_presence(self, room: str, state: _RoomPresence) -> None:
+        """Send the room's sockets what changed, or the list, or the count; see the module."""
+        members = self.rooms.get(room)
         if not members:
             return
-        member = event["member"]
-        frame = Frame.of({"type": "presence", "event": event["event"], "member": member})
+        changes, changed = state.changes, state.changed
+        state.changes, state.changed = {}, False
+        limit = gateway_settings().presence_list_max
+        big = state.count > limit
+        frame: dict[str, Any] = {"type": "presence", "count": state.count}
+        if not big:
+            frame["joined"] = [m for change, m in changes.values() if change == "join"]
+            frame["left"] = [m for change, m in changes.values() if change == "leave"]
+        delta = Frame.of(frame)
+        whole: list[Subscriber] = []
+        unread = False
         for subscriber in list(members.values()):
-            if subscriber.key != member["key"]:  # its own join is in its welcome
-                subscriber.deliver(frame, 0)
+            if subscriber.presence_version is None:  # its welcome is being read: send it all
+                subscriber.presence_reset = unread = True
+            elif big:
+                if changed or subscriber.presence_reset:
+                    subscriber.deliver(delta, 0)
+                subscriber.listed = subscriber.presence_reset = False
+            elif subscriber.listed and not subscriber.presence_reset:
+                # Its own join alone is in its welcome already.
+                if changed and not (len(changes) == 1 and subscriber.key in changes):
+                    subscriber.deliver(delta, 0)
+            else:
+                whole.append(subscriber)
+        if whole:
+            await self._send_whole(room, whole)
+        if unread:
+            self._schedule_presence(room, state)
+
+    async def _send_whole(self, room: str, subscribers: list[Subscriber]) -> None:
+        """Send ``subscribers`` the room's member list, or its count if it has grown too big."""
+        limit = gateway_settings().presence_list_max
+        listed, count, _ = await presence_for().snapshot(room, limit)
+        frame: dict[str, Any] = {"type": "presence", "count": count}
+        if listed is not None:
+            frame["members"] = listed
+        whole = Frame.of(frame)
+        for subscriber in subscribers:
+            subscriber.deliver(whole, 0)
+            subscriber.listed = listed is not None
+            subscriber.presence_reset = False
 
     def _error(self, event: ErrorEvent) -> None:
         subscriber = self.rooms.get(event["room"], {}).get(event.get("to", ""))

@@ -171,20 +171,30 @@ SCHEMA: dict[str, Any] = {
         "/api/rooms/{room}/presence": {
             "parameters": [_ROOM],
             "get": {
-                "summary": "Who is in a room now",
+                "summary": "Who is in a room now, a page at a time",
                 "security": [{}, {"token": []}],
+                "parameters": [
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    },
+                ],
                 "responses": {
                     **_ok(
                         "members",
                         {
                             "type": "object",
-                            "required": ["room", "presence"],
+                            "required": ["room", "presence", "count", "cursor"],
                             "properties": {
                                 "room": {"type": "string"},
                                 "presence": {
                                     "type": "array",
                                     "items": {"$ref": "#/components/schemas/Member"},
                                 },
+                                "count": {"type": "integer"},
+                                "cursor": {"type": ["string", "null"]},
                             },
                         },
                     ),

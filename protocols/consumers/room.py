@@ -36,7 +36,7 @@ from protocols.access_watch import access_watch
 from protocols.auth import asession_is_current
 from protocols.client_address import client_address
 from protocols.fanout import Subscriber, client_view, error_frame, hub_for
-from protocols.frames import Refusal, read_frame
+from protocols.frames import PRESENCE_LIST, Refusal, read_frame
 from protocols.outlets import SEND_BACKLOG_BYTES, Frame, outlet_for
 
 logger = logging.getLogger(__name__)
@@ -111,16 +111,24 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         # Every seq up to the highest one read was in the history when it was read (seq and
         # window are written together), so live copies of those are in the welcome already.
         watermark = max((m.get("seq", 0) for m in messages), default=since or 0)
+        states = [client_view(s) for s in await retained.states(room)]
+        listed, count, version = await presence_for().snapshot(
+            room, gateway_settings().presence_list_max
+        )
+        subscriber = self.subscriber
+        assert subscriber is not None
+        # Presence changes from this version on reach the socket through the hub.
+        subscriber.presence_version, subscriber.listed = version, listed is not None
         frame = welcome_frame(
             room,
             seq=watermark,
             gap=gap,
             messages=[client_view(m) for m in messages],
-            states=[client_view(s) for s in await retained.states(room)],
-            presence=await presence_for().members(room),
+            states=states,
+            presence=listed or [],
+            presence_count=count,
         )
-        assert self.subscriber is not None
-        self.subscriber.welcome(Frame(frame), watermark)
+        subscriber.welcome(Frame(frame), watermark)
 
     async def _refusal(self, room: str) -> tuple[int, str, str] | None:
         """Why this socket may not join ``room`` (close code, error code, detail), if so."""
@@ -242,6 +250,9 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         frame = await self._frame(text_data)
         if frame is None:
             return
+        if frame.get("type") == PRESENCE_LIST:
+            await self._list_presence(frame["cursor"], frame["limit"])
+            return
         if not await self._may_write():
             if not can_read(self._access):
                 await self._access_revoked()
@@ -263,6 +274,19 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         except (RedisError, DatabaseError) as exc:  # full, or away: the sender may try again
             metrics.dropped("store_unavailable", f"room {self.room}: {type(exc).__name__}: {exc}")
             await self.send_error("unavailable", "the gateway cannot keep messages now; try again")
+
+    async def _list_presence(self, cursor: str, limit: int) -> None:
+        """Answer a request for a page of the room's member list."""
+        assert self.room is not None
+        try:
+            members, following = await presence_for().page(self.room, cursor, limit)
+            _, count, _ = await presence_for().snapshot(self.room, 0)
+        except RedisError as exc:
+            logger.warning("room %s's member list unavailable: %s", self.room, exc)
+            await self.send_error("unavailable", "the member list cannot be read now; try again")
+            return
+        answer = {"type": PRESENCE_LIST, "members": members, "cursor": following, "count": count}
+        await self.send(text_data=dumps(answer))
 
     async def _within_rate(self) -> bool:
         """Count the frame against the rate limit: warn, then close a client that floods."""
@@ -352,6 +376,7 @@ def welcome_frame(
     messages: list[dict[str, Any]],
     states: list[dict[str, Any]],
     presence: list[Any],
+    presence_count: int | None = None,
     limit: int = WELCOME_MAX_BYTES,
 ) -> str:
     """The welcome, within ``limit`` bytes: what does not fit is left out, the oldest messages
@@ -365,6 +390,7 @@ def welcome_frame(
         "messages": messages,
         "retained": states,
         "presence": presence,
+        "presence_count": len(presence) if presence_count is None else presence_count,
     }
     text = dumps(frame)
     if len(text) <= limit // 4 or len(text.encode()) <= limit:  # most welcomes: one encoding

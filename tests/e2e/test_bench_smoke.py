@@ -92,3 +92,32 @@ def test_quick_run_measures_deliveries(tmp_path: Path) -> None:
     plot = f"fanout-room-of-{ROOM}.png"
     assert f"]({plot})" in report
     assert (tmp_path / plot).stat().st_size > 0
+
+
+@pytest.mark.timeout(240)
+def test_a_join_storm_costs_each_socket_a_few_frames_not_one_per_newcomer(tmp_path: Path) -> None:
+    """150 sockets joining one room: one presence frame per join would be 75 a socket on
+    average; gathered presence is a frame per interval the storm lasts."""
+    _node_packages()
+    sockets = 150
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks", "--quick"),
+            *("--systems", "gateway", "--scenarios", "join"),
+            *("--plan", f"join_count={sockets}", "--out", str(tmp_path)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert run["status"] == "ok", run["error"]
+    joined = run["join"]
+    assert joined["sockets"] == sockets
+    assert 1 <= joined["frames_per_socket"] < sockets / 5  # the welcome, then a few
+    assert joined["frames_per_socket"] == round(joined["frames"] / sockets, 1)
+    assert joined["server_kb_per_socket"] > 0
+    assert "Join storm" in (tmp_path / "report.md").read_text()

@@ -4,16 +4,30 @@ The browser reaches daphne through a proxy of our own, so a test can cut its soc
 """
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, expect
 
 from tests.support.browser import chromium, screenshot_dir
+from tests.support.clients import ws_connect
 from tests.support.devices import Device
 from tests.support.processes import Gateway, Mosquitto, django_shell
 from tests.support.proxy import Proxy
+
+PRESENCE_LIST_MAX = 5  # past this many members a room's page shows the count, not the list
+
+
+@pytest.fixture(scope="module")
+def gateway_options() -> dict[str, Any]:
+    return {
+        "GATEWAY_PRESENCE_LIST_MAX": str(PRESENCE_LIST_MAX),
+        "GATEWAY_PRESENCE_INTERVAL": "0.1",
+        "GATEWAY_PRESENCE_COUNT_INTERVAL": "0.5",
+    }
 
 
 @pytest.fixture
@@ -180,3 +194,30 @@ async def test_registered_devices_show_as_verified_and_others_as_unverified(
     later = await open_room(browser, proxy, "page-pumphouse")
     await expect(later.locator("#presence li[data-verified='true']")).to_have_count(1)
     await expect(later.locator("#presence li[data-verified='false']")).to_have_count(2)
+
+
+async def test_a_big_room_shows_its_count_lists_members_on_request_and_the_list_when_small(
+    browser: Browser, proxy: Proxy, gateway: Gateway
+) -> None:
+    page = await open_room(browser, proxy, "page-crowd")
+    button = page.locator("#presence-list")
+    await expect(button).to_be_hidden()
+    async with contextlib.AsyncExitStack() as crowd:
+        sockets = []
+        for _ in range(PRESENCE_LIST_MAX + 1):
+            inner = contextlib.AsyncExitStack()
+            await inner.enter_async_context(ws_connect(gateway.ws, "page-crowd"))
+            crowd.push_async_callback(inner.aclose)
+            sockets.append(inner)
+        members = PRESENCE_LIST_MAX + 2  # the crowd and the page
+        await expect(page.locator("#presence-count")).to_have_text(f"{members} here")
+        await expect(page.locator("#presence li")).to_have_count(0)
+        await expect(button).to_be_visible()
+        await button.click()  # a page of the list, over the socket
+        await expect(page.locator("#presence li")).to_have_count(members)
+        await expect(button).to_be_hidden()  # one page held them all
+        for inner in sockets[:4]:
+            await inner.aclose()
+        # Small again: the whole list, kept by each change from then on.
+        await expect(page.locator("#presence li")).to_have_count(members - 4)
+        await expect(page.locator("#presence-count")).to_have_text(f"{members - 4} people")

@@ -1,6 +1,7 @@
 """Presence across processes: browsers on several daphne processes, and devices with a last will."""
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
@@ -29,13 +30,20 @@ def gateway(
     stack.stop()
 
 
+def change_of(frame: dict[str, Any], event: str, name: str) -> dict[str, Any] | None:
+    """The member a presence frame says did ``event`` ("join" or "leave"), if it does."""
+    if frame["type"] != "presence":
+        return None
+    listed = frame.get("joined" if event == "join" else "left", [])
+    return next((m for m in listed if m["name"] == name), None)
+
+
 async def presence_event(ws: ClientConnection, event: str, name: str, within: float) -> float:
     """Seconds until a ``presence`` frame says ``name`` did ``event``; fails after ``within``."""
     started = time.monotonic()
     while (left := within - (time.monotonic() - started)) > 0:
         for frame in await frames_within(ws, min(left, 0.5), presence=True):
-            member: dict[str, Any] = frame.get("member", {})
-            if frame["type"] == "presence" and (frame["event"], member["name"]) == (event, name):
+            if change_of(frame, event, name) is not None:
                 return time.monotonic() - started
     raise AssertionError(f"no {event} of {name} within {within} s")
 
@@ -111,15 +119,18 @@ if not Device.objects.filter(name="{name}").exists():
 """
 
 
-async def joined(ws: ClientConnection, name: str, within: float) -> dict[str, Any]:
-    """The member of the first presence frame that says ``name`` joined."""
+async def joined(ws: ClientConnection, names: list[str], within: float) -> dict[str, Any]:
+    """The members that presence frames say joined, by name, once all ``names`` have."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while True:
+    found: dict[str, Any] = {}
+    while set(names) - set(found):
         frame = await recv_json(ws, max(0.0, deadline - loop.time()), presence=True)
-        member: dict[str, Any] = frame.get("member", {})
-        if frame["type"] == "presence" and (frame["event"], member.get("name")) == ("join", name):
-            return member
+        for name in names:
+            member = change_of(frame, "join", name)
+            if member is not None:
+                found[name] = member
+    return found
 
 
 async def test_a_registered_device_is_verified_in_presence_and_an_unknown_one_is_not(
@@ -131,8 +142,8 @@ async def test_a_registered_device_is_verified_in_presence_and_an_unknown_one_is
         async with mqtt_client(mosquitto.port) as device:
             for name in ("verify-meter", "verify-stranger"):
                 await device.publish(f"rooms/verify-lab/{name}/status", b"online", qos=1)
-            registered = await joined(browser, "verify-meter", 10)
-            stranger = await joined(browser, "verify-stranger", 10)
+            found = await joined(browser, ["verify-meter", "verify-stranger"], 10)
+            registered, stranger = found["verify-meter"], found["verify-stranger"]
         assert (registered["kind"], registered["verified"]) == ("device", True)
         assert (stranger["kind"], stranger["verified"]) == ("device", False)
     async with ws_connect(gateway.ws, "verify-lab") as later:
@@ -147,3 +158,127 @@ async def test_a_registered_device_is_verified_in_presence_and_an_unknown_one_is
     assert status == 200
     answered = {m["name"]: m.get("verified") for m in json.loads(text)["presence"]}
     assert (answered["verify-meter"], answered["verify-stranger"]) == (True, False)
+
+
+LIST_MAX = 10  # GATEWAY_PRESENCE_LIST_MAX for the contract test
+INTERVAL, COUNT_INTERVAL = 0.1, 0.4
+
+
+class View:
+    """A room's membership as one socket knows it from its frames, as the room page keeps it."""
+
+    def __init__(self, welcome: dict[str, Any]) -> None:
+        self.count: int = welcome["presence_count"]
+        listed = welcome["presence"]
+        self.members: set[str] | None = None  # None: the count alone (a big room)
+        if len(listed) == self.count:
+            self.members = {m["key"] for m in listed}
+        self.frames = 0
+
+    def apply(self, frame: dict[str, Any]) -> None:
+        if frame["type"] != "presence":
+            return
+        self.frames += 1
+        self.count = frame["count"]
+        if "members" in frame:
+            self.members = {m["key"] for m in frame["members"]}
+        elif "joined" not in frame:
+            self.members = None
+        elif self.members is not None:
+            self.members -= {m["key"] for m in frame["left"]}
+            self.members |= {m["key"] for m in frame["joined"]}
+
+
+async def watch(ws: ClientConnection, view: View, seconds: float) -> None:
+    for frame in await frames_within(ws, seconds, presence=True):
+        view.apply(frame)
+
+
+async def truth(base: str, room: str) -> set[str]:
+    """Every member's key, read a page at a time from the API."""
+    keys: list[str] = []
+    cursor = "0"
+    for _ in range(50):  # bounded: pages of 7
+        status, text = await asyncio.to_thread(
+            http_get, f"{base}/api/rooms/{room}/presence?limit=7&cursor={cursor}"
+        )
+        assert status == 200, text
+        answer = json.loads(text)
+        keys += [m["key"] for m in answer["presence"]]
+        if answer["cursor"] is None:
+            break
+        cursor = answer["cursor"]
+    return set(keys)
+
+
+@pytest.fixture
+def crowd(
+    tmp_path: Path, mosquitto: Mosquitto, redis_server: Redis, database_url: str
+) -> Iterator[Gateway]:
+    stack = start_gateway(
+        tmp_path,
+        mosquitto,
+        redis_server,
+        database_url,
+        GATEWAY_PRESENCE_LIST_MAX=str(LIST_MAX),
+        GATEWAY_PRESENCE_INTERVAL=str(INTERVAL),
+        GATEWAY_PRESENCE_COUNT_INTERVAL=str(COUNT_INTERVAL),
+    )
+    yield stack
+    stack.stop()
+
+
+async def test_every_sockets_view_converges_through_coalesced_changes_counts_and_pages(
+    crowd: Gateway,
+) -> None:
+    """Two processes; sockets join and leave in bursts past the list's limit and back below
+    it. Each watcher's view, kept from its frames alone, ends equal to the room's membership."""
+    bases = [crowd.ws, f"ws://127.0.0.1:{crowd.start_web()}"]
+    settle = COUNT_INTERVAL * 3
+    async with contextlib.AsyncExitStack() as stack:
+        watchers = [await stack.enter_async_context(ws_connect(b, "hall")) for b in bases]
+        views = [View(w.welcome) for w in watchers]  # type: ignore[attr-defined]
+        await watchers[0].send(json.dumps({"message": "the room exists now"}))  # for the API
+
+        async def settled() -> None:
+            pairs = zip(watchers, views, strict=True)
+            await asyncio.gather(*(watch(w, v, settle) for w, v in pairs))
+
+        async def open_sockets(n: int) -> list[contextlib.AsyncExitStack]:
+            opened = []
+            for i in range(n):
+                inner = contextlib.AsyncExitStack()
+                stack.push_async_callback(inner.aclose)  # closed at the end, if not before
+                await inner.enter_async_context(ws_connect(bases[i % 2], "hall"))
+                opened.append(inner)
+            return opened
+
+        # A small room: every change is listed.
+        guests = await open_sockets(6)
+        for inner in guests[:2]:
+            await inner.aclose()
+        await settled()
+        members = await truth(crowd.http, "hall")
+        assert len(members) == 6  # two watchers and four guests
+        for view in views:
+            assert (view.members, view.count) == (members, 6)
+
+        # Past the limit: the count alone, and the list on request.
+        crowd_sockets = await open_sockets(20)
+        await settled()
+        members = await truth(crowd.http, "hall")
+        assert len(members) == 26
+        for view in views:
+            assert (view.members, view.count) == (None, 26)
+        frames_before = [v.frames for v in views]
+
+        # Back below it: the whole list again, then changes.
+        for inner in crowd_sockets[:18]:
+            await inner.aclose()
+        await settled()
+        members = await truth(crowd.http, "hall")
+        assert len(members) == 8
+        for view in views:
+            assert (view.members, view.count) == (members, 8)
+        # 18 leaves in a burst were a few frames, not 18.
+        assert all(v.frames - before < 18 for v, before in zip(views, frames_before, strict=True))

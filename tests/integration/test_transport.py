@@ -189,6 +189,8 @@ async def test_presence_and_errors_travel_and_decode(rooms: RedisTransport) -> N
         room="lobby",
         event="join",
         member={"key": "ws:1", "kind": "browser", "name": "ann", "since": "2026-12-01T00:00:00Z"},
+        version=7,
+        count=3,
     )
     await rooms.send("lobby", [joined])
     error = room_error(envelope("lobby", "hi"), "broker_refused", "not allowed", "ws:1")
@@ -276,6 +278,8 @@ def test_every_event_kind_round_trips_through_the_encoder_and_decoder() -> None:
                 "since": "2026-12-01T00:00:00Z",
                 "verified": True,
             },
+            version=12,
+            count=0,
         ),
         room_error(envelope("room", "m"), "bridge_unavailable", "the bridge is not running", None),
         room_error(envelope("room", "m"), "broker_refused", "denied", "ws:ab12"),

@@ -1,12 +1,24 @@
 """The fan-out hub's rules, on the in-memory transport with recording outlets."""
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from gateway import metrics
+from gateway.conf import GatewaySettings
 from gateway.envelope import Envelope
-from gateway.transport import Event, LocalTransport, messages_event
+from gateway.presence import presence_for
+from gateway.transport import (
+    ROOM_PRESENCE,
+    Event,
+    LocalTransport,
+    PresenceEvent,
+    PresenceMember,
+    messages_event,
+)
 from protocols.fanout import PENDING_FRAMES, RoomHub, Subscriber
 from protocols.outlets import CLOSE_SLOW, Frame
 
@@ -123,12 +135,132 @@ async def test_a_socket_whose_welcome_never_goes_out_cannot_hold_unbounded_frame
     assert outlet.closed == CLOSE_SLOW
 
 
-async def test_presence_skips_the_member_it_is_about(hub: RoomHub) -> None:
-    own, other = await joined(hub, "lab", "ws:me"), await joined(hub, "lab", "ws:you")
-    member = {"key": "ws:me", "kind": "browser", "name": "me", "since": "now"}
-    hub.dispatch({"type": "room.presence", "room": "lab", "event": "join", "member": member})
-    assert own.texts == []
-    assert '"event":"join"' in other.texts[0]
+def presence_event(
+    event: str, key: str, version: int, count: int, room: str = "lab"
+) -> PresenceEvent:
+    member: PresenceMember = {"key": key, "kind": "browser", "name": key, "since": "now"}
+    return PresenceEvent(
+        type=ROOM_PRESENCE,
+        room=room,
+        event=event,  # type: ignore[typeddict-item]
+        member=member,
+        version=version,
+        count=count,
+    )
+
+
+def presence_frames(outlet: Recorder) -> list[dict[str, Any]]:
+    frames = [json.loads(text) for text in outlet.texts]
+    return [f for f in frames if f["type"] == "presence"]
+
+
+@pytest.fixture
+def presence_settings(settings: Any) -> None:
+    settings.GATEWAY = GatewaySettings(
+        presence_list_max=3, presence_interval=0.05, presence_count_interval=0.2
+    )
+
+
+async def listed(hub: RoomHub, room: str, key: str, version: int) -> Recorder:
+    """A socket whose welcome listed the room's members at ``version``."""
+    outlet = Recorder()
+    subscriber = Subscriber(key, outlet)
+    await hub.join(room, subscriber)
+    subscriber.presence_version, subscriber.listed = version, True
+    subscriber.ready(0)
+    return outlet
+
+
+async def test_joins_and_leaves_of_an_interval_go_out_as_one_frame(
+    hub: RoomHub, presence_settings: None
+) -> None:
+    first, second = await listed(hub, "lab", "a", 0), await listed(hub, "lab", "b", 0)
+    hub.dispatch(presence_event("join", "x", 1, 1))
+    hub.dispatch(presence_event("join", "y", 2, 2))
+    hub.dispatch(presence_event("leave", "x", 3, 1))  # the last change of a key wins
+    assert first.texts == []  # gathered, not sent at once
+    await asyncio.sleep(0.2)
+    assert presence_frames(first) == presence_frames(second)
+    (frame,) = presence_frames(first)
+    assert frame["count"] == 1
+    assert [m["key"] for m in frame["joined"]] == ["y"]
+    assert [m["key"] for m in frame["left"]] == ["x"]
+
+
+async def test_a_socket_is_not_sent_a_frame_holding_only_its_own_join(
+    hub: RoomHub, presence_settings: None
+) -> None:
+    own, other = await listed(hub, "lab", "me", 1), await listed(hub, "lab", "you", 1)
+    hub.dispatch(presence_event("join", "me", 2, 2))
+    await asyncio.sleep(0.2)
+    assert presence_frames(own) == []  # its welcome had it
+    assert [m["key"] for m in presence_frames(other)[0]["joined"]] == ["me"]
+
+
+async def test_the_count_is_the_newest_changes_whatever_order_events_come_in(
+    hub: RoomHub, presence_settings: None
+) -> None:
+    outlet = await listed(hub, "lab", "a", 0)
+    hub.dispatch(presence_event("join", "y", 6, 2))  # another process's newer change first
+    hub.dispatch(presence_event("join", "x", 5, 1))
+    await asyncio.sleep(0.2)
+    (frame,) = presence_frames(outlet)
+    assert frame["count"] == 2
+    assert sorted(m["key"] for m in frame["joined"]) == ["x", "y"]
+
+
+async def test_a_big_room_sends_the_count_alone_at_its_own_pace(
+    hub: RoomHub, presence_settings: None
+) -> None:
+    outlet = await listed(hub, "lab", "a", 0)
+    for n in range(1, 41):  # 40 joins past the list's limit of 3
+        hub.dispatch(presence_event("join", f"k{n}", n, n))
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    frames = presence_frames(outlet)
+    assert frames[-1] == {"type": "presence", "count": 40}
+    assert len(frames) <= 6  # 40 joins over about 0.4 s: a frame per count interval
+    assert all("joined" not in f for f in frames if f["count"] > 3)
+
+
+async def test_a_socket_without_the_list_is_sent_it_whole_when_the_room_is_small_again(
+    hub: RoomHub, presence_settings: None
+) -> None:
+    presence = presence_for()
+    for key in ("p", "q"):
+        await presence.join("lab", key, "browser", key, hold=False)
+    outlet = Recorder()
+    subscriber = Subscriber("counted", outlet)
+    await hub.join("lab", subscriber)
+    subscriber.presence_version, subscriber.listed = 2, False  # its welcome had the count only
+    subscriber.ready(0)
+    hub.dispatch(presence_event("leave", "gone", 3, 2))
+    await asyncio.sleep(0.2)
+    (frame,) = presence_frames(outlet)
+    assert frame["count"] == 2
+    assert sorted(m["key"] for m in frame["members"]) == ["p", "q"]
+    assert subscriber.listed
+    for key in ("p", "q"):
+        await presence.leave("lab", key)
+
+
+async def test_a_socket_whose_welcome_was_being_read_is_sent_the_list_after_it(
+    hub: RoomHub, presence_settings: None
+) -> None:
+    presence = presence_for()
+    await presence.join("lab", "p", "browser", "p", hold=False)
+    outlet = Recorder()
+    subscriber = Subscriber("late", outlet)
+    await hub.join("lab", subscriber)  # its welcome is not read yet
+    hub.dispatch(presence_event("join", "p", 1, 1))
+    await asyncio.sleep(0.1)
+    assert outlet.texts == []
+    subscriber.presence_version, subscriber.listed = 0, True  # read before p joined
+    subscriber.ready(0)
+    await asyncio.sleep(0.2)
+    (frame,) = presence_frames(outlet)
+    assert [m["key"] for m in frame["members"]] == ["p"]  # what it may have missed
+    await presence.leave("lab", "p")
 
 
 async def test_the_last_socket_out_takes_the_process_out_of_the_group(hub: RoomHub) -> None:

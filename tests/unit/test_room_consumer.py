@@ -231,3 +231,38 @@ async def test_a_refused_private_room_takes_no_place(settings: Any) -> None:
     assert (await ws.connect())[0]
     assert (await ws.receive_json_from())["type"] == "welcome"
     await ws.disconnect()
+
+
+async def test_a_big_rooms_welcome_has_the_count_and_the_list_comes_a_page_at_a_time(
+    settings: Any,
+) -> None:
+    settings.GATEWAY = GatewaySettings(gateway_id="unit", presence_list_max=3)
+    for n in range(5):
+        await presence_for().join("crowd", f"device:d{n}", "device", f"d{n}", hold=False)
+    ws, welcome = await join("crowd")
+    assert (welcome["presence"], welcome["presence_count"]) == ([], 6)  # five devices and me
+    names: list[str] = []
+    cursor = None
+    for _ in range(10):  # bounded: pages of two
+        await ws.send_json_to({"type": "presence.list", "cursor": cursor, "limit": 2})
+        page = await ws.receive_json_from()
+        assert (page["type"], page["count"]) == ("presence.list", 6)
+        assert len(page["members"]) <= 2
+        names += [m["name"] for m in page["members"]]
+        cursor = page["cursor"]
+        if cursor is None:
+            break
+    assert sorted(n for n in names if not n.startswith("guest-")) == [f"d{n}" for n in range(5)]
+    assert len(names) == 6
+    await ws.send_json_to({"type": "presence.list", "cursor": "not a cursor"})
+    error = await ws.receive_json_from()
+    assert (error["type"], error["code"]) == ("error", "invalid_page")
+    await ws.disconnect()
+
+
+async def test_a_small_rooms_welcome_lists_everyone_with_the_count() -> None:
+    await presence_for().join("small", "device:d", "device", "d", hold=False)
+    ws, welcome = await join("small")
+    assert welcome["presence_count"] == 2
+    assert sorted(m["kind"] for m in welcome["presence"]) == ["browser", "device"]
+    await ws.disconnect()

@@ -7,6 +7,8 @@ export class PresenceList {
   constructor(list, counter = null) {
     this.list = list;
     this.counter = counter;
+    this.listed = true; // the list shown is the whole room (false: a big room, the count alone)
+    this.total = 0;
   }
 
   item(member) {
@@ -50,27 +52,65 @@ export class PresenceList {
     return [...this.list.children].find((li) => li.dataset.key === String(key)) ?? null;
   }
 
-  reset(members) {
+  /** The whole list (members), or only how many are here (members null: a big room). */
+  reset(members, total = null) {
     this.list.replaceChildren();
-    for (const member of members ?? []) if (member && !this.find(member.key)) this.insert(this.item(member));
+    this.listed = Array.isArray(members);
+    this.list.dataset.listed = String(this.listed);
+    for (const member of this.listed ? members : []) {
+      if (member && typeof member === "object" && !this.find(member.key)) this.insert(this.item(member));
+    }
+    this.total = Number.isInteger(total) ? total : this.list.childElementCount;
     this.count();
   }
 
-  join(member) {
-    if (!member) return;
+  /** A presence frame: changes, the whole list, or the count alone. */
+  update(frame) {
+    if (Array.isArray(frame.members)) {
+      this.reset(frame.members, frame.count);
+      return;
+    }
+    if (!Array.isArray(frame.joined) && !Array.isArray(frame.left)) {
+      // Too many to list: the count alone (pages already asked for stay shown).
+      if (this.listed) this.reset(null, frame.count);
+      else if (Number.isInteger(frame.count)) this.total = frame.count;
+      this.count();
+      return;
+    }
+    if (this.listed) {
+      for (const member of Array.isArray(frame.left) ? frame.left : []) this.leave(member, false);
+      for (const member of Array.isArray(frame.joined) ? frame.joined : []) this.join(member, false);
+    }
+    if (Number.isInteger(frame.count)) this.total = frame.count;
+    this.count();
+  }
+
+  /** A page of the member list asked for (a big room): added to what is shown. */
+  page(members) {
+    for (const member of Array.isArray(members) ? members : []) {
+      if (member && typeof member === "object" && !this.find(member.key)) this.insert(this.item(member));
+    }
+  }
+
+  join(member, recount = true) {
+    if (!member || typeof member !== "object") return;
     this.find(member.key)?.remove();
     this.insert(this.item(member));
-    this.count();
+    if (recount) this.count();
   }
 
-  leave(member) {
-    if (!member) return;
+  leave(member, recount = true) {
+    if (!member || typeof member !== "object") return;
     this.find(member.key)?.remove();
-    this.count();
+    if (recount) this.count();
   }
 
   count() {
     if (!this.counter) return;
+    if (!this.listed) {
+      this.counter.textContent = `${this.total ?? 0} here`;
+      return;
+    }
     const people = this.list.querySelectorAll('[data-kind="browser"]').length;
     const devices = this.list.childElementCount - people;
     const parts = [];

@@ -27,6 +27,10 @@ const sendButton = form.querySelector("button[type=submit]");
 const log = new Log(document.getElementById("log"), { max: 500, jump: document.getElementById("jump") });
 const devices = new DevicePanel(document.getElementById("devices"), document.getElementById("devices-empty"));
 const presence = new PresenceList(document.getElementById("presence"), document.getElementById("presence-count"));
+const listButton = document.getElementById("presence-list");
+let listCursor = null; // where the next page of a big room's member list starts
+let listStarted = false; // a page of it was asked for
+listButton.addEventListener("click", askForMembers);
 const chart = new LineChart(document.getElementById("chart"), document.getElementById("chart-legend"));
 
 const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -82,7 +86,34 @@ function onWelcome(frame) {
   }
   seeSeq(frame.seq);
   if (lastSeq === null) lastSeq = 0; // an empty room: resume from its beginning
-  presence.reset(Array.isArray(frame.presence) ? frame.presence : []);
+  const total = Number.isInteger(frame.presence_count) ? frame.presence_count : null;
+  const members = Array.isArray(frame.presence) ? frame.presence : [];
+  // A big room's welcome holds the count alone; the list comes a page at a time on request.
+  presence.reset(total !== null && total > members.length ? null : members, total);
+  listCursor = null;
+  listStarted = false;
+  showListButton();
+}
+
+function showListButton() {
+  listButton.hidden = presence.listed || (listStarted && listCursor === null);
+  listButton.textContent = listStarted ? "Show more" : "Show who is here";
+}
+
+/** Ask for the next page of a big room's member list. */
+function askForMembers() {
+  if (socket?.readyState !== WebSocket.OPEN) return;
+  socket.send(JSON.stringify({ type: "presence.list", cursor: listCursor ?? "0" }));
+  listButton.disabled = true;
+}
+
+function onMemberPage(frame) {
+  if (presence.listed) return; // the room is small again: the whole list is shown
+  presence.page(frame.members);
+  listCursor = typeof frame.cursor === "string" ? frame.cursor : null;
+  listStarted = true;
+  listButton.disabled = false;
+  showListButton();
 }
 
 function onFrame(event) {
@@ -102,8 +133,11 @@ function onFrame(event) {
       onMessage(frame, true);
       break;
     case "presence":
-      if (frame.event === "join") presence.join(frame.member);
-      else if (frame.event === "leave") presence.leave(frame.member);
+      presence.update(frame);
+      showListButton();
+      break;
+    case "presence.list":
+      onMemberPage(frame);
       break;
     case "error":
       log.error(frame);
