@@ -291,11 +291,7 @@ def parse(first: int, body: bytes, version: int) -> Packet:  # noqa: PLR0911, PL
     if kind == PUBLISH:
         return _publish(reader, flags, version)
     if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
-        if flags != (2 if kind == PUBREL else 0):
-            raise MalformedError("reserved flags set")
-        packet_id = reader.u16()
-        reason = reader.byte() if version == 5 and reader.left() else 0
-        return Ack(kind, packet_id, reason)
+        return _ack(reader, kind, flags, version)
     if kind == SUBSCRIBE:
         return _subscribe(reader, flags, version)
     if kind == UNSUBSCRIBE:
@@ -313,10 +309,7 @@ def parse(first: int, body: bytes, version: int) -> Packet:  # noqa: PLR0911, PL
     if kind == PINGREQ:
         return Ping()
     if kind == DISCONNECT:
-        if version == 5 and reader.left():
-            reason = reader.byte()
-            return Disconnect(reason, reader.properties() if reader.left() else [])
-        return Disconnect()
+        return _disconnect(reader, version)
     if kind == AUTH:
         raise MalformedError("extended authentication is not supported", 0x8C)
     raise MalformedError(f"a client may not send packet type {kind}", 0x82)
@@ -407,17 +400,14 @@ def _publish(reader: _Reader, flags: int, version: int) -> Publish:
     return Publish(topic, payload, qos, bool(flags & 1), bool(flags & 8), packet_id, properties)
 
 
-def parse_from_server(first: int, body: bytes, version: int) -> ServerPacket:  # noqa: PLR0911
+def parse_from_server(first: int, body: bytes, version: int) -> ServerPacket:
     """One packet a broker sent, from its first byte and its body, on a ``version`` connection."""
     kind, flags = first >> 4, first & 0x0F
     reader = _Reader(body)
     if kind == PUBLISH:
         return _publish(reader, flags, version)
     if kind in (PUBACK, PUBREC, PUBREL, PUBCOMP):
-        if flags != (2 if kind == PUBREL else 0):
-            raise MalformedError("reserved flags set")
-        packet_id = reader.u16()
-        return Ack(kind, packet_id, reader.byte() if version == 5 and reader.left() else 0)
+        return _ack(reader, kind, flags, version)
     if kind == CONNACK:
         session_present, reason = reader.byte() & 0x01, reader.byte()
         properties = reader.properties() if version == 5 and reader.left() else []
@@ -430,11 +420,24 @@ def parse_from_server(first: int, body: bytes, version: int) -> ServerPacket:  #
     if kind == PINGRESP:
         return Ping()
     if kind == DISCONNECT:
-        if version == 5 and reader.left():
-            reason = reader.byte()
-            return Disconnect(reason, reader.properties() if reader.left() else [])
-        return Disconnect()
+        return _disconnect(reader, version)
     raise MalformedError(f"a server may not send packet type {kind}", 0x82)
+
+
+def _ack(reader: _Reader, kind: int, flags: int, version: int) -> Ack:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP (the same both ways)."""
+    if flags != (2 if kind == PUBREL else 0):
+        raise MalformedError("reserved flags set")
+    packet_id = reader.u16()
+    return Ack(kind, packet_id, reader.byte() if version == 5 and reader.left() else 0)
+
+
+def _disconnect(reader: _Reader, version: int) -> Disconnect:
+    """DISCONNECT (the same both ways; MQTT 3.1.1's is empty)."""
+    if version == 5 and reader.left():
+        reason = reader.byte()
+        return Disconnect(reason, reader.properties() if reader.left() else [])
+    return Disconnect()
 
 
 def _subscribe(reader: _Reader, flags: int, version: int) -> Subscribe:

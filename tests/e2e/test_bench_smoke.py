@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -45,15 +46,11 @@ def _node_packages() -> None:
     assert result.returncode == 0, f"npm ci in benchmarks/ failed:\n{result.stderr[-3000:]}"
 
 
-@pytest.mark.timeout(240)
-def test_quick_run_measures_deliveries(tmp_path: Path) -> None:
+def quick_run(out: Path, *args: str) -> dict[str, Any]:
+    """``python -m benchmarks --quick`` with ``args``, writing to ``out``; its results."""
     _node_packages()
     result = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks", "--quick"),
-            *("--systems", "mosquitto,gateway", "--scenarios", "fanout"),
-            *("--out", str(tmp_path)),
-        ],
+        [sys.executable, "-m", "benchmarks", "--quick", *args, "--out", str(out)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -61,8 +58,13 @@ def test_quick_run_measures_deliveries(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results: dict[str, Any] = json.loads((out / "results.json").read_text())
+    return results
 
-    results = json.loads((tmp_path / "results.json").read_text())
+
+@pytest.mark.timeout(240)
+def test_quick_run_measures_deliveries(tmp_path: Path) -> None:
+    results = quick_run(tmp_path, "--systems", "mosquitto,gateway", "--scenarios", "fanout")
     runs = {run["system"]: run for run in results["runs"]}
     assert set(runs) == {"mosquitto", "gateway"}
     for system, run in runs.items():
@@ -98,22 +100,11 @@ def test_quick_run_measures_deliveries(tmp_path: Path) -> None:
 def test_a_join_storm_costs_each_socket_a_few_frames_not_one_per_newcomer(tmp_path: Path) -> None:
     """150 sockets joining one room: one presence frame per join would be 75 a socket on
     average; gathered presence is a frame per interval the storm lasts."""
-    _node_packages()
     sockets = 150
-    result = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks", "--quick"),
-            *("--systems", "gateway", "--scenarios", "join"),
-            *("--plan", f"join_count={sockets}", "--out", str(tmp_path)),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=200,
-        check=False,
+    results = quick_run(
+        tmp_path, "--systems", "gateway", "--scenarios", "join", "--plan", f"join_count={sockets}"
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    (run,) = json.loads((tmp_path / "results.json").read_text())["runs"]
+    (run,) = results["runs"]
     assert run["status"] == "ok", run["error"]
     joined = run["join"]
     assert joined["sockets"] == sockets

@@ -24,6 +24,8 @@ def link_on(
     protocol: str = "5",
     client_id: str = "link-test",
     queue_size: int = 1000,
+    qos: int = 1,
+    max_payload_bytes: int = 16 * 1024 * 1024,
 ) -> MqttLink:
     settings = MqttSettings(
         host="127.0.0.1",
@@ -33,11 +35,12 @@ def link_on(
     )
     return MqttLink(
         settings,
-        filters=[("devices/#", 1)],
+        filters=[("devices/#", qos)],
         handler=handler,
         origin="gw-test",
         shared_group="gw-test",
         queue_size=queue_size,
+        max_payload_bytes=max_payload_bytes,
     )
 
 
@@ -205,13 +208,7 @@ async def test_qos_2_goes_through_once_and_is_completed(mosquitto: Mosquitto) ->
         received.extend(batch)
 
     device = publisher(mosquitto)
-    link = MqttLink(
-        MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="link-qos2"),
-        filters=[("devices/#", 2)],
-        handler=handler,
-        origin="gw-test",
-        shared_group="gw-test",
-    )
+    link = link_on(mosquitto, handler, client_id="link-qos2", qos=2)
     await started(link)
     heard: list[paho.MQTTMessage] = []
     device.on_message = lambda _client, _userdata, message: heard.append(message)
@@ -233,13 +230,7 @@ async def test_qos_2_goes_through_once_and_is_completed(mosquitto: Mosquitto) ->
     async def record(batch: list[Incoming]) -> None:
         again.extend(batch)
 
-    link = MqttLink(
-        MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="link-qos2"),
-        filters=[("devices/#", 2)],
-        handler=record,
-        origin="gw-test",
-        shared_group="gw-test",
-    )
+    link = link_on(mosquitto, record, client_id="link-qos2", qos=2)
     await started(link)
     await asyncio.sleep(1)
     await link.stop(drain_seconds=2)
@@ -257,14 +248,7 @@ async def test_a_message_too_large_to_hold_is_counted_acknowledged_and_the_next_
         received.extend(batch)
 
     device = publisher(mosquitto)
-    link = MqttLink(
-        MqttSettings(host="127.0.0.1", port=mosquitto.port, client_id="link-big"),
-        filters=[("devices/#", 1)],
-        handler=handler,
-        origin="gw-test",
-        shared_group="gw-test",
-        max_payload_bytes=1024,
-    )
+    link = link_on(mosquitto, handler, client_id="link-big", max_payload_bytes=1024)
     before = metrics.get("messages_dropped", "payload_too_big")
     await started(link)
     try:
