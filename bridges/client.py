@@ -443,19 +443,16 @@ class MqttLink:
         self._conn = conn
         self._attempt = 0
         self._ping_sent = None
-        self._send_quota, self._max_qos = V3_IN_FLIGHT, 2
-        self._max_out_bytes, self._keepalive = wire.MAX_REMAINING_LENGTH, self.settings.keepalive
-        for ident, value in connack.properties:
-            if ident == wire.RECEIVE_MAXIMUM:
-                self._send_quota = int(cast(int, value))
-            elif ident == wire.MAXIMUM_QOS:
-                self._max_qos = int(cast(int, value))
-            elif ident == wire.MAXIMUM_PACKET_SIZE:
-                self._max_out_bytes = int(cast(int, value))
-            elif ident == wire.SERVER_KEEP_ALIVE:
-                self._keepalive = int(cast(int, value))
-        if self.is_v5 and not any(i == wire.RECEIVE_MAXIMUM for i, _ in connack.properties):
-            self._send_quota = 65_535
+
+        def granted(ident: int, default: int) -> int:
+            value = wire.property_value(connack.properties, ident)
+            return default if value is None else int(cast(int, value))
+
+        # What the broker allows (MQTT 5's CONNACK properties; 3.1.1 says nothing of them).
+        self._send_quota = granted(wire.RECEIVE_MAXIMUM, 65_535 if self.is_v5 else V3_IN_FLIGHT)
+        self._max_qos = granted(wire.MAXIMUM_QOS, 2)
+        self._max_out_bytes = granted(wire.MAXIMUM_PACKET_SIZE, wire.MAX_REMAINING_LENGTH)
+        self._keepalive = granted(wire.SERVER_KEEP_ALIVE, self.settings.keepalive)
         metrics.inc("mqtt_connects")
         logger.info("connected to %s", self.settings.describe())
         self._subscribe(conn)
@@ -489,7 +486,7 @@ class MqttLink:
         if self._shared_group is None:
             # MQTT 3.1.1 (no No Local, no identifiers): retained messages arrive flagged.
             subscriptions = [wire.Subscription(topic, qos) for topic, qos in self._filters]
-            conn.write(self._subscribe_packet(subscriptions, None))
+            conn.write(self._subscribe_packet(self._subscription_id(), subscriptions, None))
             self._snapshot_id = None
             return
         live = [
@@ -501,14 +498,20 @@ class MqttLink:
             )
             for topic, qos in self._filters
         ]
-        conn.write(self._subscribe_packet(live, _LIVE))
+        conn.write(self._subscribe_packet(self._subscription_id(), live, _LIVE))
         snapshot = [wire.Subscription(topic, qos, no_local=True) for topic, qos in self._filters]
-        conn.write(self._subscribe_packet(snapshot, _SNAPSHOT))
-        self._snapshot_id = self._last_id
+        self._snapshot_id = self._subscription_id()
+        conn.write(self._subscribe_packet(self._snapshot_id, snapshot, _SNAPSHOT))
 
-    def _subscribe_packet(self, subscriptions: list[wire.Subscription], ident: int | None) -> bytes:
+    def _subscription_id(self) -> int:
+        """A packet id for a SUBSCRIBE or UNSUBSCRIBE, busy until the broker answers it."""
         packet_id = self._next_id()
         self._subscribing.add(packet_id)
+        return packet_id
+
+    def _subscribe_packet(
+        self, packet_id: int, subscriptions: list[wire.Subscription], ident: int | None
+    ) -> bytes:
         properties: wire.Properties = [] if ident is None else [(wire.SUBSCRIPTION_ID, ident)]
         return wire.subscribe(wire.Subscribe(packet_id, subscriptions, properties), self._version)
 
@@ -678,40 +681,41 @@ class MqttLink:
             return
         if granted.packet_id == self._snapshot_id:
             # The retained messages are on their way; live ones come through the share.
-            packet_id = self._next_id()
-            self._subscribing.add(packet_id)
             filters = [topic for topic, _ in self._filters]
-            conn.write(wire.unsubscribe(wire.Unsubscribe(packet_id, filters), self._version))
+            unsubscribe = wire.Unsubscribe(self._subscription_id(), filters)
+            conn.write(wire.unsubscribe(unsubscribe, self._version))
             return
         shared = f" (shared as $share/{self._shared_group})" if self._shared_group else ""
         logger.info("subscribed to %s%s", [t for t, _ in self._filters], shared)
 
     # Acknowledging.
 
+    def _acknowledgement(self, qos: int, packet_id: int) -> bytes:
+        """What acknowledges a QoS 1 or 2 message: PUBACK, or PUBREC (QoS 2, which is then
+        awaiting the broker's PUBREL)."""
+        if qos == 1:
+            return wire.ack(wire.PUBACK, packet_id, self._version)
+        self._qos2_held.discard(packet_id)
+        self._qos2_received.add(packet_id)
+        return wire.ack(wire.PUBREC, packet_id, self._version)
+
     def _acknowledge_now(self, conn: _Connection, qos: int, packet_id: int) -> None:
         """Acknowledge a message the bridge will not hand on (counted where it was dropped)."""
-        if qos == 1:
-            conn.write(wire.ack(wire.PUBACK, packet_id, self._version))
-        elif qos == 2:
-            self._qos2_received.add(packet_id)
-            conn.write(wire.ack(wire.PUBREC, packet_id, self._version))
+        if qos:
+            conn.write(self._acknowledgement(qos, packet_id))
 
     def _acknowledge(self, batch: list[Incoming]) -> None:
         """Acknowledge what was handed on, on the connection that delivered it, if still up."""
         conn = self._conn
         if conn is None:
             return  # the broker delivers it again
-        out = []
-        for incoming in batch:
-            if not incoming.qos or incoming.connection != conn.number:
-                continue
-            if incoming.qos == 1:
-                out.append(_PUBACK_HEAD + incoming.mid.to_bytes(2, "big"))
-            else:
-                self._qos2_held.discard(incoming.mid)
-                self._qos2_received.add(incoming.mid)
-                out.append(wire.ack(wire.PUBREC, incoming.mid, self._version))
-        conn.write(b"".join(out))
+        conn.write(
+            b"".join(
+                self._acknowledgement(incoming.qos, incoming.mid)
+                for incoming in batch
+                if incoming.qos and incoming.connection == conn.number
+            )
+        )
 
     # The event loop.
 
@@ -743,9 +747,6 @@ class MqttLink:
             if conn is not None and not conn.reading and len(inbox) < self._queue_size:
                 conn.resume()
                 self._read(conn)  # what the last read left in the framer
-
-
-_PUBACK_HEAD = bytes([wire.PUBACK << 4, 2])
 
 
 def _read_properties(properties: wire.Properties) -> tuple[list[int], str | None, str | None]:

@@ -532,10 +532,12 @@ def publish(message: Publish, version: int) -> bytes:
 
 
 def ack(kind: int, packet_id: int, version: int, reason: int = 0) -> bytes:
-    body = struct.pack(">H", packet_id)
+    """PUBACK, PUBREC, PUBREL or PUBCOMP (the bridge writes one per message it takes: built
+    directly, its remaining length being 2 or 3)."""
+    first = kind << 4 | (2 if kind == PUBREL else 0)
     if version == 5 and reason:
-        body += bytes([reason])
-    return _packet(kind << 4 | (2 if kind == PUBREL else 0), body)
+        return bytes((first, 3)) + packet_id.to_bytes(2, "big") + bytes((reason,))
+    return bytes((first, 2)) + packet_id.to_bytes(2, "big")
 
 
 def suback(packet_id: int, codes: list[int], version: int) -> bytes:

@@ -114,7 +114,7 @@ class Store(Protocol):
 
     async def page(
         self, room: str, cursor: str, limit: int, now: float
-    ) -> tuple[list[Member], str | None]: ...
+    ) -> tuple[list[Member], str | None, int]: ...
 
     async def expired(self, now: float) -> list[tuple[str, Member, Change]]: ...
 
@@ -233,9 +233,12 @@ class RedisStore:
 
     async def page(
         self, room: str, cursor: str, limit: int, now: float
-    ) -> tuple[list[Member], str | None]:
+    ) -> tuple[list[Member], str | None, int]:
         members, expiry = self._keys(room)
-        following, found = await self.client.hscan(members, int(cursor), count=limit)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.hscan(members, int(cursor), count=limit)
+            pipe.hlen(members)
+            (following, found), count = await pipe.execute()
         keys = list(found)
         live: list[Member] = []
         if keys:
@@ -243,7 +246,7 @@ class RedisStore:
             for key, expires in zip(keys, expiries, strict=True):
                 if expires is not None and float(expires) >= now:
                     live.append(Member.from_dict(parse_json(found[key])))
-        return live, None if int(following) == 0 else str(following)
+        return live, None if int(following) == 0 else str(following), int(count)
 
     async def expired(self, now: float) -> list[tuple[str, Member, Change]]:
         gone: list[tuple[str, Member, Change]] = []
@@ -309,14 +312,13 @@ class LocalStore:
 
     async def page(
         self, room: str, cursor: str, limit: int, now: float
-    ) -> tuple[list[Member], str | None]:
+    ) -> tuple[list[Member], str | None, int]:
         start = int(cursor)
-        live = sorted(
-            (m for m, expires in self._rooms.get(room, {}).values() if expires >= now),
-            key=lambda m: m.key,
-        )
+        members = self._rooms.get(room, {})
+        live = sorted((m for m, expires in members.values() if expires >= now), key=lambda m: m.key)
         following = start + limit
-        return live[start:following], str(following) if following < len(live) else None
+        more = str(following) if following < len(live) else None
+        return live[start:following], more, len(members)
 
     async def expired(self, now: float) -> list[tuple[str, Member, Change]]:
         gone = [
@@ -393,12 +395,12 @@ class Presence:
 
     async def page(
         self, room: str, cursor: str, limit: int
-    ) -> tuple[list[PresenceMember], str | None]:
-        """About ``limit`` members of ``room`` from ``cursor`` ("0" to begin), and the cursor
-        of the next page (None at the end). A member present throughout is listed at least
-        once; one who comes or goes meanwhile may or may not be."""
-        members, following = await self.store.page(room, cursor, limit, time.time())
-        return [m.as_dict() for m in members], following
+    ) -> tuple[list[PresenceMember], str | None, int]:
+        """About ``limit`` members of ``room`` from ``cursor`` ("0" to begin), the cursor of
+        the next page (None at the end) and the room's count. A member present throughout is
+        listed at least once; one who comes or goes meanwhile may or may not be."""
+        members, following, count = await self.store.page(room, cursor, limit, time.time())
+        return [m.as_dict() for m in members], following, count
 
     async def _announce(
         self, room: str, event: Literal["join", "leave"], member: Member, change: Change

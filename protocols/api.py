@@ -196,9 +196,7 @@ async def presence(request: HttpRequest, room: str) -> HttpResponse:
         cursor, limit = read_page(request.GET.get("cursor"), request.GET.get("limit"))
     except ValueError as exc:
         raise Refusal(400, "invalid_query", str(exc)) from exc
-    presence = presence_for()
-    members, following = await presence.page(room, cursor, limit)
-    _, count, _ = await presence.snapshot(room, 0)
+    members, following, count = await presence_for().page(room, cursor, limit)
     return JsonResponse({"room": room, "presence": members, "count": count, "cursor": following})
 
 

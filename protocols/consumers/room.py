@@ -279,8 +279,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         """Answer a request for a page of the room's member list."""
         assert self.room is not None
         try:
-            members, following = await presence_for().page(self.room, cursor, limit)
-            _, count, _ = await presence_for().snapshot(self.room, 0)
+            members, following, count = await presence_for().page(self.room, cursor, limit)
         except RedisError as exc:
             logger.warning("room %s's member list unavailable: %s", self.room, exc)
             await self.send_error("unavailable", "the member list cannot be read now; try again")
