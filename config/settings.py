@@ -33,6 +33,10 @@ def _read(name: str, read: Any, default: T) -> T:
         raise ImproperlyConfigured(f"{name} is invalid: {exc}") from exc
 
 
+def _int_list(name: str, default: list[int]) -> list[int]:
+    return env.list(name, cast=int, default=default)  # type: ignore[no-any-return]
+
+
 DEBUG: bool = _read("DJANGO_DEBUG", env.bool, False)
 
 SECRET_KEY: str = _read("DJANGO_SECRET_KEY", env.str, "")
@@ -195,6 +199,7 @@ GATEWAY = GatewaySettings(
     presence_list_max=_read("GATEWAY_PRESENCE_LIST_MAX", env.int, 100),
     presence_interval=_read("GATEWAY_PRESENCE_INTERVAL", env.float, 0.25),
     presence_count_interval=_read("GATEWAY_PRESENCE_COUNT_INTERVAL", env.float, 2.0),
+    gc_thresholds=tuple(_read("GATEWAY_GC_THRESHOLDS", _int_list, [50_000, 20, 10])),
 )
 
 # Rooms a gateway holds at most, and how long a room with no message and nobody present is kept.

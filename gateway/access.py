@@ -21,10 +21,12 @@ decision (`gateway.mqtt_acl`) needs.
 from typing import Literal, cast
 
 from channels.db import database_sync_to_async
+from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.db.models import Q, QuerySet
 
+from gateway import stamps
 from gateway.models import Device, Room, RoomGrant, RoomPolicy
 from gateway.mqtt_acl import Identity, RoomAccess
 
@@ -76,6 +78,24 @@ async def aaccess_for(user: User, room: str) -> Access:
     """`access_for` from async code."""
     access: Access = await database_sync_to_async(access_for)(user, room)
     return access
+
+
+# Answers of this process, while the access stamp stands (`gateway.stamps`): a burst of
+# sockets into a room asks the database once. Changes move the stamp (`watch_access_changes`).
+_answers: "stamps.Stamped[Access]" = stamps.Stamped(max_entries=10_000, max_age=5.0)
+
+
+async def aaccess_cached(user: User, room: str, stamp: stamps.Stamp) -> Access:
+    """`access_for`, answered from this process's answers while no policy, grant, user or
+    group changed since (and for at most ``ACCESS_RECHECK_SECONDS``); ``stamp``: the
+    `stamps.ACCESS` stamp, read before now."""
+    key = (user.pk if is_known(user) else None, room)  # type: ignore[union-attr]
+    _answers.max_age = settings.ACCESS_RECHECK_SECONDS
+
+    async def load() -> tuple[Access, int]:
+        return await aaccess_for(user, room), 1
+
+    return await _answers.answer(key, stamp, load)
 
 
 def visible_rooms(user: User) -> QuerySet[Room]:
@@ -155,3 +175,25 @@ def mqtt_access(identity: Identity, *, anonymous_mqtt: bool) -> RoomAccess:
             base = "none" if policy.private else cast(Access, policy.authenticated)
         rooms[room] = highest(base, *granted.get(room, ()))
     return RoomAccess(default=DEFAULT_ACCESS, rooms=rooms, connect=True)
+
+
+def watch_access_changes() -> None:
+    """Move the access stamp whenever something `access_for` reads is saved or deleted: room
+    policies and grants, users (their activity and superuser flag), groups and memberships."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from django.db.models.signals import m2m_changed, post_delete, post_save
+
+    user_model = get_user_model()
+    for model in (RoomPolicy, RoomGrant, Group, user_model):
+        post_save.connect(_access_changed, sender=model, dispatch_uid=f"access-save-{model}")
+        post_delete.connect(_access_changed, sender=model, dispatch_uid=f"access-delete-{model}")
+    groups = getattr(user_model, "groups", None)
+    if groups is not None:  # absent from custom users without PermissionsMixin
+        m2m_changed.connect(_access_changed, sender=groups.through, dispatch_uid="access-groups")
+
+
+def _access_changed(sender: object, **kwargs: object) -> None:
+    if kwargs.get("update_fields") == frozenset({"last_login"}):
+        return  # a login changes nobody's access
+    stamps.bump_on_commit(stamps.ACCESS)

@@ -37,6 +37,11 @@ class GatewaySettings:
             (``GATEWAY_PRESENCE_INTERVAL``).
         presence_count_interval: seconds between count frames at most, in a room above
             ``presence_list_max`` (``GATEWAY_PRESENCE_COUNT_INTERVAL``).
+        gc_thresholds: the cyclic garbage collector's three thresholds in every gateway
+            process (``GATEWAY_GC_THRESHOLDS``). The first is raised from Python's 700: a
+            socket's state lives as long as the socket, and with the default each burst of
+            handshakes promotes it to the oldest generation early, where every full collection
+            walks all of it again (a pause of a third of a second at 5,000 sockets).
     """
 
     gateway_id: str = "gateway"
@@ -51,6 +56,7 @@ class GatewaySettings:
     presence_list_max: int = 100
     presence_interval: float = 0.25
     presence_count_interval: float = 2.0
+    gc_thresholds: tuple[int, ...] = (50_000, 20, 10)
 
     def __post_init__(self) -> None:
         if not _GATEWAY_ID_RE.fullmatch(self.gateway_id):
@@ -95,10 +101,21 @@ class GatewaySettings:
         ):
             if not 0.01 <= seconds <= top:  # also refuses nan
                 raise ImproperlyConfigured(f"{setting}={seconds} is out of range (0.01-{top})")
+        _check_gc_thresholds(self.gc_thresholds)
         if not timedelta(hours=1) <= self.history_max_age <= timedelta(days=36_500):
             raise ImproperlyConfigured(
                 f"HISTORY_MAX_AGE_DAYS={self.history_max_age.days} is out of range (0.05-36500)"
             )
+
+
+def _check_gc_thresholds(thresholds: tuple[int, ...]) -> None:
+    if len(thresholds) != 3 or not (
+        100 <= thresholds[0] <= 10_000_000 and all(1 <= t <= 10_000 for t in thresholds[1:])
+    ):
+        raise ImproperlyConfigured(
+            f"GATEWAY_GC_THRESHOLDS={','.join(map(str, thresholds))} is invalid:"
+            " give three numbers, the first 100-10000000, the others 1-10000"
+        )
 
 
 def gateway_settings() -> GatewaySettings:

@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from types import MappingProxyType
 from typing import Any, Protocol, cast
 
@@ -47,7 +48,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError, connectio
 from django.db.models import Max, Min, Sum
 from django.utils import timezone
 
-from gateway import metrics
+from gateway import metrics, stamps
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.jsonutil import dumps, parse_json
@@ -140,6 +141,11 @@ class Window(Protocol):
     async def after(self, room: str, seq: int, limit: int) -> list[Envelope]: ...
 
     async def oldest(self, room: str) -> int | None: ...
+
+    async def tail(self, room: str, limit: int) -> tuple[int | None, list[Envelope]]:
+        """The room's counter (None before its first message) and its newest ``limit``
+        messages, oldest first; the counter is read first."""
+        ...
 
     async def forget(self, room: str) -> None:
         """Drop the room's recent messages (its counter stays: seqs never go back)."""
@@ -328,6 +334,15 @@ class RedisWindow:
         rows = await self.client.zrange(window, 0, 0, withscores=True)
         return int(rows[0][1]) if rows else None
 
+    async def tail(self, room: str, limit: int) -> tuple[int | None, list[Envelope]]:
+        counter, window = self._keys(room)
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.get(counter)
+            pipe.zrange(window, -limit, -1, withscores=True)
+            value, rows = await pipe.execute()
+        messages = [_with_seq(parse_json(member), int(score)) for member, score in rows]
+        return (int(value) if value is not None else None), messages
+
     async def forget(self, room: str) -> None:
         _, window = self._keys(room)
         once = f"{self.prefix}once:{room}"
@@ -389,6 +404,10 @@ class LocalWindow:
         kept = self._messages.get(room)
         return kept[0][0]["seq"] if kept else None
 
+    async def tail(self, room: str, limit: int) -> tuple[int | None, list[Envelope]]:
+        kept = self._messages.get(room, ())
+        return self._counters.get(room), [m for m, _ in list(kept)[-limit:]]
+
     async def forget(self, room: str) -> None:
         self._messages.pop(room, None)
         self._bytes.pop(room, None)
@@ -421,6 +440,11 @@ class History:
         self._writer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._flushing = asyncio.Lock()
+        # Rooms' last messages read from the database, while each room's counter stands (at
+        # most 8 MiB of them, none older than 10 s: prunes do not move a counter).
+        self._stored_tails: stamps.Stamped[list[Envelope]] = stamps.Stamped(
+            max_entries=1_000, max_age=10.0, max_cost=8 << 20
+        )
 
     async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[Envelope]:
         """Give each envelope its room's next ``seq`` (in order) and keep it; the envelopes
@@ -501,12 +525,15 @@ class History:
         return Missed(messages, gap)
 
     async def recent(self, room: str, limit: int) -> list[Envelope]:
-        """The last ``limit`` messages of ``room``, oldest first."""
-        oldest = await self.window.oldest(room)
-        if oldest is None:
-            return cast(list[Envelope], await database_sync_to_async(_stored_last)(room, limit))
-        latest = await self.window.after(room, oldest - 1, WINDOW)
-        return latest[-limit:]
+        """The last ``limit`` messages of ``room``, oldest first (those read from the database
+        are shared: copy one before changing it)."""
+        counter, latest = await self.window.tail(room, limit)
+        if latest:
+            return latest
+        # An empty window: a room without messages, or whose window expired or was lost.
+        # The database's answer holds until the room's counter moves.
+        load = partial(database_sync_to_async(_stored_last), room, limit)
+        return await self._stored_tails.answer((room, limit), counter, load)
 
     async def forget(self, room: str) -> None:
         """Drop ``room``'s recent window (its records in the database are the caller's)."""
@@ -585,9 +612,10 @@ def _stored_after(room: str, since: int, before: int | None, limit: int) -> list
     return [cast(Envelope, row.envelope) for row in rows.order_by("seq")[:limit]]
 
 
-def _stored_last(room: str, limit: int) -> list[Envelope]:
-    rows = Message.objects.filter(room=room).order_by("-seq")[:limit]
-    return [cast(Envelope, row.envelope) for row in reversed(rows)]
+def _stored_last(room: str, limit: int) -> tuple[list[Envelope], int]:
+    """The last ``limit`` messages of ``room`` in the database, oldest first, and their bytes."""
+    rows = list(Message.objects.filter(room=room).order_by("-seq")[:limit])
+    return [cast(Envelope, row.envelope) for row in reversed(rows)], sum(r.size for r in rows)
 
 
 @dataclass(slots=True)

@@ -6,12 +6,15 @@ device that retains on ever new topics cannot grow every welcome without bound: 
 new topic's message is still delivered, but not kept.
 """
 
+from functools import partial
 from typing import cast
 
 from channels.db import database_sync_to_async
 
+from gateway import stamps
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
+from gateway.jsonutil import dumps
 from gateway.models import RetainedState
 
 
@@ -30,23 +33,36 @@ def _forget(room: str, topic: str) -> None:
     RetainedState.objects.filter(room=room, topic=topic).delete()
 
 
-def _states(room: str) -> list[Envelope]:
+def _states(room: str) -> tuple[list[Envelope], int]:
+    """The room's states, oldest first, and the bytes they hold as JSON."""
     rows = RetainedState.objects.filter(room=room).order_by("updated_at", "topic")
-    return [cast(Envelope, row.envelope) for row in rows]
+    found = [cast(Envelope, row.envelope) for row in rows]
+    return found, sum(len(dumps(e)) for e in found)
+
+
+# A room's states as this process last read them, while the room's stamp stands: a burst of
+# sockets into one room reads them once. At most 8 MiB of them, and none older than 10 s.
+_kept: "stamps.Stamped[list[Envelope]]" = stamps.Stamped(
+    max_entries=1_000, max_age=10.0, max_cost=8 << 20
+)
 
 
 async def remember(envelope: Envelope) -> bool:
     """Keep ``envelope`` as its room and topic's state; False when the room has no room left."""
     limit = gateway_settings().retained_max_topics
     kept: bool = await database_sync_to_async(_remember)(envelope, limit)
+    if kept:
+        await stamps.bump(stamps.retained_stamp(envelope["room"]))
     return kept
 
 
 async def forget(room: str, topic: str) -> None:
     """Drop a room and topic's state (a device cleared its retained message)."""
     await database_sync_to_async(_forget)(room, topic)
+    await stamps.bump(stamps.retained_stamp(room))
 
 
-async def states(room: str) -> list[Envelope]:
-    """The room's states, oldest first."""
-    return cast(list[Envelope], await database_sync_to_async(_states)(room))
+async def states(room: str, stamp: stamps.Stamp) -> list[Envelope]:
+    """The room's states, oldest first (shared: copy one before changing it); ``stamp``: the
+    room's `stamps.retained_stamp`, read before now (however long before)."""
+    return await _kept.answer(room, stamp, partial(database_sync_to_async(_states), room))

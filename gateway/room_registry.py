@@ -21,7 +21,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from gateway import metrics
+from gateway import metrics, stamps
 from gateway.errors import GatewayError
 from gateway.models import Message, RetainedState, Room, RoomGrant, RoomPolicy
 
@@ -157,6 +157,7 @@ async def forget_idle_rooms() -> list[str]:
     for room in forgotten:
         _known.pop(room, None)
         await history_for().forget(room)
+        await stamps.bump(stamps.retained_stamp(room))
     if forgotten:
         metrics.inc("rooms_forgotten", amount=len(forgotten))
         logger.info("forgot %d idle rooms", len(forgotten))

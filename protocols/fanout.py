@@ -27,9 +27,11 @@ again later), and the frames it missed are counted. Its client resumes from its 
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, cast
 
@@ -153,7 +155,10 @@ class RoomHub:
         self.channel: str | None = None  # the hub's id on the transport: its inbox
         self.rooms: dict[str, dict[str, Subscriber]] = {}
         self._joined: set[str] = set()  # rooms the hub is a member of on the transport
-        self._membership = asyncio.Lock()
+        # One lock per room being joined or left (with how many hold or wait for it): a burst
+        # of sockets into new rooms joins them side by side, not one after another.
+        self._room_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+        self._starting = asyncio.Lock()
         self._seen: dict[str, tuple[deque[str], set[str]]] = {}
         self._delivered: dict[str, int] = {}  # room -> the highest seq fanned out
         self._presence_of: dict[str, _RoomPresence] = {}
@@ -165,8 +170,9 @@ class RoomHub:
         self.rooms.setdefault(room, {})[subscriber.key] = subscriber
         if room in self._joined:
             return
-        async with self._membership:
+        async with self._starting:
             await self._start()
+        async with self._membership(room):
             if room not in self._joined and room in self.rooms:
                 assert self.channel is not None
                 await self.transport.join(self.channel, room)
@@ -188,12 +194,25 @@ class RoomHub:
         state = self._presence_of.pop(room, None)
         if state is not None and state.flush is not None:
             state.flush.cancel()
-        async with self._membership:
+        async with self._membership(room):
             if room in self._joined and room not in self.rooms:
                 assert self.channel is not None
                 self._joined.discard(room)
                 metrics.set_gauge("fanout_rooms", len(self._joined))
                 await self.transport.leave(self.channel, room)
+
+    @contextlib.asynccontextmanager
+    async def _membership(self, room: str) -> AsyncIterator[None]:
+        """Holds ``room``'s membership still while it is joined or left on the transport."""
+        lock, users = self._room_locks.setdefault(room, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._room_locks[room]
 
     async def _start(self) -> None:
         if self.channel is None:
@@ -387,14 +406,16 @@ class RoomHub:
 
     async def _rejoin(self) -> bool:
         """Renew the hub's memberships (after the transport failed, or before they lapse);
-        whether that worked."""
-        async with self._membership:
-            assert self.channel is not None
-            try:
-                await self.transport.renew(self.channel, list(self._joined))
-            except Exception:  # logged; the reader retries and renewal runs again later
-                logger.warning("could not renew the hub's rooms yet", exc_info=True)
-                return False
+        whether that worked.
+
+        A room left while this runs may be renewed once more: the hub then gets its events
+        for no socket until that membership lapses, and drops them."""
+        assert self.channel is not None
+        try:
+            await self.transport.renew(self.channel, list(self._joined))
+        except Exception:  # logged; the reader retries and renewal runs again later
+            logger.warning("could not renew the hub's rooms yet", exc_info=True)
+            return False
         return True
 
     async def _renew(self) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway import stamps
 from tests.support.ledger import Ledger
 from tests.support.processes import (
     Gateway,
@@ -133,3 +134,10 @@ def _fast_password_hashing(request: pytest.FixtureRequest) -> None:
     if "django_db" in request.keywords or "settings" in request.fixturenames:
         settings = request.getfixturevalue("settings")
         settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cached_answers() -> None:
+    """Each test starts without the answers an earlier one cached from its own database
+    (between tests the database is emptied behind the ORM's back, moving no stamp)."""
+    stamps.forget_all()

@@ -5,6 +5,7 @@ message of the room as an envelope frame. Bad frames get an error frame and the 
 open; a frame over the size limit closes the socket with 1009.
 """
 
+import asyncio
 import logging
 import secrets
 import time
@@ -18,11 +19,12 @@ from django.conf import settings
 from django.db import DatabaseError
 from redis.exceptions import RedisError
 
-from gateway import metrics, retained
-from gateway.access import Access, aaccess_for, can_read, can_write
+from gateway import metrics, retained, stamps
+from gateway.access import Access, aaccess_cached, can_read, can_write
 from gateway.access import is_known as _is_known
 from gateway.conf import gateway_settings
 from gateway.dispatch import DirectDispatchMixin
+from gateway.envelope import Envelope
 from gateway.errors import GatewayError
 from gateway.history import history_for, parse_since
 from gateway.jsonutil import dumps, dumps_bytes
@@ -65,6 +67,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         self.key = f"ws:{secrets.token_hex(12)}"  # its presence key, unique across processes
         self._access: Access = "none"
         self._access_checked = 0.0
+        self._states_stamp: stamps.Stamp = None
         self._claimed: list[str] = []
         self._closing = False
         self._flood = FloodGuard.for_websocket()
@@ -102,19 +105,16 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         access_watch.add(self)
 
     async def _welcome(self, room: str, since: int | None) -> None:
-        history = history_for()
-        if since is None:
-            messages, gap = await history.recent(room, WELCOME_MESSAGES), False
-        else:
-            missed = await history.missed(room, since)
-            messages, gap = missed.messages, missed.gap
+        # Three reads, side by side: each only has to come after the hub joined the room.
+        (messages, gap), stored_states, (listed, count, version) = await asyncio.gather(
+            _messages(room, since),
+            retained.states(room, self._states_stamp),
+            presence_for().snapshot(room, gateway_settings().presence_list_max),
+        )
         # Every seq up to the highest one read was in the history when it was read (seq and
         # window are written together), so live copies of those are in the welcome already.
         watermark = max((m.get("seq", 0) for m in messages), default=since or 0)
-        states = [client_view(s) for s in await retained.states(room)]
-        listed, count, version = await presence_for().snapshot(
-            room, gateway_settings().presence_list_max
-        )
+        states = [client_view(s) for s in stored_states]
         subscriber = self.subscriber
         assert subscriber is not None
         # Presence changes from this version on reach the socket through the hub.
@@ -141,7 +141,11 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
                 self._release_claims()
                 return CLOSE_POLICY, "too_many_sockets", "close some of your other sockets first"
             self._claimed.append(key)
-        self._access = await aaccess_for(self.scope.get("user"), room)
+        # Read together: the access stamp now, the room's state stamp for the welcome.
+        access_stamp, self._states_stamp = await stamps.read_many(
+            stamps.ACCESS, stamps.retained_stamp(room)
+        )
+        self._access = await aaccess_cached(self.scope.get("user"), room, access_stamp)
         self._access_checked = time.monotonic()
         if not can_read(self._access):
             self._release_claims()  # a refused socket keeps nothing
@@ -211,14 +215,15 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         user = self.scope.get("user")
         key = ("access", getattr(user, "pk", None) if _is_known(user) else None, self.room)
         if key not in answers:
-            answers[key] = await aaccess_for(user, self.room)
+            answers[key] = await aaccess_cached(user, self.room, await stamps.read(stamps.ACCESS))
         self._access, self._access_checked = answers[key], time.monotonic()
         if not can_read(self._access):
             await self._access_revoked()
 
     async def _check_access(self) -> None:
         assert self.room is not None
-        self._access = await aaccess_for(self.scope.get("user"), self.room)
+        stamp = await stamps.read(stamps.ACCESS)
+        self._access = await aaccess_cached(self.scope.get("user"), self.room, stamp)
         self._access_checked = time.monotonic()
 
     async def _access_revoked(self) -> None:
@@ -319,6 +324,16 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         if user is not None and user.is_authenticated:
             return str(user.get_username())
         return f"guest-{secrets.token_hex(3)}"
+
+
+async def _messages(room: str, since: int | None) -> tuple[list[Envelope], bool]:
+    """A welcome's messages, and whether some were missed for good: the last ones for a
+    socket that joins afresh, those after ``since`` for one that resumes."""
+    history = history_for()
+    if since is None:
+        return await history.recent(room, WELCOME_MESSAGES), False
+    missed = await history.missed(room, since)
+    return missed.messages, missed.gap
 
 
 def _since(query_string: bytes) -> tuple[int | None, str | None]:

@@ -204,3 +204,43 @@ async def test_a_socket_whose_access_is_unchanged_stays_open_and_receives(
             error = await recv_json(carol)
             assert (error["type"], error["code"]) == ("error", "forbidden")
             assert await frames_within(carol, RECHECK_SECONDS * 1.5) == []
+
+
+@pytest.fixture
+def patient_gateway(
+    tmp_path: Path, mosquitto: Mosquitto, redis_server: Redis, database_url: str
+) -> Iterator[Gateway]:
+    """A gateway that re-checks open sockets only every minute: what it answers a handshake
+    comes from its cached answers, unless a change moved their stamp."""
+    stack = start_gateway(
+        tmp_path, mosquitto, redis_server, database_url, GATEWAY_ACCESS_RECHECK_SECONDS="60"
+    )
+    yield stack
+    stack.stop()
+
+
+async def test_a_handshake_sees_a_change_made_by_another_process_at_once(
+    patient_gateway: Gateway,
+) -> None:
+    gateway, room = patient_gateway, "access-stamped"
+    url = f"{gateway.ws}/ws/rooms/{room}/"
+    for _ in range(2):  # the second is answered from what the first cached
+        async with ws_connect(gateway.ws, room) as visitor:
+            assert visitor.welcome["room"] == room  # type: ignore[attr-defined]
+    # Closed by another process (a shell, as an administrator's would be): the next stranger
+    # is refused, though the gateway's cached answer for strangers here is a minute young.
+    await shell(gateway, CLOSE_ROOM, room=room, defaults=repr({"private": True}))
+    code, frames = await refused(url, origin=gateway.http)
+    assert (code, [f["code"] for f in frames]) == (4403, ["forbidden"])
+    # Opened again to readers: the next stranger is in.
+    opened = {"private": False, "anonymous": "read"}
+    await shell(gateway, CLOSE_ROOM, room=room, defaults=repr(opened))
+    async with ws_connect(gateway.ws, room) as visitor:
+        assert visitor.welcome["room"] == room  # type: ignore[attr-defined]
+    # A grant taken back: the user's next socket is refused, though their first was admitted.
+    cookie = await reader(gateway, room, "stamped-erin")
+    async with ws_connect(gateway.ws, room, additional_headers=cookie) as erin:
+        assert [m["name"] for m in erin.welcome["presence"]] == ["stamped-erin"]  # type: ignore[attr-defined]
+    assert await shell(gateway, UNGRANT, room=room, name="stamped-erin") == "1"
+    code, frames = await refused(url, origin=gateway.http, additional_headers=cookie)
+    assert (code, [f["code"] for f in frames]) == (4403, ["forbidden"])

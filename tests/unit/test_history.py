@@ -194,3 +194,28 @@ async def test_a_batch_is_kept_while_the_database_is_away(
     monkeypatch.setattr(history_module, "_write_rows", real)
     await history.flush()  # back: the batch that failed is written now
     assert await Message.objects.filter(room="patient").acount() == 1
+
+
+async def test_a_lost_window_is_read_from_the_database_once_until_the_room_moves(
+    make_history: Callable[..., History], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = make_history()
+    for text in ("one", "two"):
+        await append(before, "cold", text)
+    await before.flush()
+    reads: list[str] = []
+    stored_last = history_module._stored_last
+
+    def counted(room: str, limit: int) -> Any:
+        reads.append(room)
+        return stored_last(room, limit)
+
+    monkeypatch.setattr(history_module, "_stored_last", counted)
+    fresh = make_history()  # a restarted Redis: no counter, no window
+    # A burst of welcomes: all get the stored messages, the database is asked once.
+    for _ in range(3):
+        assert [m["message"] for m in await fresh.recent("cold", 50)] == ["one", "two"]
+    assert reads == ["cold"]
+    # A message moves the room's counter: the next welcome has it.
+    await append(fresh, "cold", "three")
+    assert [m["message"] for m in await fresh.recent("cold", 50)][-1] == "three"
