@@ -209,6 +209,12 @@ def _summary(record: dict[str, Any]) -> str:
             f"{joined_room['sockets']} joined: {joined_room['frames_per_socket']} frames/socket, "
             f"{joined_room['server_kb_per_socket']} KB/socket"
         )
+    if back := record.get("reconnect"):
+        parts.append(
+            f"{back['back']} of {back['closed']} back after {back['all_back_seconds']} s,"
+            f" handshake p99 {back['handshake_p99_ms']} ms, replayed {back['replayed']}"
+            f" of {back['replay_expected']}, gaps {back['gaps']}"
+        )
     knee = f", knee {record['knee']:g}/s" if record.get("knee") else ""
     joined = ""
     if record["status"] == "partial":
@@ -250,6 +256,8 @@ async def run_all(args: argparse.Namespace) -> int:
         for group in scenario.groups(plan):
             # Interleaved: every system runs each group in turn, under the same conditions.
             for system_name in systems:
+                if scenario.systems is not None and system_name not in scenario.systems:
+                    continue
                 record = await run_one(
                     scenario, group, system_name, plan, raw, quiet_wait=quiet_wait
                 )

@@ -233,6 +233,42 @@ def _join_section(runs: list[dict[str, Any]]) -> list[str]:
     return [*_table(header, rows), "", *_failures(runs)]
 
 
+def _reconnect_section(runs: list[dict[str, Any]]) -> list[str]:
+    rows = [
+        [
+            r["system"],
+            f"{b['back']:,} of {b['closed']:,}",
+            b["server_down_seconds"],
+            b["all_back_seconds"],
+            b["away_p50_ms"],
+            b["away_p99_ms"],
+            b["handshake_p50_ms"],
+            b["handshake_p99_ms"],
+            f"{b['refused_attempts']:,}",
+            "-" if b["replayed"] is None else f"{b['replayed']:,} of {b['replay_expected']:,}",
+            "-" if b["gaps"] is None else b["gaps"],
+            b["server_rss_after_mb"],
+        ]
+        for r in runs
+        if (b := r.get("reconnect"))
+    ]
+    header = [
+        "system",
+        "back",
+        "server down s",
+        "all back after s",
+        "away p50 ms",
+        "away p99 ms",
+        "handshake p50 ms",
+        "handshake p99 ms",
+        "refused attempts",
+        "replayed",
+        "gaps",
+        "server RSS MB",
+    ]
+    return [*_table(header, rows), "", *_failures(runs)]
+
+
 def _single_section(runs: list[dict[str, Any]]) -> list[str]:
     rows = []
     for r in runs:
@@ -369,6 +405,16 @@ def _glance(results: dict[str, Any]) -> list[str]:
         "join",
         lambda r: (r.get("join") or {}).get("server_kb_per_socket"),
     )
+    row(
+        "reconnect: all back after s",
+        "reconnect",
+        lambda r: (r.get("reconnect") or {}).get("all_back_seconds"),
+    )
+    row(
+        "reconnect: handshake p99 ms",
+        "reconnect",
+        lambda r: (r.get("reconnect") or {}).get("handshake_p99_ms"),
+    )
     row("slow: others' p99 ms", "slow", lambda r: step(r).get("p99_ms"))
     row(
         "slow: server RSS growth MB",
@@ -415,6 +461,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
                 lines += _idle_section(runs)
             elif name == "join":
                 lines += _join_section(runs)
+            elif name == "reconnect":
+                lines += _reconnect_section(runs)
             elif name == "slow":
                 lines += _slow_section(runs)
             else:

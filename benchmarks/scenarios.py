@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from benchmarks.harness import Run, ramp, receiver_processes
-from benchmarks.measure import CpuWindow, by_role
+from benchmarks.measure import CpuWindow, Latency, by_role
 from benchmarks.nodeproc import HarnessError
 from benchmarks.slowclient import SlowClient
 
@@ -37,6 +37,9 @@ class Plan:
     slow_pause_seconds: float = 60.0
     slow_resume_seconds: float = 5.0
     join_count: int = 10_000
+    reconnect_count: int = 10_000
+    reconnect_room_size: int = 100
+    reconnect_wait_seconds: float = 300.0
 
 
 FULL = Plan()
@@ -57,6 +60,9 @@ QUICK = replace(
     slow_pause_seconds=5.0,
     slow_resume_seconds=2.0,
     join_count=200,
+    reconnect_count=200,
+    reconnect_room_size=50,
+    reconnect_wait_seconds=60.0,
 )
 
 
@@ -302,6 +308,100 @@ async def join(run: Run, count: int, _plan: Plan) -> dict[str, Any]:
     return {"setup": setup, "steps": [], "join": record}
 
 
+# The room page's reconnection: a full-jitter wait that doubles from 0.5 s up to 10 s, and
+# 15 s for a handshake before it tries again.
+ROOM_PAGE_BACKOFF = {"base_ms": 500, "cap_ms": 10_000, "timeout_ms": 15_000}
+DOWNTIME_STEP = 900  # the step number of what devices send while the server is down
+EMPTY_TALLY: dict[str, Any] = {
+    **dict.fromkeys(("closed", "back", "given_up", "attempts", "failed", "replayed", "gaps"), 0),
+    "errors": [],
+    "handshake": {},
+    "away": {},
+}
+
+
+async def reconnect(run: Run, count: int, plan: Plan) -> dict[str, Any]:
+    """``count`` browsers in rooms of ``reconnect_room_size``; the server restarts, and each
+    comes back as the room page does, with ``?since=`` where the system resumes. Devices
+    send one message into every room before and one while the server is down: a resumed
+    welcome replays that one."""
+    rooms = [f"back-{i // plan.reconnect_room_size}" for i in range(count)]
+    config = {"track_seq": True, "reconnect": ROOM_PAGE_BACKOFF}
+    receivers, setup = await run.browsers(rooms, config=config)
+    if setup["connected"] == 0:
+        raise HarnessError(f"no browser could join: {setup['errors']}")
+    await run.quiet(receivers)
+    names = sorted(set(rooms))
+    resumes = run.endpoint.welcome  # a system that sends welcomes resumes from a seq
+    device = await run.devices(1) if resumes else None
+    topics = {"topics": [f"rooms/{room}/sensor-1" for room in names]}
+    if device is not None:  # every socket sees a seq, to resume from
+        per_message = setup["connected"] / len(names)
+        rate = len(names)
+        await run.warm_up(
+            sender=device, receivers=receivers, rate=rate, per_message=per_message, send=topics
+        )
+    rss_before = run.system.server_rss()
+    await asyncio.to_thread(run.system.stop_server)
+    stopped = time.monotonic()
+    sent = 0
+    if device is not None:
+        command = {"cmd": "send", "step": DOWNTIME_STEP, "rate": len(names), "duration": 1.0}
+        sent = (await device.request({**command, "size": 200, **topics}, "sent", 60))["sent"]
+    await asyncio.to_thread(run.system.start_server)
+    started = time.monotonic()
+    deadline = started + plan.reconnect_wait_seconds
+    tallies: list[dict[str, Any]] = [EMPTY_TALLY] * len(receivers)
+    unanswered = 0  # polls a receiver too busy to answer in time (its last answer stands)
+    while True:
+        answers = await asyncio.gather(
+            *(r.request({"cmd": "reconnects"}, "reconnects", 30) for r in receivers),
+            return_exceptions=True,
+        )
+        for k, answer in enumerate(answers):
+            if isinstance(answer, HarnessError):
+                unanswered += 1
+            elif isinstance(answer, BaseException):
+                raise answer
+            else:
+                tallies[k] = answer
+        back = sum(int(t["back"]) for t in tallies)
+        closed = sum(int(t["closed"]) for t in tallies)
+        waiting = closed - back - sum(int(t["given_up"]) for t in tallies)
+        if (closed and waiting <= 0) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    all_back = time.monotonic() - started
+    handshake, away = Latency(), Latency()
+    for tally in tallies:
+        handshake.add(tally["handshake"])
+        away.add(tally["away"])
+    record = {
+        "sockets": setup["connected"],
+        "closed": closed,
+        "back": back,
+        "given_up": sum(int(t["given_up"]) for t in tallies),
+        "still_away": max(0, waiting),
+        "attempts": sum(int(t["attempts"]) for t in tallies),
+        "refused_attempts": sum(int(t["failed"]) for t in tallies),
+        "errors": [e for t in tallies for e in t["errors"]][:5],
+        "unanswered_polls": unanswered,
+        "server_down_seconds": round(started - stopped, 1),
+        "all_back_seconds": round(all_back, 1),
+        "away_p50_ms": away.percentile_ms(0.5),
+        "away_p99_ms": away.percentile_ms(0.99),
+        "handshake_p50_ms": handshake.percentile_ms(0.5),
+        "handshake_p99_ms": handshake.percentile_ms(0.99),
+        # A resumed welcome replays what was sent while the server was down, in its room.
+        "replay_expected": round(sent * setup["connected"] / len(names)) if resumes else None,
+        "replayed": sum(int(t["replayed"]) for t in tallies) if resumes else None,
+        "gaps": sum(int(t["gaps"]) for t in tallies) if resumes else None,
+        "server_rss_before_mb": round(rss_before / MB, 1),
+        "server_rss_after_mb": round(run.system.server_rss() / MB, 1),
+    }
+    return {"setup": setup, "steps": [], "reconnect": record}
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -309,6 +409,8 @@ class Scenario:
     groups: Callable[[Plan], list[Any]]
     label: Callable[[Any], str]
     body: Callable[[Run, Any, Plan], Awaitable[dict[str, Any]]]
+    # The systems it measures (None: all). The naive stack has no restart in the harness.
+    systems: tuple[str, ...] | None = None
 
 
 SCENARIOS = {
@@ -355,6 +457,14 @@ SCENARIOS = {
             lambda p: [p.join_count],
             lambda n: f"{n:,} sockets",
             join,
+        ),
+        Scenario(
+            "reconnect",
+            "Reconnect storm: the server restarts under N browsers",
+            lambda p: [p.reconnect_count],
+            lambda n: f"{n:,} sockets",
+            reconnect,
+            systems=("mosquitto", "gateway", "gateway-uvicorn"),
         ),
         Scenario(
             "slow",

@@ -81,6 +81,15 @@ class System:
     def server_rss(self) -> int:
         return sum(rss_bytes(p.pid) or 0 for p in self.server_procs())
 
+    def stop_server(self) -> None:
+        """Stop the process that holds the browsers' connections (SIGTERM), as a deployment
+        that restarts it does."""
+        raise SystemFailed(f"{self.name} cannot restart its server here")
+
+    def start_server(self) -> None:
+        """Start it again where it was."""
+        raise SystemFailed(f"{self.name} cannot restart its server here")
+
     def redis_rss(self) -> int | None:
         if self.redis is None or self.redis.process is None:
             return None
@@ -148,6 +157,14 @@ class MosquittoSystem(System):
             and self.mosquitto.process is not None
             and (self.mosquitto.process.alive())
         )
+
+    def stop_server(self) -> None:
+        assert self.mosquitto is not None
+        self.mosquitto.stop()
+
+    def start_server(self) -> None:
+        assert self.mosquitto is not None
+        self.mosquitto.start()
 
 
 class NaiveSystem(System):
@@ -267,6 +284,14 @@ class GatewaySystem(System):
     def server_procs(self) -> list[Proc]:
         assert self.gateway is not None
         return [Proc("server", web.name, web.pid) for web in self.gateway.webs]
+
+    def stop_server(self) -> None:
+        assert self.gateway is not None
+        self.gateway.web.stop()
+
+    def start_server(self) -> None:
+        assert self.gateway is not None
+        self.gateway.restart_web(0)
 
     def procs(self) -> list[Proc]:
         assert self.gateway is not None

@@ -501,23 +501,29 @@ class History:
         """The messages of ``room`` after ``since``, for a browser that reconnects: the newest
         ``limit`` (and a gap) if more were missed; with ``page``, the oldest ``limit`` (and
         ``more``)."""
-        recent = await self.window.after(room, since, limit + 1)
-        oldest_recent = await self.window.oldest(room)
+        recent, oldest_recent = await asyncio.gather(
+            self.window.after(room, since, limit + 1), self.window.oldest(room)
+        )
+        # The window holds every message from its oldest on: when that is the next one after
+        # ``since``, nothing was lost and the database need not be asked (a reconnect storm
+        # of thousands of sockets asks nothing of it).
+        covered = oldest_recent is not None and oldest_recent <= since + 1
         older: list[Envelope] = []
-        if oldest_recent is None or oldest_recent > since + 1:
+        gap = False
+        if not covered:
             older = await database_sync_to_async(_stored_after)(
                 room, since, oldest_recent, limit + 1
             )
+            first_kept = await database_sync_to_async(_lowest_seq)(room)
+            if oldest_recent is not None and (first_kept is None or oldest_recent < first_kept):
+                first_kept = oldest_recent
+            gap = first_kept is not None and since + 1 < first_kept
         seen: set[str] = set()
         messages: list[Envelope] = []
         for message in [*older, *recent]:
             if message["id"] not in seen:  # a crash redelivery kept twice in the window
                 seen.add(message["id"])
                 messages.append(message)
-        first_kept = await database_sync_to_async(_lowest_seq)(room)
-        if oldest_recent is not None and (first_kept is None or oldest_recent < first_kept):
-            first_kept = oldest_recent
-        gap = first_kept is not None and since + 1 < first_kept
         if len(messages) > limit and page:
             return Missed(messages[:limit], gap, more=True)
         if len(messages) > limit:  # too much to catch up on: the newest, and say so

@@ -11,7 +11,11 @@
 //   subscribe  mqtt-ws mode: a topic filter with {room}, subscribed at QoS 0
 //   publish    mqtt-ws mode: the topic with {room} that sending publishes to
 //   concurrency, timeout_ms  handshakes in flight at once, and the limit for each
-//   track_seq  ws mode: remember the highest seq each connection saw (for `churn`)
+//   track_seq  ws mode: remember the highest seq each connection saw (for `churn`, `reconnect`)
+//   reconnect  {base_ms, cap_ms, timeout_ms}: a connection the server closes comes back as the
+//              room page does, after a full-jitter wait that doubles from base_ms up to cap_ms,
+//              giving each handshake timeout_ms, with ?since=<the last seq it saw> (ws mode);
+//              the `reconnects` command reports how that went
 //
 // The `churn` command (ws mode) closes `count` connections, the next ones round the list, every
 // other one abruptly (no close handshake), and opens them again in the same rooms; with
@@ -28,6 +32,13 @@ const conns = [];
 let closed = 0; // connections the server closed (not those `churn` closed)
 const churned = { reconnects: 0, resumed: 0, replayed: 0, gaps: 0, failed: 0, errors: [] };
 let churnNext = 0;
+// Connections the server closed that came back by themselves (`reconnect` in the config).
+const storm = {
+  closed: 0, back: 0, attempts: 0, failed: 0, given_up: 0, replayed: 0, gaps: 0, errors: [],
+  handshake: new Histogram(), // the attempt that succeeded: open to welcome
+  away: new Histogram(), // closed to welcomed again
+};
+const MAX_ATTEMPTS = 30;
 const SEQ = /"seq":\s*(\d+)/g;
 const GAP = /"gap":\s*true/;
 
@@ -42,7 +53,7 @@ function fill(template, room) {
   return template.split('{room}').join(room);
 }
 
-function openWs(room, _index, since = null) {
+function openWs(room, index, since = null, tally = churned) {
   return new Promise((resolve, reject) => {
     const conn = { room, ready: false, seq: 0, closing: false };
     const url = fill(config.url, room) + (since === null ? '' : `?since=${since}`);
@@ -60,8 +71,8 @@ function openWs(room, _index, since = null) {
         conn.ready = true; // the welcome, which may replay old payloads: not counted
         receipts.frames += 1;
         if (since !== null) {
-          churned.replayed += markers(data).length;
-          if (GAP.test(data.toString())) churned.gaps += 1;
+          tally.replayed += markers(data).length;
+          if (GAP.test(data.toString())) tally.gaps += 1;
         }
         resolve(conn);
         return;
@@ -70,10 +81,43 @@ function openWs(room, _index, since = null) {
     });
     ws.on('error', (error) => reject(error));
     ws.on('close', () => {
-      if (conn.ready && !conn.closing) closed += 1;
+      if (conn.ready && !conn.closing) {
+        closed += 1;
+        if (config.reconnect) comeBack(index, conn, nowUs(), 0);
+      }
       reject(new Error('closed before it was ready'));
     });
   });
+}
+
+/** Open connection `index` again after the server closed it, as the room page does. */
+function comeBack(index, old, closedAt, attempt) {
+  if (attempt === 0) storm.closed += 1;
+  if (attempt >= MAX_ATTEMPTS) {
+    storm.given_up += 1;
+    return;
+  }
+  const { base_ms: base, cap_ms: cap, timeout_ms: limit } = config.reconnect;
+  const wait = Math.random() * Math.min(cap, base * 2 ** attempt);
+  setTimeout(async () => {
+    storm.attempts += 1;
+    const started = nowUs();
+    const since = old.seq > 0 ? old.seq : null;
+    const opening = config.mode === 'mqtt-ws' ? openMqttWs(old.room, index) : openWs(old.room, index, since, storm);
+    try {
+      const conn = await deadline(opening, limit || config.timeout_ms || 30000, 'reconnect');
+      conn.seq = Math.max(conn.seq || 0, old.seq || 0);
+      conns[index] = conn;
+      storm.back += 1;
+      storm.handshake.add(nowUs() - started);
+      storm.away.add(nowUs() - closedAt);
+    } catch (error) {
+      opening.then((late) => { late.closing = true; late.ws.terminate(); }, () => {});
+      storm.failed += 1;
+      if (storm.errors.length < 5) storm.errors.push(String(error && error.message ? error.message : error));
+      comeBack(index, old, closedAt, attempt + 1);
+    }
+  }, wait);
 }
 
 /** MQTT over the broker's WebSocket: ready once the broker acknowledged the subscription. */
@@ -100,7 +144,10 @@ function openMqttWs(room, index) {
     });
     ws.on('error', (error) => reject(error));
     ws.on('close', () => {
-      if (conn.ready) closed += 1;
+      if (conn.ready) {
+        closed += 1;
+        if (config.reconnect) comeBack(index, conn, nowUs(), 0);
+      }
       reject(new Error('closed before it was ready'));
     });
   });
@@ -193,6 +240,15 @@ serve(
         break;
       case 'churn':
         emit(await churn(command));
+        break;
+      case 'reconnects':
+        emit({
+          event: 'reconnects',
+          ...storm,
+          errors: storm.errors.slice(),
+          handshake: storm.handshake.toJSON(),
+          away: storm.away.toJSON(),
+        });
         break;
       default:
         emit({ event: 'error', detail: `unknown command ${command.cmd}` });

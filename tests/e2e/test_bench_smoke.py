@@ -112,3 +112,32 @@ def test_a_join_storm_costs_each_socket_a_few_frames_not_one_per_newcomer(tmp_pa
     assert joined["frames_per_socket"] == round(joined["frames"] / sockets, 1)
     assert joined["server_kb_per_socket"] > 0
     assert "Join storm" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.timeout(240)
+def test_a_reconnect_storm_brings_every_socket_back_with_what_it_missed(tmp_path: Path) -> None:
+    """The server restarts under 100 browsers in two rooms: each comes back by itself, as the
+    room page does, and its resumed welcome replays the message sent while the server was
+    down. Mosquitto is restarted under its own clients beside it (nothing to resume there)."""
+    sockets = 100
+    results = quick_run(
+        tmp_path,
+        *("--systems", "naive,mosquitto,gateway", "--scenarios", "reconnect"),
+        *("--plan", f"reconnect_count={sockets}"),
+    )
+    runs = {run["system"]: run for run in results["runs"]}
+    assert set(runs) == {"mosquitto", "gateway"}  # the naive stack has no restart here
+    for system, run in runs.items():
+        assert run["status"] == "ok", (system, run["error"])
+        back = run["reconnect"]
+        assert back["closed"] == back["back"] == sockets, (system, back)
+        assert back["given_up"] == back["still_away"] == 0
+        assert back["refused_attempts"] > 0  # they tried while the server was down
+        assert 0 < back["handshake_p50_ms"] <= back["handshake_p99_ms"]
+        assert back["all_back_seconds"] > 0
+    gateway = runs["gateway"]["reconnect"]
+    # Two rooms of 50: the one message each room got during the downtime, once per socket.
+    assert gateway["replayed"] == gateway["replay_expected"] == sockets
+    assert gateway["gaps"] == 0
+    assert runs["mosquitto"]["reconnect"]["replayed"] is None
+    assert "Reconnect storm" in (tmp_path / "report.md").read_text()

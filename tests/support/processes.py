@@ -514,6 +514,16 @@ class Gateway:
         wait_for(lambda: port_open(port), f"{name} on port {port}", timeout=30)
         return port
 
+    def restart_web(self, index: int) -> None:
+        """Start web process ``index`` again on its port (stopped first, if it still runs)."""
+        self.webs[index].stop()
+        port = self.ports[index]
+        others = self.webs[index + 1 :], self.ports[index + 1 :]
+        del self.webs[index:], self.ports[index:]
+        self.start_web(port)  # named and logged as the one it replaces
+        self.webs += others[0]
+        self.ports += others[1]
+
     def start_worker(self, index: int | None = None) -> Process:
         """Start (or restart) worker ``index``; each has its own MQTT client id and log."""
         index = len(self.workers) if index is None else index

@@ -219,3 +219,33 @@ async def test_a_lost_window_is_read_from_the_database_once_until_the_room_moves
     # A message moves the room's counter: the next welcome has it.
     await append(fresh, "cold", "three")
     assert [m["message"] for m in await fresh.recent("cold", 50)][-1] == "three"
+
+
+async def test_a_resume_the_window_covers_asks_nothing_of_the_database(
+    make_history: Callable[..., History], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    history = make_history(window=3)
+    for n in range(1, 6):
+        await append(history, "storm", f"m{n}")
+    await history.flush()
+    asked: list[str] = []
+    for name in ("_stored_after", "_lowest_seq"):
+        real = getattr(history_module, name)
+
+        def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            asked.append(_name)
+            return _real(*args)
+
+        monkeypatch.setattr(history_module, name, counted)
+    # The window holds 3, 4 and 5: resuming after 2, 3 or 5 is answered from it alone.
+    for since, expected in ((2, ["m3", "m4", "m5"]), (3, ["m4", "m5"]), (5, [])):
+        missed = await history.missed("storm", since)
+        assert ([m["message"] for m in missed.messages], missed.gap) == (expected, False)
+    assert asked == []
+    # After 1, message 2 is only in the database: it is read from there, with no gap.
+    missed = await history.missed("storm", 1)
+    assert ([m["message"] for m in missed.messages], missed.gap) == (
+        ["m2", "m3", "m4", "m5"],
+        False,
+    )
+    assert sorted(set(asked)) == ["_lowest_seq", "_stored_after"]

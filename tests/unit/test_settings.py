@@ -135,16 +135,41 @@ def test_a_client_id_that_is_invalid_once_filled_in_fails_naming_mqtt_client_id(
 
 @pytest.mark.parametrize("layer", ["pubsub", "PUBSUB", "anything"])
 def test_the_retired_channel_layer_setting_stops_start_up_saying_what_to_do(layer: str) -> None:
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "CHANNEL_LAYER": layer}
-    env["REDIS_URL"] = "redis://127.0.0.1:9/0"  # never reached: settings fail first
-    started = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
+    # REDIS_URL is never reached: settings fail first.
+    started = start_up(CHANNEL_LAYER=layer, REDIS_URL="redis://127.0.0.1:9/0")
     assert started.returncode != 0
     assert "CHANNEL_LAYER is retired" in started.stderr
     assert "Remove the setting" in started.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("1,2", "give three numbers"),  # two of three
+        ("0,10,10", "give three numbers"),  # 0 would turn the collector off: garbage would grow
+        ("50000,0,10", "give three numbers"),
+        ("a,b,c", "invalid literal"),
+    ],
+)
+def test_bad_collector_thresholds_stop_start_up_naming_them(value: str, message: str) -> None:
+    started = start_up(GATEWAY_GC_THRESHOLDS=value)
+    assert started.returncode != 0
+    assert "GATEWAY_GC_THRESHOLDS" in started.stderr
+    assert message in started.stderr
+
+
+def test_every_process_collects_with_the_thresholds_set() -> None:
+    started = start_up("import gc; print(gc.get_threshold())", GATEWAY_GC_THRESHOLDS="20000,15,5")
+    assert (started.returncode, started.stdout.strip()) == (0, "(20000, 15, 5)")
+
+
+def start_up(then: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    """A process that sets Django up with ``env`` added to this one's, then runs ``then``."""
+    return subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {then}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **env},
+        timeout=60,
+        check=False,
+    )
