@@ -234,8 +234,11 @@ class RoomHub:
                     failures += 1
                     await asyncio.sleep(delay)
                     continue
+                if not await self._catch_up():  # a room's history could not be read
+                    failures += 1
+                    await asyncio.sleep(delay)
+                    continue  # still stale: renew and catch up again, until every room is
                 stale = False
-                await self._catch_up()
             try:
                 events = await self.transport.receive(self.channel, RECEIVE_EVENTS)
             except asyncio.CancelledError:
@@ -254,13 +257,16 @@ class RoomHub:
                     metrics.inc("messages_dropped", "fanout_error")
                     logger.exception("could not fan out an event of type %r", event.get("type"))
 
-    async def _catch_up(self) -> None:
-        """After a layer failure, send each room what history has past the last seq it got.
+    async def _catch_up(self) -> bool:
+        """After a layer failure, send each room what history has past the last seq it got;
+        whether every room's history could be read (if not, the reader tries again: what
+        was sent already is not sent twice).
 
         Events queued for this process, or sent to a room while the hub was out of its group
         (a restarted Redis forgets memberships), are gone; history still has their messages.
         """
         history = history_for()
+        complete = True
         for room, members in list(self.rooms.items()):
             last = self._delivered.get(room)
             if last is None:  # nothing fanned out yet: from the oldest welcome
@@ -268,10 +274,12 @@ class RoomHub:
             try:
                 missed = await history.missed(room, last)
             except Exception:
-                logger.exception("could not read room %s's history to catch up", room)
+                logger.exception("could not read room %s's history to catch up yet", room)
+                complete = False
                 continue
             for envelope in missed.messages:
                 self._message(envelope)
+        return complete
 
     def dispatch(self, event: Event) -> None:
         """Write ``event`` to the sockets of its room in this process."""
