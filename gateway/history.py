@@ -501,8 +501,9 @@ class History:
         """The messages of ``room`` after ``since``, for a browser that reconnects: the newest
         ``limit`` (and a gap) if more were missed; with ``page``, the oldest ``limit`` (and
         ``more``)."""
-        recent = await self.window.after(room, since, limit + 1)
-        oldest_recent = await self.window.oldest(room)
+        recent, oldest_recent = await asyncio.gather(
+            self.window.after(room, since, limit + 1), self.window.oldest(room)
+        )
         # The window holds every message from its oldest on: when that is the next one after
         # ``since``, nothing was lost and the database need not be asked (a reconnect storm
         # of thousands of sockets asks nothing of it).
