@@ -313,7 +313,9 @@ async def join(run: Run, count: int, _plan: Plan) -> dict[str, Any]:
 ROOM_PAGE_BACKOFF = {"base_ms": 500, "cap_ms": 10_000, "timeout_ms": 15_000}
 DOWNTIME_STEP = 900  # the step number of what devices send while the server is down
 EMPTY_TALLY: dict[str, Any] = {
-    **dict.fromkeys(("closed", "back", "given_up", "attempts", "failed", "replayed", "gaps"), 0),
+    **dict.fromkeys(
+        ("closed", "back", "given_up", "attempts", "failed", "busy", "replayed", "gaps"), 0
+    ),
     "errors": [],
     "handshake": {},
     "away": {},
@@ -384,6 +386,8 @@ async def reconnect(run: Run, count: int, plan: Plan) -> dict[str, Any]:
         "still_away": max(0, waiting),
         "attempts": sum(int(t["attempts"]) for t in tallies),
         "refused_attempts": sum(int(t["failed"]) for t in tallies),
+        # Of those, the ones the server answered "busy, come back in retry_after seconds".
+        "busy_attempts": sum(int(t.get("busy", 0)) for t in tallies),
         "errors": [e for t in tallies for e in t["errors"]][:5],
         "unanswered_polls": unanswered,
         "server_down_seconds": round(started - stopped, 1),

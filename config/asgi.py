@@ -8,13 +8,13 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django_asgi_app = get_asgi_application()  # before anything that imports models
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from bridges.consumer import MqttBridgeConsumer  # noqa: E402
 from gateway.events import BRIDGE_CHANNEL  # noqa: E402
-from protocols.auth import TokenAuthMiddleware  # noqa: E402
+from protocols.admission import HandshakeAdmission  # noqa: E402
+from protocols.auth import TokenAuthMiddleware, session_auth  # noqa: E402
 from protocols.flatten import Flattened  # noqa: E402
 from protocols.origin import OriginOrBearerValidator  # noqa: E402
 from protocols.routing import websocket_urlpatterns  # noqa: E402
@@ -24,9 +24,12 @@ application = ProtocolTypeRouter(
         # Static files are served by the gateway itself so a fresh install works offline.
         "http": ASGIStaticFilesHandler(django_asgi_app),
         # Flattened: the layers resolve the scope, then leave the socket to its consumer.
+        # HandshakeAdmission first: a busy process answers before any other layer works.
         "websocket": Flattened(
-            OriginOrBearerValidator(
-                AuthMiddlewareStack(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+            HandshakeAdmission(
+                OriginOrBearerValidator(
+                    session_auth(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
+                )
             )
         ),
         "channel": ChannelNameRouter({BRIDGE_CHANNEL: MqttBridgeConsumer.as_asgi()}),

@@ -245,6 +245,11 @@ for _name, _value in (
 ):
     if not 1 <= _value <= 1_000_000:
         raise ImproperlyConfigured(f"{_name}={_value} is out of range (1-1000000)")
+# WebSocket handshakes one daphne process works on at once; more are asked to come back
+# (`protocols.admission`).
+WS_HANDSHAKES: int = _read("GATEWAY_WS_HANDSHAKES", env.int, 64)
+if not 1 <= WS_HANDSHAKES <= 100_000:
+    raise ImproperlyConfigured(f"GATEWAY_WS_HANDSHAKES={WS_HANDSHAKES} is out of range (1-100000)")
 # Lets /metrics and /readyz's detail be read from elsewhere than this machine.
 OPS_TOKEN: str | None = _read("GATEWAY_OPS_TOKEN", env.str, "") or None
 if OPS_TOKEN is not None and len(OPS_TOKEN) < 16:

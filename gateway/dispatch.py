@@ -41,6 +41,16 @@ class DirectDispatchMixin:
         except StopConsumer:
             pass
 
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        """Channels' own, without its ``close_old_connections()`` thread hop (see above): a
+        burst of closing sockets would queue one each on the database's one thread, ahead of
+        the handshakes that need it."""
+        if getattr(self, "groups", None):  # groups to leave: Channels' own does that
+            await super().websocket_disconnect(message)  # type: ignore[misc]
+            return
+        await self.disconnect(message.get("code", 1006))  # type: ignore[attr-defined]
+        raise StopConsumer
+
     async def dispatch(self, message: dict[str, Any]) -> None:
         handler = getattr(self, get_handler_name(message), None)
         if handler is None:

@@ -17,7 +17,9 @@ from types import SimpleNamespace
 from typing import Any, cast
 from urllib.parse import unquote
 
+from channels.auth import get_user as aget_session_user
 from channels.db import database_sync_to_async
+from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth import get_user
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -35,6 +37,27 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 SUBPROTOCOL_PREFIX = "token."
 URL_ERROR = "tokens in URLs are refused; use the Authorization header"
 INVALID_ERROR = "invalid or revoked token"
+
+
+class SessionUserMiddleware:
+    """Sets ``scope["user"]`` from the session, as Channels' ``AuthMiddleware`` does (below
+    Channels' ``SessionMiddleware``), except that a socket without a session cookie is anonymous
+    at once: asking Channels would queue a call on the database's one thread for each of them,
+    and a burst of reconnecting browsers would queue thousands there ahead of the handshakes
+    that do need the database."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = scope["session"]
+        user = AnonymousUser() if session.session_key is None else await aget_session_user(scope)
+        return await self.inner({**scope, "user": user}, receive, send)
+
+
+def session_auth(inner: ASGIApp) -> ASGIApp:
+    """Cookies, the session and its user, as Channels' ``AuthMiddlewareStack``."""
+    return CookieMiddleware(SessionMiddleware(SessionUserMiddleware(inner)))  # type: ignore[no-any-return]
 
 
 class TokenAuthMiddleware:

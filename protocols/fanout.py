@@ -433,7 +433,7 @@ class RoomHub:
             await self._rejoin()
 
 
-def error_frame(code: str, detail: str, **extra: str) -> str:
+def error_frame(code: str, detail: str, **extra: Any) -> str:
     """The frame that tells a socket what went wrong with something it sent."""
     return dumps({"type": "error", "code": code, "detail": detail, **extra})
 

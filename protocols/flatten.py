@@ -36,6 +36,12 @@ def deferred(app: ASGIApp) -> Any:
     return run_later
 
 
+def runs_later() -> bool:
+    """Whether the enclosing `Flattened` stack has reached its `deferred` application (which
+    then runs once the layers have returned)."""
+    return bool(_pending.get())
+
+
 class Flattened:
     """Runs ``stack`` to resolve the scope, then the `deferred` application it reached."""
 

@@ -34,13 +34,16 @@ const churned = { reconnects: 0, resumed: 0, replayed: 0, gaps: 0, failed: 0, er
 let churnNext = 0;
 // Connections the server closed that came back by themselves (`reconnect` in the config).
 const storm = {
-  closed: 0, back: 0, attempts: 0, failed: 0, given_up: 0, replayed: 0, gaps: 0, errors: [],
+  closed: 0, back: 0, attempts: 0, failed: 0, busy: 0, given_up: 0, replayed: 0, gaps: 0,
+  errors: {}, // failed attempts by what failed them (busy ones aside)
   handshake: new Histogram(), // the attempt that succeeded: open to welcome
   away: new Histogram(), // closed to welcomed again
 };
 const MAX_ATTEMPTS = 30;
 const SEQ = /"seq":\s*(\d+)/g;
 const GAP = /"gap":\s*true/;
+// A handshake the server had no turn for: {"type": "error", "code": "busy", "retry_after": s}.
+const BUSY = /"code":\s*"busy".*"retry_after":\s*([\d.]+)/;
 
 /** The highest seq a frame mentions (a message's, or a welcome's watermark), or 0. */
 function highestSeq(data) {
@@ -66,6 +69,13 @@ function openWs(room, index, since = null, tally = churned) {
       }
     });
     ws.on('message', (data) => {
+      if (!conn.ready && config.welcome) {
+        const busy = BUSY.exec(data.toString());
+        if (busy) {
+          conn.retryAfterMs = Number(busy[1]) * 1000; // the close follows
+          return;
+        }
+      }
       if (config.track_seq) conn.seq = Math.max(conn.seq, highestSeq(data));
       if (!conn.ready) {
         conn.ready = true; // the welcome, which may replay old payloads: not counted
@@ -79,26 +89,35 @@ function openWs(room, index, since = null, tally = churned) {
       }
       receipts.record(conn, data);
     });
-    ws.on('error', (error) => reject(error));
+    ws.on('error', (error) => {
+      // A busy server's close can end in a reset: its turn still stands.
+      if (conn.retryAfterMs !== undefined) error.retryAfterMs = conn.retryAfterMs;
+      reject(error);
+    });
     ws.on('close', () => {
       if (conn.ready && !conn.closing) {
         closed += 1;
         if (config.reconnect) comeBack(index, conn, nowUs(), 0);
       }
-      reject(new Error('closed before it was ready'));
+      const error = new Error(conn.retryAfterMs === undefined ? 'closed before it was ready' : 'busy');
+      error.retryAfterMs = conn.retryAfterMs;
+      reject(error);
     });
   });
 }
 
 /** Open connection `index` again after the server closed it, as the room page does. */
-function comeBack(index, old, closedAt, attempt) {
+function comeBack(index, old, closedAt, attempt, retryAfterMs) {
   if (attempt === 0) storm.closed += 1;
   if (attempt >= MAX_ATTEMPTS) {
     storm.given_up += 1;
     return;
   }
   const { base_ms: base, cap_ms: cap, timeout_ms: limit } = config.reconnect;
-  const wait = Math.random() * Math.min(cap, base * 2 ** attempt);
+  // The server's turn when it gave one (with a little jitter), else the page's backoff.
+  const wait = retryAfterMs === undefined
+    ? Math.random() * Math.min(cap, base * 2 ** attempt)
+    : retryAfterMs * (1 + 0.1 * Math.random());
   setTimeout(async () => {
     storm.attempts += 1;
     const started = nowUs();
@@ -114,8 +133,14 @@ function comeBack(index, old, closedAt, attempt) {
     } catch (error) {
       opening.then((late) => { late.closing = true; late.ws.terminate(); }, () => {});
       storm.failed += 1;
-      if (storm.errors.length < 5) storm.errors.push(String(error && error.message ? error.message : error));
-      comeBack(index, old, closedAt, attempt + 1);
+      if (error && error.retryAfterMs !== undefined) storm.busy += 1;
+      else {
+        const kind = String(error && error.message ? error.message : error).replace(/ [\d.:]+$/, '');
+        storm.errors[kind] = (storm.errors[kind] || 0) + 1;
+      }
+      // A busy server's turn is not a failure of this client's: it does not bring giving up nearer.
+      const busy = error && error.retryAfterMs !== undefined;
+      comeBack(index, old, closedAt, busy ? attempt : attempt + 1, busy ? error.retryAfterMs : undefined);
     }
   }, wait);
 }
@@ -158,9 +183,17 @@ async function connectAll() {
   const open = config.mode === 'mqtt-ws' ? openMqttWs : openWs;
   const results = await bounded(config.rooms.length, config.concurrency || 100, async (i) => {
     const started = nowUs();
-    const conn = await deadline(open(config.rooms[i], i), config.timeout_ms || 30000, 'handshake');
-    handshake.add(nowUs() - started);
-    return conn;
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        const conn = await deadline(open(config.rooms[i], i), config.timeout_ms || 30000, 'handshake');
+        handshake.add(nowUs() - started);
+        return conn;
+      } catch (error) {
+        // A busy server gave a turn: come back then, as the room page does.
+        if (!error || error.retryAfterMs === undefined || attempt >= MAX_ATTEMPTS) throw error;
+        await new Promise((resolve) => setTimeout(resolve, error.retryAfterMs * (1 + 0.1 * Math.random())));
+      }
+    }
   });
   const errors = [];
   for (const result of results) {
@@ -245,7 +278,8 @@ serve(
         emit({
           event: 'reconnects',
           ...storm,
-          errors: storm.errors.slice(),
+          errors: Object.entries(storm.errors).sort((a, b) => b[1] - a[1]).slice(0, 5)
+            .map(([kind, n]) => `${n} x ${kind}`),
           handshake: storm.handshake.toJSON(),
           away: storm.away.toJSON(),
         });

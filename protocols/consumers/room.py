@@ -35,6 +35,7 @@ from gateway.room_registry import may_open
 from gateway.rooms import is_valid_room
 from gateway.tokens import atoken_is_active
 from protocols.access_watch import access_watch
+from protocols.admission import admission_of
 from protocols.auth import asession_is_current
 from protocols.client_address import client_address
 from protocols.fanout import Subscriber, client_view, error_frame, hub_for
@@ -73,21 +74,24 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         self._flood = FloodGuard.for_websocket()
 
     async def connect(self) -> None:
-        room = self.scope["url_route"]["kwargs"]["room"]
+        welcomed = False
+        try:
+            welcomed = await self._join(self.scope["url_route"]["kwargs"]["room"])
+        finally:  # the handshake is over: its place is free for the next
+            admission_of(self.scope).done(welcomed=welcomed)
+
+    async def _join(self, room: str) -> bool:
+        """Join ``room`` and send the welcome; False when the socket was refused instead."""
         if not is_valid_room(room):
             metrics.inc("ws_refused", "invalid_room")
             await self.close()  # before accept(): the handshake is refused with 403
-            return
-        subprotocol = self.scope.get("token_subprotocol")
+            return False
         refusal = await self._refusal(room)
         if refusal is not None:
             code, error, detail = refusal
             metrics.inc("ws_refused", error)
-            # Accepted only to say why: a close code needs an open socket. No group joined.
-            await self.accept(subprotocol)
-            await self.send_error(error, detail)
-            await self.close(code=code)
-            return
+            await self._refuse(error, detail, code)
+            return False
         since, since_error = _since(self.scope.get("query_string", b""))
         self.room = room
         self.sender = self._sender_name()
@@ -96,13 +100,20 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         # welcome is out).
         self.subscriber = Subscriber(self.key, outlet_for(self.base_send))
         await hub_for().join(room, self.subscriber)
-        await self.accept(subprotocol)
+        await self.accept(self.scope.get("token_subprotocol"))
         metrics.add_gauge("ws_connections", 1)
         await presence_for().join(room, self.key, "browser", self.sender, hold=True)
         if since_error:
             await self.send_error("invalid_since", since_error)
         await self._welcome(room, since)
         access_watch.add(self)
+        return True
+
+    async def _refuse(self, error: str, detail: str, code: int) -> None:
+        """Accepted only to say why: a close code needs an open socket. No room joined."""
+        await self.accept(self.scope.get("token_subprotocol"))
+        await self.send_error(error, detail)
+        await self.close(code=code)
 
     async def _welcome(self, room: str, since: int | None) -> None:
         # Three reads, side by side: each only has to come after the hub joined the room.
@@ -370,10 +381,13 @@ class _SocketCounter:
 _open_sockets = _SocketCounter()
 
 
-class RefuseConsumer(AsyncWebsocketConsumer):  # type: ignore[misc]
+class RefuseConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]
     """Any other WebSocket path: refused before accept."""
 
+    channel_layer_alias = None
+
     async def connect(self) -> None:
+        admission_of(self.scope).done(welcomed=False)
         metrics.inc("ws_refused", "unknown_path")
         await self.close()
 

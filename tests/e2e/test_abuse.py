@@ -67,6 +67,9 @@ def gateway_options() -> dict[str, Any]:
     return {
         "GATEWAY_WS_MAX_PER_USER": "2",
         "GATEWAY_WS_MAX_ANONYMOUS_PER_ADDRESS": str(ANONYMOUS_PER_ADDRESS),
+        # Hundreds of handshakes at once, all worked on: the caps under test answer them
+        # (the handshake limit has its own tests, in test_admission).
+        "GATEWAY_WS_HANDSHAKES": "1000",
         "GATEWAY_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD),
         "RETAINED_MAX_TOPICS": str(RETAINED_TOPICS),
         "GATEWAY_API_ANONYMOUS_RATE": "0.1",

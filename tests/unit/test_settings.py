@@ -158,6 +158,13 @@ def test_bad_collector_thresholds_stop_start_up_naming_them(value: str, message:
     assert message in started.stderr
 
 
+@pytest.mark.parametrize("value", ["0", "100001", "many"])
+def test_a_bad_handshake_limit_stops_start_up_naming_it(value: str) -> None:
+    started = start_up(GATEWAY_WS_HANDSHAKES=value)
+    assert started.returncode != 0
+    assert "GATEWAY_WS_HANDSHAKES" in started.stderr
+
+
 def test_every_process_collects_with_the_thresholds_set() -> None:
     started = start_up("import gc; print(gc.get_threshold())", GATEWAY_GC_THRESHOLDS="20000,15,5")
     assert (started.returncode, started.stdout.strip()) == (0, "(20000, 15, 5)")

@@ -6,14 +6,17 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.models import AnonymousUser
+from django.contrib.sessions.backends.db import SessionStore
 from django.core.management import CommandError, call_command
 from django.test import Client, RequestFactory
 from django.utils import timezone
 
+import protocols.auth
 from gateway.models import ApiToken
 from gateway.tokens import (
     aauthenticate_token,
@@ -23,7 +26,7 @@ from gateway.tokens import (
     revoke,
     token_is_active,
 )
-from protocols.auth import TokenAuthMiddleware, bearer_user
+from protocols.auth import TokenAuthMiddleware, bearer_user, session_auth
 
 URL_ERROR = "tokens in URLs are refused; use the Authorization header"
 INVALID_ERROR = "invalid or revoked token"
@@ -383,7 +386,7 @@ async def test_behind_the_session_stack_the_subprotocol_can_be_echoed(
         await receive()
 
     ws = WebsocketCommunicator(
-        AuthMiddlewareStack(TokenAuthMiddleware(app)),
+        session_auth(TokenAuthMiddleware(app)),
         "/ws/rooms/lab/",
         subprotocols=["token." + plaintext],
     )
@@ -392,6 +395,47 @@ async def test_behind_the_session_stack_the_subprotocol_can_be_echoed(
     assert subprotocol == "token." + plaintext
     assert scopes[0]["user"].pk == user.pk
     await ws.disconnect()
+
+
+async def scope_user(headers: list[tuple[bytes, bytes]]) -> Any:
+    """The user `session_auth` puts in a socket's scope, for these request headers."""
+    users: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        users.append(scope["user"])
+        await receive()
+        await send({"type": "websocket.close"})
+
+    ws = WebsocketCommunicator(session_auth(app), "/ws/rooms/lab/", headers=headers)
+    await ws.connect()
+    await ws.disconnect()
+    return users[0]
+
+
+async def test_a_socket_without_a_session_cookie_is_anonymous_without_asking_the_database(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def asked(scope: Any) -> Any:
+        raise AssertionError("the session's user was looked up")
+
+    monkeypatch.setattr(protocols.auth, "aget_session_user", asked)
+    user = await scope_user([(b"cookie", b"csrftoken=abc")])
+    assert not user.is_authenticated
+
+
+@async_db
+async def test_a_socket_with_a_signed_in_session_carries_its_user(django_user_model: Any) -> None:
+    user = await django_user_model.objects.acreate(username="sessioned")
+    store = SessionStore()
+    store[SESSION_KEY] = str(user.pk)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    await store.acreate()
+    cookie = f"{settings.SESSION_COOKIE_NAME}={store.session_key}".encode()
+    assert (await scope_user([(b"cookie", cookie)])).pk == user.pk
+    # A cookie naming no session is anonymous, as in Django.
+    stale = f"{settings.SESSION_COOKIE_NAME}=nosuchsession".encode()
+    assert not (await scope_user([(b"cookie", stale)])).is_authenticated
 
 
 # Views

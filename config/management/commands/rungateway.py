@@ -36,6 +36,10 @@ logger = logging.getLogger(__name__)
 
 # Twisted's reactor is typed as a bundle of interfaces; as used here it is plainly dynamic.
 reactor: Any = twisted_reactor
+# Connections the kernel may hold for daphne before it accepts them. Twisted's default, 50, is
+# overrun when thousands of browsers come back at once after a restart: their connections are
+# dropped and retried seconds later. (The kernel caps it at net.core.somaxconn.)
+LISTEN_BACKLOG = 4096
 
 
 def check_port_free(host: str, port: int, what: str, option: str) -> None:
@@ -174,7 +178,10 @@ class Command(BaseCommand):
         # Frames over GATEWAY_MAX_FRAME_BYTES close with 1009: see protocols.compat.
         server = GatewayServer(
             application=application,
-            endpoints=build_endpoint_description_strings(host=host, port=port),
+            endpoints=[
+                f"{endpoint}:backlog={LISTEN_BACKLOG}"
+                for endpoint in build_endpoint_description_strings(host=host, port=port)
+            ],
             signal_handlers=False,
             ready_callable=ready,
         )

@@ -40,6 +40,8 @@ let socket = null; // the current socket (kept after it closes, for inspection)
 let lastSeq = null; // highest seq seen: where a reconnect resumes
 const RESUME_OVERLAP = 20;
 let delay = BACKOFF_MIN;
+let retryAfter = null; // ms: the turn a busy gateway gave for the next attempt
+const RETRY_AFTER_MAX = 300_000;
 let retryTimer = null;
 let countdown = null;
 let connectTimer = null;
@@ -140,7 +142,11 @@ function onFrame(event) {
       onMemberPage(frame);
       break;
     case "error":
-      log.error(frame);
+      if (frame.code === "busy" && Number.isFinite(frame.retry_after) && frame.retry_after >= 0) {
+        retryAfter = Math.min(frame.retry_after * 1000, RETRY_AFTER_MAX); // the close follows
+      } else {
+        log.error(frame);
+      }
       break;
     default:
       break; // newer gateways may add frame types: ignore what we do not know
@@ -163,12 +169,15 @@ function refused(code, reason) {
 }
 
 function scheduleRetry() {
-  const wait = Math.random() * delay; // full jitter
-  delay = Math.min(delay * 2, BACKOFF_MAX);
+  // A busy gateway's turn (with a little jitter), else a full-jitter backoff.
+  const busy = retryAfter !== null;
+  const wait = busy ? retryAfter * (1 + 0.1 * Math.random()) : Math.random() * delay;
+  if (!busy) delay = Math.min(delay * 2, BACKOFF_MAX);
+  retryAfter = null;
   const at = Date.now() + wait;
   const tick = () => {
     const seconds = Math.max(1, Math.ceil((at - Date.now()) / 1000));
-    setStatus("closed", `reconnecting in ${seconds} s…`);
+    setStatus("closed", busy ? `the gateway is busy: reconnecting in ${seconds} s…` : `reconnecting in ${seconds} s…`);
   };
   tick();
   clearInterval(countdown);
@@ -181,6 +190,7 @@ function connect() {
   clearTimeout(retryTimer);
   clearInterval(countdown);
   retryTimer = null;
+  retryAfter = null;
   if (stopped) return;
   setStatus("connecting", "connecting…");
   // Several gateway processes can deliver a room's messages a few seqs out of order, so a
