@@ -75,10 +75,8 @@ LOCAL_STAMPS = 100_000
 
 async def read(name: str) -> Stamp:
     """The stamp ``name`` now."""
-    if redis_url() is None:
-        return _local.get(name)
-    value = await redis_client().get(_key(name))
-    return value.decode() if isinstance(value, bytes) else value
+    (stamp,) = await read_many(name)
+    return stamp
 
 
 async def read_many(*names: str) -> list[Stamp]:
