@@ -106,6 +106,16 @@ function openWs(room, index, since = null, tally = churned) {
   });
 }
 
+/** The turn (ms) a busy server gave the attempt that failed with `error`, if it gave one. */
+function turnOf(error) {
+  return error ? error.retryAfterMs : undefined;
+}
+
+/** How long to wait for a turn of `ms`: a little jitter, as the room page adds. */
+function atTurn(ms) {
+  return ms * (1 + 0.1 * Math.random());
+}
+
 /** Open connection `index` again after the server closed it, as the room page does. */
 function comeBack(index, old, closedAt, attempt, retryAfterMs) {
   if (attempt === 0) storm.closed += 1;
@@ -114,10 +124,10 @@ function comeBack(index, old, closedAt, attempt, retryAfterMs) {
     return;
   }
   const { base_ms: base, cap_ms: cap, timeout_ms: limit } = config.reconnect;
-  // The server's turn when it gave one (with a little jitter), else the page's backoff.
+  // The server's turn when it gave one, else the page's backoff.
   const wait = retryAfterMs === undefined
     ? Math.random() * Math.min(cap, base * 2 ** attempt)
-    : retryAfterMs * (1 + 0.1 * Math.random());
+    : atTurn(retryAfterMs);
   setTimeout(async () => {
     storm.attempts += 1;
     const started = nowUs();
@@ -133,14 +143,14 @@ function comeBack(index, old, closedAt, attempt, retryAfterMs) {
     } catch (error) {
       opening.then((late) => { late.closing = true; late.ws.terminate(); }, () => {});
       storm.failed += 1;
-      if (error && error.retryAfterMs !== undefined) storm.busy += 1;
+      const turn = turnOf(error);
+      if (turn !== undefined) storm.busy += 1;
       else {
         const kind = String(error && error.message ? error.message : error).replace(/ [\d.:]+$/, '');
         storm.errors[kind] = (storm.errors[kind] || 0) + 1;
       }
       // A busy server's turn is not a failure of this client's: it does not bring giving up nearer.
-      const busy = error && error.retryAfterMs !== undefined;
-      comeBack(index, old, closedAt, busy ? attempt : attempt + 1, busy ? error.retryAfterMs : undefined);
+      comeBack(index, old, closedAt, turn === undefined ? attempt + 1 : attempt, turn);
     }
   }, wait);
 }
@@ -190,8 +200,9 @@ async function connectAll() {
         return conn;
       } catch (error) {
         // A busy server gave a turn: come back then, as the room page does.
-        if (!error || error.retryAfterMs === undefined || attempt >= MAX_ATTEMPTS) throw error;
-        await new Promise((resolve) => setTimeout(resolve, error.retryAfterMs * (1 + 0.1 * Math.random())));
+        const turn = turnOf(error);
+        if (turn === undefined || attempt >= MAX_ATTEMPTS) throw error;
+        await new Promise((resolve) => setTimeout(resolve, atTurn(turn)));
       }
     }
   });
