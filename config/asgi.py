@@ -19,21 +19,22 @@ from protocols.flatten import Flattened  # noqa: E402
 from protocols.origin import OriginOrBearerValidator  # noqa: E402
 from protocols.routing import websocket_urlpatterns  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        # Static files are served by the gateway itself so a fresh install works offline.
-        "http": ASGIStaticFilesHandler(django_asgi_app),
-        # Flattened: the layers resolve the scope, then leave the socket to its consumer.
-        # HandshakeAdmission first: a busy process answers before any other layer works.
-        "websocket": Flattened(
-            HandshakeAdmission(
+# Flattened, around everything: the layers resolve a socket's scope and return (the protocol
+# router among them), then the socket is left to its consumer alone.
+application = Flattened(
+    ProtocolTypeRouter(
+        {
+            # Static files are served by the gateway itself so a fresh install works offline.
+            "http": ASGIStaticFilesHandler(django_asgi_app),
+            # HandshakeAdmission first: a busy process answers before any other layer works.
+            "websocket": HandshakeAdmission(
                 OriginOrBearerValidator(
                     session_auth(TokenAuthMiddleware(URLRouter(websocket_urlpatterns)))
                 )
-            )
-        ),
-        "channel": ChannelNameRouter({BRIDGE_CHANNEL: MqttBridgeConsumer.as_asgi()}),
-    }
+            ),
+            "channel": ChannelNameRouter({BRIDGE_CHANNEL: MqttBridgeConsumer.as_asgi()}),
+        }
+    )
 )
 
 # What is built by now (modules, classes, settings, the application) lives as long as the

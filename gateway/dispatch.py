@@ -23,6 +23,16 @@ class DirectDispatchMixin:
 
     channel_layer_alias: str | None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Every attribute is set as the consumer is made, not first in `__call__`: CPython
+        # shares one attribute table among a class's instances only for the names it learns
+        # while the first few are made. A name first set later, after a burst of handshakes
+        # has made dozens at once, gives every later socket a whole dict of its own.
+        self.scope: dict[str, Any] = {}
+        self.channel_layer: Any = None
+        self.base_send: Any = None  # ASGI send, once called
+
     async def __call__(
         self,
         scope: dict[str, Any],
@@ -35,6 +45,7 @@ class DirectDispatchMixin:
         self.scope = scope
         self.channel_layer = None
         self.base_send = send
+        del scope  # the consumer may keep less of it once the socket is open
         try:
             while True:
                 await self.dispatch(await receive())

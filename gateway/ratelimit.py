@@ -18,7 +18,7 @@ Verdict = Literal["ok", "warn", "close"]
 _EPSILON = 1e-9
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     """``rate`` events per second on average, and up to ``burst`` at once."""
 
@@ -39,6 +39,8 @@ class RateLimit:
 
 class TokenBucket:
     """Allows ``limit.burst`` events at once, then ``limit.rate`` per second; starts full."""
+
+    __slots__ = ("_clock", "_last", "_tokens", "limit")
 
     def __init__(self, limit: RateLimit, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.limit = limit
@@ -71,6 +73,8 @@ class FloodGuard:
     refusals in a row (answer with an error, drop the frame) and ``"close"`` after that. An
     allowed event resets the count.
     """
+
+    __slots__ = ("bucket", "refusals", "warnings")
 
     def __init__(self, bucket: TokenBucket, *, warnings: int = 5) -> None:
         if warnings < 0:

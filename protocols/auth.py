@@ -25,6 +25,7 @@ from django.contrib.auth import get_user
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.http import HttpRequest
+from django.http.cookie import parse_cookie
 
 from gateway.models import ApiToken
 from gateway.tokens import aauthenticate_token, authenticate_token
@@ -41,23 +42,46 @@ INVALID_ERROR = "invalid or revoked token"
 
 class SessionUserMiddleware:
     """Sets ``scope["user"]`` from the session, as Channels' ``AuthMiddleware`` does (below
-    Channels' ``SessionMiddleware``), except that a socket without a session cookie is anonymous
-    at once: asking Channels would queue a call on the database's one thread for each of them,
-    and a burst of reconnecting browsers would queue thousands there ahead of the handshakes
-    that do need the database."""
+    Channels' ``SessionMiddleware``), except that a session with no key is anonymous at once,
+    without a call on the database's one thread."""
 
     def __init__(self, inner: ASGIApp) -> None:
         self.inner = inner
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = scope["session"]
-        user = AnonymousUser() if session.session_key is None else await aget_session_user(scope)
+        user = ANONYMOUS if session.session_key is None else await aget_session_user(scope)
         return await self.inner({**scope, "user": user}, receive, send)
 
 
+# Anonymous users are all alike: one serves every socket without a session.
+ANONYMOUS = AnonymousUser()
+
+
 def session_auth(inner: ASGIApp) -> ASGIApp:
-    """Cookies, the session and its user, as Channels' ``AuthMiddlewareStack``."""
-    return CookieMiddleware(SessionMiddleware(SessionUserMiddleware(inner)))  # type: ignore[no-any-return]
+    """Cookies, the session and its user, as Channels' ``AuthMiddlewareStack``, for a socket
+    that carries a session cookie. A socket without one is anonymous at once and has no
+    ``scope["session"]``.
+
+    A burst of reconnecting browsers would otherwise queue a call on the database's one thread
+    each, ahead of the handshakes that need it; and Channels' session middleware keeps its own
+    copy of the scope, a session store and a wrapper around ``send`` for the socket's whole
+    life (about 1 KB per idle socket) for a session it does not have.
+    """
+    with_session = CookieMiddleware(SessionMiddleware(SessionUserMiddleware(inner)))
+
+    async def session_or_anonymous(scope: Scope, receive: Receive, send: Send) -> None:
+        if _has_session_cookie(scope.get("headers", ())):
+            return await with_session(scope, receive, send)  # type: ignore[no-any-return]
+        return await inner({**scope, "user": ANONYMOUS}, receive, send)
+
+    return session_or_anonymous
+
+
+def _has_session_cookie(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the Cookie header names the session cookie (read as Channels reads it)."""
+    cookies = _header(headers, b"cookie")
+    return cookies is not None and settings.SESSION_COOKIE_NAME in parse_cookie(cookies)
 
 
 class TokenAuthMiddleware:
@@ -77,7 +101,7 @@ class TokenAuthMiddleware:
         if scope["type"] != "websocket":
             return await self.inner(scope, receive, send)
         if _query_has_token(scope.get("query_string", b"")):
-            scope = {**scope, "token_error": URL_ERROR, "user": AnonymousUser()}
+            scope = {**scope, "token_error": URL_ERROR, "user": ANONYMOUS}
             return await self.inner(scope, receive, send)
         plaintext = _bearer(_header(scope.get("headers", ()), b"authorization"))
         subprotocol = None
@@ -92,7 +116,7 @@ class TokenAuthMiddleware:
         found = await aauthenticate_token(plaintext)
         if found is None:
             scope["token_error"] = INVALID_ERROR
-            scope["user"] = AnonymousUser()  # a session user must not survive a bad token
+            scope["user"] = ANONYMOUS  # a session user must not survive a bad token
         else:
             token, user = found
             scope["user"], scope["api_token_id"] = user, token.pk

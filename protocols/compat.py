@@ -13,10 +13,13 @@ a dropped connection. What the gateway sends is not held to that limit: a welcom
 daphne turns anything else into 1011; RFC 6455 defines 1008 (policy), 1009 (too big), 1013
 (try again later)... for servers to send, and the gateway sends them (`PROTOCOL_CLOSE_CODES`).
 
-**Memory per idle socket** (about 28 KB without these, 18 KB with, 1,000 sockets): autobahn's
-options held on the protocol class instead of copied onto every socket; an `Inbox` instead of
-daphne's `asyncio.Queue` per connection; the handshake's bytes and headers, and daphne's HTTP
-channel with the upgraded request, let go once the socket is open.
+**Memory per idle socket** (about 28 KB without these, 11 KB with them and the gateway's
+own savings, 10,000 sockets): autobahn's options held on the protocol class instead of copied
+onto every socket; the socket's own attributes in slots (`SOCKET_SLOTS`); an `Inbox` instead
+of daphne's `asyncio.Queue` per connection, and a `SendQueue` instead of autobahn's deque;
+the handshake's bytes, headers and answer, and daphne's HTTP channel with the upgraded
+request, let go once the socket is open; Twisted's transport attributes known before the
+first connection (`learn_attributes`).
 
 **Writing frames.** A frame goes straight to the socket when Twisted holds nothing for it
 (`GatewaySocket.send_frame`), and a socket that stops reading is found through Twisted's
@@ -42,14 +45,16 @@ import asyncio
 import logging
 import re
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from functools import partial
 from importlib import metadata
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import tcp
 from twisted.internet.tcp import Connection
 
 from gateway import metrics
@@ -62,11 +67,14 @@ logger = logging.getLogger(__name__)
 # - daphne: ``Server.run`` makes ``ws_factory`` before it calls ``ready_callable``;
 #   ``create_application`` calls the application at once and returns the queue its protocols
 #   ``put_nowait`` events on; ``WebSocketProtocol.serverClose`` closes for ASGI; the HTTP
-#   channel that upgraded a socket stays its transport's producer and is needed no more.
+#   channel that upgraded a socket stays its transport's producer and is needed no more;
+#   ``clean_headers`` is read only as ``onConnect`` makes the scope.
 # - autobahn: ``CONFIG_ATTRS`` are read from the protocol's class when it has them;
-#   ``sendCloseFrame`` sends any code; the ``http_*`` handshake attributes are not read once
-#   the socket is open; daphne never sends with ``sync`` or ``chopsize``, so autobahn's own
-#   send queue stays empty and every write goes through ``sendData``.
+#   ``sendCloseFrame`` sends any code; the ``http_*`` and ``websocket_*`` handshake
+#   attributes are not read once the socket is open; daphne never sends with ``sync`` or
+#   ``chopsize``, so autobahn's own send queue (``send_queue``: ``append``, ``popleft``,
+#   ``len``) stays empty and every write goes through ``sendData``; a socket's attributes are
+#   set on the instance (the names in `SOCKET_SLOTS`) or are class attributes.
 # - Twisted: a transport's ``dataBuffer`` and ``_tempDataLen`` are what it holds unsent, and
 #   ``writeSomeData`` sends at once.
 WRITTEN_FOR: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = (
@@ -185,6 +193,66 @@ class Inbox:
                 return
 
 
+class SendQueue:
+    """autobahn's send queue for one socket, as small as it can be while empty.
+
+    autobahn gives every socket a `deque` for writes it delays (``sync`` or ``chopsize``, which
+    daphne never asks for), and a deque holds a block of 64 slots even while empty: about 760
+    bytes for each idle socket. This holds a deque only while something waits; autobahn calls
+    ``append``, ``popleft`` and ``len``.
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+
+    def append(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+
+    def popleft(self) -> Any:
+        if not self._items:
+            raise IndexError("pop from an empty queue")
+        item = self._items.popleft()
+        if not self._items:
+            self._items = None
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items) if self._items else 0
+
+
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
+
+# The attributes autobahn and daphne give every open socket (of the versions in `WRITTEN_FOR`),
+# held in slots rather than in a dict of each socket's own: CPython shares a dict's key table
+# among a class's instances only up to 30 names, and a socket has about 70, so each socket had
+# a dict of about 1.6 KB. A name missing here is kept in the dict as before; a name the
+# protocol's classes define as a class attribute is left out (a slot would hide its default).
+SOCKET_SLOTS = (
+    # autobahn: WebSocketProtocol._connectionMade and the opening handshake
+    "is_closed", "is_open", "_transport_details", "_raw_query_string", "_perMessageCompress",
+    "trackedTimings", "trafficStats", "state", "send_state", "data", "send_queue",
+    "triggered", "utf8validator", "wasMaxFramePayloadSizeExceeded",
+    "wasMaxMessagePayloadSizeExceeded", "closedByMe", "failedByMe", "droppedByMe", "wasClean",
+    "wasNotCleanReason", "wasServerConnectionDropTimeout", "wasOpenHandshakeTimeout",
+    "wasCloseHandshakeTimeout", "wasServingFlashSocketPolicyFile", "localCloseCode",
+    "localCloseReason", "remoteCloseCode", "remoteCloseReason", "openHandshakeTimeoutCall",
+    "closeHandshakeTimeoutCall", "autoPingTimeoutCall", "autoPingPending",
+    "autoPingPendingCall", "autoPingPendingSeq", "autoPingPendingSent", "http_request_data",
+    "http_status_line", "http_headers", "http_request_uri", "http_request_path",
+    "http_request_params", "http_request_host", "websocket_version", "websocket_protocols",
+    "websocket_origin", "websocket_extensions", "_wskey", "websocket_protocol_in_use",
+    "websocket_extensions_in_use", "http_response_data", "inside_message", "current_frame",
+    # daphne: WebSocketProtocol.onConnect and the handshake
+    "server", "request", "protocol_to_accept", "root_path", "socket_opened", "last_ping",
+    "clean_headers", "client_addr", "server_addr", "path", "application_deferred",
+    "application_queue", "handshake_deferred",
+)  # fmt: skip
+
+
 class Framed(Protocol):
     """A frame that autobahn's factory frames once for every socket (`protocols.outlets`)."""
 
@@ -201,19 +269,27 @@ class GatewaySocket(WebSocketProtocol):  # type: ignore[misc]
     upgrade, doing nothing with it, and gives it up in `onOpen`.
     """
 
+    send_queue: Any  # autobahn's (see `SendQueue`)
+
     # Bytes sent since Twisted last found more than its bufferSize waiting for this socket;
     # None while it holds less (on the class: no entry on a socket that never fell behind).
     written_while_full: int | None = None
 
     def onOpen(self) -> None:
         super().onOpen()
-        # The application has its own copy of the headers (in its scope): the handshake's raw
-        # bytes and parsed headers, kept by autobahn for the socket's life, can go.
-        self.http_request_data = b""
-        self.http_headers: dict[str, str] = {}
-        self.http_request_params: dict[str, list[str]] = {}
-        self.request.headers = {}
-        self.request.params = {}
+        # The application has its own copy of the headers (in its scope): what autobahn kept of
+        # the handshake for the socket's life (its bytes, the headers parsed, the answer sent)
+        # can go. Read-only empties in their place: nothing reads them once the socket is open.
+        self.http_request_data = self.http_response_data = b""
+        self.http_status_line = self.http_request_uri = self.http_request_host = ""
+        self.websocket_origin = self._wskey = self.request.host = self.request.origin = ""
+        self.http_headers = self.http_request_params = _NOTHING
+        self.request.headers = self.request.params = _NOTHING
+        self.websocket_protocols = self.websocket_extensions = ()
+        self.request.protocols = self.request.extensions = ()
+        self.clean_headers = ()  # daphne's, read as it makes the application's scope
+        if not self.send_queue:  # autobahn's own send queue: see `SendQueue`
+            self.send_queue = SendQueue()
         # Twisted's public producer API (autobahn passes it on to the transport): daphne's
         # HTTP channel, and with it the upgraded request, is let go; this socket takes its place.
         self.unregisterProducer()
@@ -342,6 +418,7 @@ class GatewayServer(Server):  # type: ignore[misc]
     def _ready(self, then: Callable[[], None] | None) -> None:
         """daphne has made its factories and not yet accepted a connection."""
         configure_websockets(self.ws_factory)
+        learn_attributes(tcp.Server, TRANSPORT_ATTRIBUTES)
         if then is not None:
             then()
 
@@ -387,8 +464,35 @@ def configure_websockets(factory: Any) -> None:
     )
     options = {name: getattr(factory, name) for name in GatewaySocket.CONFIG_ATTRS}
     # A function on a class would become a method of each socket; staticmethod keeps it as is.
-    held = {name: staticmethod(v) if callable(v) else v for name, v in options.items()}
+    held: dict[str, Any] = {
+        name: staticmethod(v) if callable(v) else v for name, v in options.items()
+    }
+    held["__slots__"] = tuple(name for name in SOCKET_SLOTS if not hasattr(GatewaySocket, name))
     factory.protocol = type(GatewaySocket.__name__, (GatewaySocket,), held)
+
+
+# What Twisted sets on each connection's transport, some of it only at its first write.
+TRANSPORT_ATTRIBUTES = (
+    "reactor", "socket", "fileno", "protocol", "server", "client", "sessionno", "hostname",
+    "logstr", "repstr", "connected", "producer", "streamingProducer", "dataBuffer", "offset",
+    "_tempDataBuffer", "_tempDataLen",
+)  # fmt: skip
+
+
+def learn_attributes(cls: type, names: tuple[str, ...]) -> None:
+    """Tell CPython now that instances of ``cls`` will have the attributes ``names``.
+
+    CPython (3.11) shares one table of attribute names among a class's instances, and takes a
+    new name into it only while the class has made few instances. A name first set later,
+    when a burst of connections has made dozens of transports before any of them wrote,
+    gives every later instance a dict of its own: about 650 bytes more per socket for
+    Twisted's transport, which sets ``offset`` only as it first writes. Setting the names on
+    one instance made for the purpose puts them in the table before the first connection.
+    """
+    probe: object = object.__new__(cls)
+    for name in names:
+        if not hasattr(getattr(cls, name, None), "__set__"):  # a property is not an attribute
+            object.__setattr__(probe, name, None)
 
 
 def fallback_close_code(code: int) -> int:

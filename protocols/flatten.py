@@ -6,7 +6,8 @@ life, and each idle socket would hold every layer's frame and copy of the scope 
 with the Origin check, cookies, session, auth, token and URL routing). None of those layers
 does anything after the inner application returns, so `Flattened` runs the stack only until it
 reaches an application wrapped with `deferred`, and then runs that application itself, once
-the layers above it have returned.
+the layers above it have returned. It wraps the protocol router too, so that no layer's frame
+holds daphne's scope; and a Channels consumer (``as_asgi()``) is made and run directly.
 """
 
 from contextvars import ContextVar
@@ -58,4 +59,9 @@ class Flattened:
         del scope, receive, send  # the layers' copies are all this connection needs
         if pending:
             app, scope, receive, send = pending.pop()
-            await app(scope, receive, send)
+            consumer_class = getattr(app, "consumer_class", None)
+            if consumer_class is not None:  # Channels' as_asgi(): made here, one frame fewer
+                app = consumer_class(**getattr(app, "consumer_initkwargs", {}))
+            running = app(scope, receive, send)
+            del app, scope  # the application holds what it keeps, for as long as it keeps it
+            await running

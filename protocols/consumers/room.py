@@ -48,6 +48,8 @@ CLOSE_POLICY = 1008  # flooding, too many sockets
 CLOSE_UNAUTHORISED = 4401  # an invalid or revoked token, an ended session
 CLOSE_FORBIDDEN = 4403  # no read access to the room, at connect or since
 WELCOME_MESSAGES = 50  # recent messages in the welcome of a browser that joins afresh
+# The scope's keys an open socket keeps: its credentials, and where it came from, for logs.
+SCOPE_KEPT = ("type", "path", "client", "user", "session", "api_token_id")
 
 
 class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore[misc]
@@ -60,18 +62,20 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
     """
 
     channel_layer_alias = None  # no channel of its own
-    room: str | None = None
-    subscriber: Subscriber | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # All of a socket's attributes, set now (see `DirectDispatchMixin.__init__`).
         self.key = f"ws:{secrets.token_hex(12)}"  # its presence key, unique across processes
+        self.room: str | None = None
+        self.sender = ""
+        self.subscriber: Subscriber | None = None
         self._access: Access = "none"
         self._access_checked = 0.0
         self._states_stamp: stamps.Stamp = None
-        self._claimed: list[str] = []
+        self._claimed: tuple[str, ...] = ()
         self._closing = False
-        self._flood = FloodGuard.for_websocket()
+        self._flood: FloodGuard | None = None  # made by the first frame the client sends
 
     async def connect(self) -> None:
         welcomed = False
@@ -79,6 +83,9 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             welcomed = await self._join(self.scope["url_route"]["kwargs"]["room"])
         finally:  # the handshake is over: its place is free for the next
             admission_of(self.scope).done(welcomed=welcomed)
+            # What the socket reads of its scope from now on; the rest (its request headers
+            # above all: a few hundred bytes to a few KB) would be kept for nothing.
+            self.scope = {key: self.scope[key] for key in SCOPE_KEPT if key in self.scope}
 
     async def _join(self, room: str) -> bool:
         """Join ``room`` and send the welcome; False when the socket was refused instead."""
@@ -151,7 +158,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
             if not _open_sockets.claim(key, limit):
                 self._release_claims()
                 return CLOSE_POLICY, "too_many_sockets", "close some of your other sockets first"
-            self._claimed.append(key)
+            self._claimed += (key,)
         # Read together: the access stamp now, the room's state stamp for the welcome.
         access_stamp, self._states_stamp = await stamps.read_many(
             stamps.ACCESS, stamps.retained_stamp(room)
@@ -181,7 +188,7 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
     def _release_claims(self) -> None:
         for key in self._claimed:
             _open_sockets.release(key)
-        self._claimed = []
+        self._claimed = ()
 
     async def disconnect(self, code: int) -> None:
         self._closing = True
@@ -305,6 +312,8 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
 
     async def _within_rate(self) -> bool:
         """Count the frame against the rate limit: warn, then close a client that floods."""
+        if self._flood is None:
+            self._flood = FloodGuard.for_websocket()
         verdict = self._flood.check()
         if verdict == "close":
             metrics.inc("ws_closed", "flood")

@@ -1,6 +1,7 @@
 """The room consumer at the ASGI level, on the in-memory channel layer and transport."""
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +18,7 @@ from gateway.history import close_histories
 from gateway.models import RoomPolicy
 from gateway.presence import Member, presence_for
 from gateway.transport import messages_event, transport
+from protocols.consumers.room import RoomConsumer
 from protocols.fanout import hub_for
 from protocols.routing import websocket_urlpatterns
 
@@ -265,4 +267,22 @@ async def test_a_small_rooms_welcome_lists_everyone_with_the_count() -> None:
     ws, welcome = await join("small")
     assert welcome["presence_count"] == 2
     assert sorted(m["kind"] for m in welcome["presence"]) == ["browser", "device"]
+    await ws.disconnect()
+
+
+async def test_an_open_socket_keeps_no_request_headers_in_its_scope() -> None:
+    ws = WebsocketCommunicator(
+        URLRouter(websocket_urlpatterns),
+        "/ws/rooms/headers/?since=0",
+        headers=[(b"user-agent", b"x" * 500), (b"origin", b"http://testserver")],
+    )
+    assert (await ws.connect())[0]
+    assert (await ws.receive_json_from())["type"] == "welcome"
+    (consumer,) = [
+        o for o in gc.get_objects() if isinstance(o, RoomConsumer) and o.room == "headers"
+    ]
+    assert "headers" not in consumer.scope
+    assert consumer.scope["path"] == "/ws/rooms/headers/"
+    await ws.send_json_to({"message": "still here"})  # and it still works
+    assert (await ws.receive_json_from())["message"] == "still here"
     await ws.disconnect()

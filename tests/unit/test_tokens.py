@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
+from channels.sessions import InstanceSessionWrapper
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
@@ -421,6 +422,23 @@ async def test_a_socket_without_a_session_cookie_is_anonymous_without_asking_the
     monkeypatch.setattr(protocols.auth, "aget_session_user", asked)
     user = await scope_user([(b"cookie", b"csrftoken=abc")])
     assert not user.is_authenticated
+
+
+async def test_a_socket_without_a_session_cookie_keeps_no_session_and_sends_unwrapped() -> None:
+    seen: list[tuple[dict[str, Any], Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append((scope, send))
+        await receive()
+        await send({"type": "websocket.close"})
+
+    ws = WebsocketCommunicator(session_auth(app), "/ws/rooms/lab/")
+    await ws.connect()
+    await ws.disconnect()
+    scope, send = seen[0]
+    assert "session" not in scope
+    assert not scope["user"].is_authenticated
+    assert not isinstance(getattr(send, "__self__", None), InstanceSessionWrapper)
 
 
 @async_db
