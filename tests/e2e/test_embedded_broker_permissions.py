@@ -7,6 +7,7 @@ clients: anonymous ones, the devices ``pump-7`` (write on ``plant``) and ``panel
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -178,7 +179,10 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[World]:
+    failed_before = request.session.testsfailed
     gateway = OneProcessGateway(
         tmp_path_factory.mktemp("embedded"), MQTT_AUTH_SYNC_SECONDS=str(SYNC_SECONDS)
     )
@@ -191,6 +195,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(gateway, made["secrets"], made["token"])
     finally:
         gateway.process.stop()
+        if request.session.testsfailed > failed_before:  # its log goes with the temporary dir
+            print(
+                f"\n--- rungateway's log ---\n{gateway.process.log()[-20_000:]}",
+                file=sys.__stderr__,
+            )
 
 
 async def refused(client: aiomqtt.Client, topic_filter: str) -> bool:
