@@ -475,7 +475,8 @@ def write_report(results: dict[str, Any], out: Path) -> None:
 
 
 def _plots(results: dict[str, Any], out: Path) -> dict[tuple[str, str], list[str]]:
-    """PNG plots next to the report, by (scenario, group): ramps and memory over time."""
+    """PNG plots next to the report, by (scenario, group): ramps, the join and reconnect storms
+    side by side, and memory over time."""
     try:
         import matplotlib
 
@@ -517,6 +518,7 @@ def _plots(results: dict[str, Any], out: Path) -> dict[tuple[str, str], list[str
             figure.savefig(out / name, dpi=90)
             plt.close(figure)
             made[(scenario, group)] = [name]
+    made.update(_bar_plots(plt, results, out))
     for group, runs in _groups(results, "slow").items():
         ok = [r for r in runs if r["status"] != "failed" and r["steps"]]
         if not ok:
@@ -537,4 +539,62 @@ def _plots(results: dict[str, Any], out: Path) -> dict[tuple[str, str], list[str
         figure.savefig(out / name, dpi=90)
         plt.close(figure)
         made[("slow", group)] = [name]
+    return made
+
+
+# The one-shot scenarios plotted as bars, one panel per measure, a bar per system:
+# scenario -> (the run's record, [(panel title, field)]).
+BARS: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "join": (
+        "join",
+        [
+            ("frames per socket", "frames_per_socket"),
+            ("all welcomed after (s)", "welcomes_seconds"),
+            ("server memory per socket (KB)", "server_kb_per_socket"),
+            ("handshake p99 (ms)", "handshake_p99_ms"),
+        ],
+    ),
+    "reconnect": (
+        "reconnect",
+        [
+            ("all back after (s)", "all_back_seconds"),
+            ("time away p99 (ms)", "away_p99_ms"),
+            ("handshake p99 (ms)", "handshake_p99_ms"),
+            ("server memory after (MB)", "server_rss_after_mb"),
+        ],
+    ),
+}
+
+
+def _bar_plots(plt: Any, results: dict[str, Any], out: Path) -> dict[tuple[str, str], list[str]]:
+    """The `BARS` scenarios: a panel per measure, a bar per system (a measure a system lacks
+    is marked "none")."""
+    made: dict[tuple[str, str], list[str]] = {}
+    for scenario, (key, measures) in BARS.items():
+        for group, runs in _groups(results, scenario).items():
+            ok = [r for r in runs if r["status"] != "failed" and r.get(key)]
+            if not ok:
+                continue
+            figure, axes = plt.subplots(1, len(measures), figsize=(3.2 * len(measures), 3.6))
+            systems = [r["system"] for r in ok]
+            for axis, (label, field) in zip(axes, measures, strict=True):
+                values = [r[key].get(field) for r in ok]
+                bars = axis.bar(systems, [v if v is not None else 0 for v in values], color="C0")
+                for bar, value in zip(bars, values, strict=True):
+                    axis.annotate(
+                        "none" if value is None else f"{value:,.1f}",
+                        (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                    )
+                axis.set_title(label, fontsize=9)
+                axis.tick_params(axis="x", labelsize=8, rotation=20)
+                axis.grid(True, axis="y", alpha=0.3)
+            figure.suptitle(f"{SCENARIOS[scenario].title}: {group}")
+            figure.tight_layout()
+            name = f"{scenario}-{_slug(group)}.png"
+            figure.savefig(out / name, dpi=90)
+            plt.close(figure)
+            made[(scenario, group)] = [name]
     return made

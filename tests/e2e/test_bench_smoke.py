@@ -111,7 +111,11 @@ def test_a_join_storm_costs_each_socket_a_few_frames_not_one_per_newcomer(tmp_pa
     assert 1 <= joined["frames_per_socket"] < sockets / 5  # the welcome, then a few
     assert joined["frames_per_socket"] == round(joined["frames"] / sockets, 1)
     assert joined["server_kb_per_socket"] > 0
-    assert "Join storm" in (tmp_path / "report.md").read_text()
+    report = (tmp_path / "report.md").read_text()
+    assert "Join storm" in report
+    plot = f"join-{sockets}-sockets.png"  # beside any other system in the run
+    assert f"]({plot})" in report
+    assert (tmp_path / plot).stat().st_size > 0
 
 
 @pytest.mark.timeout(240)
