@@ -142,64 +142,12 @@ def install() -> None:
         RunServer.server_cls = GatewayServer
 
 
-class Inbox:
-    """The events waiting for one ASGI application instance: `asyncio.Queue`, made small.
+class LazyDeque:
+    """A FIFO queue that holds a `deque` only while it holds something.
 
-    daphne gives every connection an unbounded `asyncio.Queue` and only ever calls
-    ``put_nowait`` and ``get``. The queue holds four deques and an Event even while empty,
-    about 3 KB for each idle socket; this holds a deque only while events wait. Getters are
-    woken as `asyncio.Queue` wakes them: one per event, in turn, and a getter cancelled after
-    its wake-up passes it on.
-    """
-
-    __slots__ = ("_getters", "_items")
-
-    def __init__(self) -> None:
-        self._items: deque[Any] | None = None
-        self._getters: list[asyncio.Future[None]] = []
-
-    def put_nowait(self, item: Any) -> None:
-        if self._items is None:
-            self._items = deque()
-        self._items.append(item)
-        self._wake_one()
-
-    async def get(self) -> Any:
-        while not self._items:
-            getter = asyncio.get_running_loop().create_future()
-            self._getters.append(getter)
-            try:
-                await getter
-            except BaseException:
-                getter.cancel()
-                if getter in self._getters:
-                    self._getters.remove(getter)
-                if self._items and not getter.cancelled():
-                    self._wake_one()
-                raise
-        item = self._items.popleft()
-        if not self._items:
-            self._items = None
-        return item
-
-    def qsize(self) -> int:
-        return len(self._items) if self._items else 0
-
-    def _wake_one(self) -> None:
-        while self._getters:
-            getter = self._getters.pop(0)
-            if not getter.done():
-                getter.set_result(None)
-                return
-
-
-class SendQueue:
-    """autobahn's send queue for one socket, as small as it can be while empty.
-
-    autobahn gives every socket a `deque` for writes it delays (``sync`` or ``chopsize``, which
-    daphne never asks for), and a deque holds a block of 64 slots even while empty: about 760
-    bytes for each idle socket. This holds a deque only while something waits; autobahn calls
-    ``append``, ``popleft`` and ``len``.
+    A deque holds a block of 64 slots even while empty (about 760 bytes), and each socket has
+    queues that are empty nearly all their life. ``append``, ``popleft`` (`IndexError` when
+    empty, as a deque) and ``len``.
     """
 
     __slots__ = ("_items",)
@@ -222,6 +170,63 @@ class SendQueue:
 
     def __len__(self) -> int:
         return len(self._items) if self._items else 0
+
+
+class Inbox(LazyDeque):
+    """The events waiting for one ASGI application instance: `asyncio.Queue`, made small.
+
+    daphne gives every connection an unbounded `asyncio.Queue` and only ever calls
+    ``put_nowait`` and ``get``. The queue holds four deques and an Event even while empty,
+    about 3 KB for each idle socket; this holds a deque only while events wait. Getters are
+    woken as `asyncio.Queue` wakes them: one per event, in turn, and a getter cancelled after
+    its wake-up passes it on.
+    """
+
+    __slots__ = ("_getters",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._getters: list[asyncio.Future[None]] = []
+
+    def put_nowait(self, item: Any) -> None:
+        self.append(item)
+        self._wake_one()
+
+    async def get(self) -> Any:
+        while not self:
+            getter = asyncio.get_running_loop().create_future()
+            self._getters.append(getter)
+            try:
+                await getter
+            except BaseException:
+                getter.cancel()
+                if getter in self._getters:
+                    self._getters.remove(getter)
+                if self and not getter.cancelled():
+                    self._wake_one()
+                raise
+        return self.popleft()
+
+    def qsize(self) -> int:
+        return len(self)
+
+    def _wake_one(self) -> None:
+        while self._getters:
+            getter = self._getters.pop(0)
+            if not getter.done():
+                getter.set_result(None)
+                return
+
+
+class SendQueue(LazyDeque):
+    """autobahn's send queue for one socket: a `LazyDeque`.
+
+    autobahn gives every socket a `deque` for writes it delays (``sync`` or ``chopsize``, which
+    daphne never asks for), so it stays empty for the socket's life; autobahn calls
+    ``append``, ``popleft`` and ``len``.
+    """
+
+    __slots__ = ()
 
 
 _NOTHING: Mapping[str, Any] = MappingProxyType({})
