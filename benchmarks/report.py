@@ -512,12 +512,7 @@ def _plots(results: dict[str, Any], out: Path) -> dict[tuple[str, str], list[str
                 axis.set_ylabel(ylabel)
                 axis.grid(True, which="both", alpha=0.3)
                 axis.legend(fontsize=8)
-            figure.suptitle(f"{SCENARIOS[scenario].title}: {group}")
-            figure.tight_layout()
-            name = f"{scenario}-{_slug(group)}.png"
-            figure.savefig(out / name, dpi=90)
-            plt.close(figure)
-            made[(scenario, group)] = [name]
+            made[(scenario, group)] = [_save(plt, figure, out, scenario, group)]
     made.update(_bar_plots(plt, results, out))
     for group, runs in _groups(results, "slow").items():
         ok = [r for r in runs if r["status"] != "failed" and r["steps"]]
@@ -533,13 +528,18 @@ def _plots(results: dict[str, Any], out: Path) -> dict[tuple[str, str], list[str
         axis.set_ylabel("server RSS (MB)")
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
-        figure.suptitle(f"{SCENARIOS['slow'].title}: {group}")
-        figure.tight_layout()
-        name = f"slow-{_slug(group)}.png"
-        figure.savefig(out / name, dpi=90)
-        plt.close(figure)
-        made[("slow", group)] = [name]
+        made[("slow", group)] = [_save(plt, figure, out, "slow", group)]
     return made
+
+
+def _save(plt: Any, figure: Any, out: Path, scenario: str, group: str) -> str:
+    """Title ``figure`` for the scenario's group, write it next to the report; its file name."""
+    figure.suptitle(f"{SCENARIOS[scenario].title}: {group}")
+    figure.tight_layout()
+    name = f"{scenario}-{_slug(group)}.png"
+    figure.savefig(out / name, dpi=90)
+    plt.close(figure)
+    return name
 
 
 # The one-shot scenarios plotted as bars, one panel per measure, a bar per system:
@@ -591,10 +591,5 @@ def _bar_plots(plt: Any, results: dict[str, Any], out: Path) -> dict[tuple[str, 
                 axis.set_title(label, fontsize=9)
                 axis.tick_params(axis="x", labelsize=8, rotation=20)
                 axis.grid(True, axis="y", alpha=0.3)
-            figure.suptitle(f"{SCENARIOS[scenario].title}: {group}")
-            figure.tight_layout()
-            name = f"{scenario}-{_slug(group)}.png"
-            figure.savefig(out / name, dpi=90)
-            plt.close(figure)
-            made[(scenario, group)] = [name]
+            made[(scenario, group)] = [_save(plt, figure, out, scenario, group)]
     return made
