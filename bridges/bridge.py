@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -51,6 +52,7 @@ from gateway.transport import room_error, transport
 
 logger = logging.getLogger(__name__)
 HANDOFF_RETRY_CAP_SECONDS = 1.0
+MAX_DEVICE_ID_LENGTH = 64  # characters of a device's ``message-id``
 T = TypeVar("T")
 
 # Failures that pass: the message is retried, not dropped.
@@ -126,8 +128,13 @@ class Bridge:
         for message in messages:
             # A QoS 1 or 2 message's id comes from its delivery, which a redelivery repeats:
             # the history appends a redelivery only if the first delivery never got there.
-            message_id = self._identity(message) if message.qos > 0 else None
-            for step in self._steps(message, message_id, limit):
+            # A device that names its messages makes its own resends copies the same way.
+            message_id, named = None, False
+            if message.qos > 0:
+                message_id = self._device_identity(message)
+                named = message_id is not None
+                message_id = message_id or self._identity(message)
+            for step in self._steps(message, message_id, limit, named=named):
                 if isinstance(step, Entry):
                     entries.append(step)
                     continue
@@ -159,9 +166,10 @@ class Bridge:
         return targets
 
     def _steps(
-        self, message: Incoming, message_id: str | None, limit: int
+        self, message: Incoming, message_id: str | None, limit: int, *, named: bool = False
     ) -> list["Entry | Callable[[], Awaitable[Any]]"]:
-        """What one device message asks for: room entries, or presence and state changes."""
+        """What one device message asks for: room entries, or presence and state changes
+        (``named``: its id is the device's own, checked on every delivery)."""
         if message.origin == self.gateway_id:
             metrics.inc("mqtt_own_publications_skipped")
             return []
@@ -192,7 +200,8 @@ class Bridge:
                     topic=message.topic,
                     base64=decoded.base64,
                     message_id=message_id,
-                    redelivery=message.dup,
+                    # a device's id is checked on every delivery: its resend is not flagged
+                    redelivery=message.dup or named,
                     state=message.retain,
                     live=not message.snapshot,
                     sendable=decoded.sendable,
@@ -203,7 +212,24 @@ class Bridge:
     async def _enter(self, entries: list[Entry]) -> None:
         if not entries:
             return
-        results = await self._hand_on(partial(publish_many, entries))
+        tries = 0
+
+        def attempt() -> Awaitable[list[Envelope | GatewayError]]:
+            # A retry may follow an attempt that reached Redis before its answer was lost (a
+            # dropped connection, a failover): it is checked like a broker's redelivery, so
+            # what entered its room then is a copy now, not a second message.
+            nonlocal tries
+            tries += 1
+            if tries == 1:
+                return publish_many(entries)
+            return publish_many(
+                [
+                    replace(entry, redelivery=True) if entry.message_id else entry
+                    for entry in entries
+                ]
+            )
+
+        results = await self._hand_on(attempt)
         for entry, result in zip(entries, results, strict=True):
             if isinstance(result, GatewayError):
                 metrics.dropped(result.code, f"topic {entry.topic!r}: {result}")
@@ -243,6 +269,21 @@ class Bridge:
             digest.update(part.encode())
             digest.update(b"\0")
         digest.update(message.payload)
+        return digest.hexdigest()
+
+    def _device_identity(self, message: Incoming) -> str | None:
+        """The id of a message its device named (``message-id``), scoped to its topic; None if
+        it has none, or (counted) one that is not 1-64 printable characters."""
+        name = message.device_id
+        if name is None:
+            return None
+        if not 0 < len(name) <= MAX_DEVICE_ID_LENGTH or not name.isprintable():
+            metrics.inc("mqtt_message_ids_ignored")
+            return None
+        digest = hashlib.blake2b(digest_size=16)
+        for part in ("device", message.topic, name):
+            digest.update(part.encode())
+            digest.update(b"\0")
         return digest.hexdigest()
 
     def _is_own_envelope(self, decoded: Decoded) -> bool:

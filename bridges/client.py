@@ -59,6 +59,9 @@ BATCH_MESSAGES = 256  # messages handed on together at most
 # A packet is held whole up to the largest payload a room takes plus this (topic, properties).
 PACKET_OVERHEAD_BYTES = 128 * 1024
 ORIGIN_PROPERTY = "gateway"
+# The user property in which a device names its message: the same id on a resend makes it a
+# copy (`bridges.bridge`).
+MESSAGE_ID_PROPERTY = "message-id"
 # Where each bridge connection says whether it is up: retained, with a last will saying "lost".
 STATUS_TOPIC = "gateways/{client_id}/status"
 _LIVE, _SNAPSHOT = 1, 2  # subscription identifiers
@@ -92,6 +95,8 @@ class Incoming:
         retain: the message is (was published as) retained.
         origin: the gateway id in the message's origin property, if any.
         content_type: the MQTT 5 content type, if any.
+        device_id: the id the device gave the message (its ``message-id`` user property), if
+            any: a device's resend of a message carries the same one.
     """
 
     topic: str
@@ -103,6 +108,7 @@ class Incoming:
     origin: str | None
     content_type: str | None
     dup: bool = False
+    device_id: str | None = None
     connection: int = 0  # which connection delivered it: it is acknowledged on that one only
 
 
@@ -588,9 +594,9 @@ class MqttLink:
                 return
         retain = message.retain
         snapshot = retain and not self.is_v5
-        origin = content_type = None
+        origin = content_type = device_id = None
         if message.properties:
-            identifiers, origin, content_type = _read_properties(message.properties)
+            identifiers, origin, content_type, device_id = _read_properties(message.properties)
             if _SNAPSHOT in identifiers and _LIVE not in identifiers:
                 if not retain:
                     self._acknowledge_now(conn, qos, packet_id)  # a copy the share delivers
@@ -611,6 +617,7 @@ class MqttLink:
                 origin=origin,
                 content_type=content_type,
                 dup=message.dup,
+                device_id=device_id,
                 connection=conn.number,
             )
         )
@@ -749,10 +756,12 @@ class MqttLink:
                 self._read(conn)  # what the last read left in the framer
 
 
-def _read_properties(properties: wire.Properties) -> tuple[list[int], str | None, str | None]:
-    """A PUBLISH's subscription identifiers, origin and content type."""
+def _read_properties(
+    properties: wire.Properties,
+) -> tuple[list[int], str | None, str | None, str | None]:
+    """A PUBLISH's subscription identifiers, origin, content type and device message id."""
     identifiers: list[int] = []
-    origin = content_type = None
+    origin = content_type = device_id = None
     for key, value in properties:
         if key == wire.SUBSCRIPTION_ID:
             identifiers.append(cast(int, value))
@@ -760,9 +769,11 @@ def _read_properties(properties: wire.Properties) -> tuple[list[int], str | None
             name, text = cast(tuple[str, str], value)
             if name == ORIGIN_PROPERTY:
                 origin = text
+            elif name == MESSAGE_ID_PROPERTY:
+                device_id = text
         elif key == wire.CONTENT_TYPE:
             content_type = cast(str, value)
-    return identifiers, origin, content_type
+    return identifiers, origin, content_type, device_id
 
 
 def _settle(future: "asyncio.Future[None]", reason: int) -> None:

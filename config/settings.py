@@ -11,6 +11,7 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -18,6 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from bridges.conf import MqttSettings
 from bridges.rules import RuleSet, load_rules
 from gateway.conf import GatewaySettings
+from gateway.shared import RedisTarget, parse_sentinels
 from protocols.client_address import parse_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -154,6 +156,34 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
     raise ImproperlyConfigured(
         f"REDIS_URL={REDIS_URL!r} is invalid: use redis://host:port/db or rediss://"
     )
+# Sentinels that name the master: the gateway follows it through a failover.
+_sentinels: str = _read("REDIS_SENTINELS", env.str, "").strip()
+try:
+    REDIS_SENTINELS = parse_sentinels(_sentinels) if _sentinels else ()
+except ValueError as exc:
+    raise ImproperlyConfigured(f"REDIS_SENTINELS is invalid: {exc}") from exc
+REDIS_SENTINEL_MASTER: str = _read("REDIS_SENTINEL_MASTER", env.str, "").strip()
+REDIS_SENTINEL_PASSWORD: str = _read("REDIS_SENTINEL_PASSWORD", env.str, "")
+if bool(REDIS_SENTINELS) != bool(REDIS_SENTINEL_MASTER):
+    raise ImproperlyConfigured(
+        "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together: the Sentinels' addresses "
+        "(host:port,...) and the name they monitor the master under (e.g. mymaster)"
+    )
+if REDIS_SENTINELS and REDIS_URL and urlsplit(REDIS_URL).hostname:
+    raise ImproperlyConfigured(
+        f"REDIS_URL names a host ({urlsplit(REDIS_URL).hostname}), but with REDIS_SENTINELS "
+        "the Sentinels name the master: give only the scheme, password and database, e.g. "
+        "REDIS_URL=rediss://:password@/0"
+    )
+if REDIS_SENTINELS and REDIS_URL and REDIS_URL.startswith("unix://"):
+    raise ImproperlyConfigured("REDIS_URL=unix:// cannot go with REDIS_SENTINELS")
+# The shared Redis's target, and whether the bridge waits for a replica before acknowledging
+# a QoS 1 message (milliseconds; 0 turns it off).
+REDIS_REPLICA_WAIT_MS: int = _read("REDIS_REPLICA_WAIT_MS", env.int, 1000)
+if not 0 <= REDIS_REPLICA_WAIT_MS <= 60_000:
+    raise ImproperlyConfigured(
+        f"REDIS_REPLICA_WAIT_MS={REDIS_REPLICA_WAIT_MS} is out of range (0-60000; 0 turns it off)"
+    )
 # The pub/sub channel layer once carried rooms; the gateway's own transport does now, and the
 # channel layer carries only what the bridge worker publishes.
 if _read("CHANNEL_LAYER", env.str, "") not in ("", "core"):
@@ -161,17 +191,22 @@ if _read("CHANNEL_LAYER", env.str, "") not in ("", "core"):
         "CHANNEL_LAYER is retired: rooms travel on the gateway's own transport in Redis. "
         "Remove the setting (see the README's upgrade notes)."
     )
-if REDIS_URL:
+if REDIS_SENTINELS:
+    _redis: RedisTarget | None = RedisTarget(
+        url=REDIS_URL or "redis://",
+        sentinels=REDIS_SENTINELS,
+        master=REDIS_SENTINEL_MASTER,
+        sentinel_password=REDIS_SENTINEL_PASSWORD or None,
+    )
+else:
+    _redis = RedisTarget(url=REDIS_URL) if REDIS_URL else None
+if _redis is not None:
     CHANNEL_LAYERS = {
         "default": {
             # channels-redis as it ships: the bridge worker's channel, and Channels' own needs.
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                # channels-redis blocks on BZPOPMIN for 5 s; redis-py's default socket timeout
-                # is also 5 s, so under load a receive would time out and crash the worker.
-                "hosts": [
-                    {"address": REDIS_URL, "socket_timeout": 15, "socket_connect_timeout": 5}
-                ],
+                "hosts": [_redis.layer_host()],
                 # Messages waiting for the bridge worker before new ones are refused (the
                 # sender is told, and the drop counted): seconds of slack, bounded memory.
                 "capacity": CHANNEL_CAPACITY,

@@ -11,7 +11,10 @@ grow with the load; a resume that reaches past the window reads it from there.
 
 If Redis loses the counter (a restart without persistence), it is seeded again above the
 highest ``seq`` in the database with a margin for batches not yet written, so ``seq`` never
-goes backwards.
+goes backwards. If it keeps the counter but loses its last moves (a replica promoted before the
+master's last writes reached it, a restart from a snapshot), the master's replication id has
+changed; the gateway then moves its epoch (`gateway.shared`) and each room's next seq skips
+`EPOCH_SKIP` ahead, so no seq a browser saw is given to another message.
 
 A message the broker may deliver again (a device's QoS 1 message, whose id the bridge derives
 from its delivery) is appended *once*: the script that gives it a ``seq`` records its id in the
@@ -74,6 +77,10 @@ COPY = 0  # what `Window.append` gives a copy of a message already sent to its r
 Once = Mapping[str, bool]
 _NONE: Once = MappingProxyType({})
 SEED_MARGIN = 10_000  # seq headroom after a lost counter, above what the database holds
+# How far a room's seq skips on its first message after Redis's master changed: past the seqs
+# the old master may have given out without replicating them (a failover loses at most the
+# writes of its replication lag).
+EPOCH_SKIP = 10_000
 PRUNE_SECONDS = 60.0
 # The database writer waits this long after the first pending message, so a busy stream is
 # written in a few batches a second instead of one per burst (the window has them meanwhile).
@@ -160,6 +167,9 @@ _RECORDS = """
 local size, max_bytes, ttl, once_ttl, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]),
   tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local records = cmsgpack.unpack(ARGV[6])
+-- The epoch moves when Redis's master changes (`gateway.shared`): a room's first seq in a new
+-- epoch skips EPOCH_SKIP, past any the old master gave out but never replicated.
+local epoch, skipped = tonumber(redis.call('GET', prefix .. 'epoch') or '0'), {}
 local function keys(record)
   local room = record[1]
   return prefix .. 'seq:' .. room, prefix .. 'window:' .. room
@@ -185,6 +195,14 @@ end
 -- Gives a member its room's next seq and keeps the room's window within its size and its bytes
 -- (the newest message stays, whatever its size). The bytes are counted beside the window.
 local function keep(counter, window, member)
+  if epoch > 0 and not skipped[counter] then
+    skipped[counter] = true
+    local mark = counter .. ':epoch'
+    if tonumber(redis.call('GET', mark) or '0') < epoch then
+      redis.call('INCRBY', counter, EPOCH_SKIP)
+      redis.call('SET', mark, epoch, 'EX', ttl)
+    end
+  end
   local seq = redis.call('INCR', counter)
   redis.call('ZADD', window, seq, member)
   local bytes = window .. ':bytes'
@@ -201,7 +219,7 @@ local function keep(counter, window, member)
   redis.call('EXPIRE', bytes, ttl)
   return seq
 end
-""".replace("ONCE_PER_ROOM", str(ONCE_PER_ROOM))
+""".replace("ONCE_PER_ROOM", str(ONCE_PER_ROOM)).replace("EPOCH_SKIP", str(EPOCH_SKIP))
 # Appends a batch, in order (ARGV: see `_RECORDS`). Per envelope: false (no counter), its seq,
 # COPY (0), or the negated seq of its first append.
 _APPEND = (
@@ -264,6 +282,17 @@ end
 )
 
 
+# Starts a room's counter at a floor unless it has one: a counter started in this epoch has
+# nothing to skip. ARGV: the counter's key, the floor, the key prefix, the TTL.
+_SEED = """
+if redis.call('SET', ARGV[1], ARGV[2], 'NX') then
+  local epoch = redis.call('GET', ARGV[3] .. 'epoch')
+  if epoch then redis.call('SET', ARGV[1] .. ':epoch', epoch, 'EX', ARGV[4]) end
+end
+return 0
+"""
+
+
 # Marks recorded ids sent. ARGV: key prefix, one MessagePack array of [room, id].
 _SENT = """
 for _, pair in ipairs(cmsgpack.unpack(ARGV[2])) do
@@ -320,7 +349,7 @@ class RedisWindow:
 
     async def seed(self, room: str, floor: int) -> None:
         counter, _ = self._keys(room)
-        await self.client.set(counter, floor, nx=True)
+        await self.client.eval(_SEED, 0, counter, floor, self.prefix, self.ttl)
 
     async def after(self, room: str, seq: int, limit: int) -> list[Envelope]:
         _, window = self._keys(room)

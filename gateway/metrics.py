@@ -219,6 +219,17 @@ _KNOWN_FAMILIES = (
     ("history_write_failures", "Batches of history that could not be written.", "reason"),
     ("history_rows_lost", "History rows the database never got, by reason.", "reason"),
     ("handoff_retries", "Device messages retried while the channel layer failed.", "reason"),
+    (
+        "redis_replica_wait_timeouts",
+        "Device messages acknowledged before a replica confirmed them (REDIS_REPLICA_WAIT_MS).",
+        "reason",
+    ),
+    (
+        "mqtt_message_ids_ignored",
+        "Device message-id properties ignored: not 1-64 printable characters.",
+        "reason",
+    ),
+    ("redis_epochs", "Redis master changes this process met (failovers, restarts).", "reason"),
     ("frames_fanned_out", "Frames this process wrote to its sockets of a room.", "reason"),
     ("mqtt_hook_denied", "Brokers' HTTP hook checks answered with a denial.", "check"),
     ("mqtt_hook_errors", "Brokers' HTTP hook requests that failed (answered: deny).", "endpoint"),

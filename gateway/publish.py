@@ -109,13 +109,15 @@ async def publish_many(
         for entry, result in zip(entries, results, strict=True)
         if not isinstance(result, GatewayError)
     ]
-    live = [envelope for entry, envelope in accepted if entry.live]
     # Messages the broker may deliver again are appended once: copies go no further.
     once = {
         envelope["id"]: entry.redelivery
         for entry, envelope in accepted
         if entry.message_id is not None
     }
+    if len(once) < sum(1 for entry, _ in accepted if entry.message_id is not None):
+        accepted = _first_of_each(accepted)  # a copy in the same burst (a device's resend)
+    live = [envelope for entry, envelope in accepted if entry.live]
     history = history_for()
     rooms = transport()
     new = await _append_and_deliver(rooms, history, accepted, once)
@@ -135,7 +137,9 @@ async def publish_many(
                 envelope["topic"],
             )
     if not sent and live:
-        await rooms.send_rooms(_by_room(live))
+        # With once keys, the broker waits for the acknowledgement: only once a replica has
+        # the append too (where the master has one), so a failover cannot lose it.
+        await rooms.send_rooms(_by_room(live), replicated=bool(once))
         if once:  # from now on a redelivery of these is a copy
             await history.sent([envelope for envelope in live if envelope["id"] in once])
     for entry, envelope in accepted:
@@ -144,6 +148,21 @@ async def publish_many(
         if entry.live:
             metrics.inc("messages_published", entry.source)
     return results
+
+
+def _first_of_each(accepted: list[tuple[Entry, Envelope]]) -> list[tuple[Entry, Envelope]]:
+    """``accepted`` without the copies, by id, of redeliverable messages earlier in it
+    (counted)."""
+    seen: set[str] = set()
+    kept = []
+    for entry, envelope in accepted:
+        if entry.message_id is not None:
+            if envelope["id"] in seen:
+                metrics.inc("duplicates_removed", "redelivery")
+                continue
+            seen.add(envelope["id"])
+        kept.append((entry, envelope))
+    return kept
 
 
 async def _append_and_deliver(

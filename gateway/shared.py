@@ -1,8 +1,19 @@
-"""Where the gateway's processes share state: one Redis (``REDIS_URL``), or nothing at all.
+"""Where the gateway's processes share state: one Redis (``REDIS_URL``, or the master a set of
+Sentinels names), or nothing at all.
 
 With a Redis, rooms travel between processes on it (`gateway.transport`), and history, presence
 and the bridge workers' heartbeats live in it, under keys the gateway names itself. Without one
 (``rungateway`` on its own), the gateway is one process and keeps all of that in memory.
+
+With Sentinels (``REDIS_SENTINELS``, ``REDIS_SENTINEL_MASTER``) every connection asks them for
+the master when it opens, so the gateway follows a failover: connections to the old master
+fail, and the next ones reach the promoted replica.
+
+Each connection to a master checks, when it opens, whether that Redis is still the one the
+gateway last wrote to (its replication id, which a promoted replica and a restarted server
+change). If not, it moves the gateway's *epoch*: writes the old master acknowledged but never
+replicated may be gone, so the next message of every room skips its seq past them
+(`gateway.history`) instead of numbering a second message with a seq a browser already saw.
 
 The gateway opens its own client for each event loop: Redis connections belong to the loop that
 opened them. The channel layer (channels-redis) keeps its own connections, for the channels
@@ -10,11 +21,24 @@ Channels needs and the ``mqtt-bridge`` channel; nothing here reads them.
 """
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
+import redis
+import redis.sentinel
 from django.conf import settings
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+from gateway import metrics
+from gateway.conf import gateway_settings
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -27,42 +51,273 @@ POOL_WAIT_SECONDS = 10.0
 # time out before the block does.
 SOCKET_TIMEOUT_SECONDS = 15.0
 CONNECT_TIMEOUT_SECONDS = 5.0
+SENTINEL_TIMEOUT_SECONDS = 2.0  # for each question to a Sentinel
+
+# Moves the epoch when the master is not the one last written to. KEYS: the replication id
+# last seen, the epoch. ARGV: this master's replication id. Returns the epoch.
+_EPOCH_LUA = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return redis.call('INCR', KEYS[2])
+end
+return tonumber(redis.call('GET', KEYS[2]) or '0')
+"""
 
 
-def redis_url() -> str | None:
-    """The Redis the processes share (``REDIS_URL``), or None for a gateway of one process."""
+def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
+    """``host:port,host:port,...`` as addresses.
+
+    Raises:
+        ValueError: naming the entry that is not ``host:port``.
+    """
+    addresses = []
+    for entry in (part.strip() for part in text.split(",")):
+        host, _, port = entry.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{entry!r} is not host:port (e.g. sentinel-1:26379)")
+        addresses.append((host, int(port)))
+    if not addresses:
+        raise ValueError("no Sentinel is named")
+    return tuple(addresses)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """The Redis the processes share: a URL, or a master that Sentinels name.
+
+    Attributes:
+        url: ``redis://``, ``rediss://`` (TLS) or ``unix://``. With Sentinels, only its scheme,
+            user, password and database are used: the Sentinels give the host.
+        sentinels: Sentinels' addresses; empty for a Redis at ``url``.
+        master: the name the Sentinels monitor the master under.
+        sentinel_password: the Sentinels' own password (their ``requirepass``), if any.
+    """
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    sentinel_password: str | None = None
+
+    def _parts(self) -> dict[str, Any]:
+        """The connection options of ``url`` that apply through Sentinels."""
+        parts = urlsplit(self.url)
+        options: dict[str, Any] = {"db": int(parts.path.strip("/") or 0)}
+        if parts.username:
+            options["username"] = unquote(parts.username)
+        if parts.password:
+            options["password"] = unquote(parts.password)
+        if parts.scheme == "rediss":
+            options["ssl"] = True
+        return options
+
+    def _sentinel_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {
+            "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
+            "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
+        }
+        if self.sentinel_password:
+            options["password"] = self.sentinel_password
+        if self._parts().get("ssl"):
+            options["ssl"] = True
+        return options
+
+    def describe(self) -> str:
+        """Where the Redis is, without its password."""
+        if self.sentinels:
+            names = ",".join(f"{host}:{port}" for host, port in self.sentinels)
+            return f"master {self.master!r} of Sentinels {names}"
+        parts = urlsplit(self.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname or ''}{port}"
+
+    def connect(self, on_connect: Callable[[AbstractConnection], Any] | None = None) -> Redis:
+        """A client whose pool queues a burst instead of failing it; ``on_connect`` runs on
+        each new connection once it is ready."""
+        options: dict[str, Any] = {
+            "max_connections": POOL_CONNECTIONS,
+            "timeout": POOL_WAIT_SECONDS,
+            "socket_timeout": SOCKET_TIMEOUT_SECONDS,
+            "socket_connect_timeout": CONNECT_TIMEOUT_SECONDS,
+        }
+        if on_connect is not None:
+            options["redis_connect_func"] = _after_handshake(on_connect)
+        if not self.sentinels:
+            return Redis(connection_pool=BlockingConnectionPool.from_url(self.url, **options))
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            self.sentinels, sentinel_kwargs=self._sentinel_options()
+        )
+        pool = _BlockingSentinelPool(  # type: ignore[no-untyped-call]
+            self.master, sentinel, **options, **self._parts()
+        )
+        return Redis(connection_pool=pool)
+
+    def connect_sync(self) -> "redis.Redis":
+        """A blocking client, for code that is not on an event loop."""
+        options = {"socket_timeout": 5.0, "socket_connect_timeout": 5.0}
+        if not self.sentinels:
+            return redis.Redis.from_url(self.url, **options)
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            self.sentinels, sentinel_kwargs=self._sentinel_options()
+        )
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            self.master, **options, **self._parts()
+        )
+        return client
+
+    def layer_host(self) -> dict[str, Any]:
+        """The channel layer's host entry (channels-redis takes Sentinels the same way)."""
+        # channels-redis blocks on BZPOPMIN for 5 s; redis-py's default socket timeout is also
+        # 5 s, so under load a receive would time out and crash the worker.
+        timeouts = {"socket_timeout": 15, "socket_connect_timeout": 5}
+        if not self.sentinels:
+            return {"address": self.url, **timeouts}
+        return {
+            "sentinels": list(self.sentinels),
+            "master_name": self.master,
+            "sentinel_kwargs": self._sentinel_options(),
+            **timeouts,
+            **self._parts(),
+        }
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """redis-py's Sentinel pool, waiting for a free connection like `BlockingConnectionPool`
+    instead of failing at its limit, and closing its connections to the Sentinels with its
+    own."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        if inuse_connections:  # closing, not following a new master
+            await self.sentinel_manager.aclose()
+
+
+def _after_handshake(
+    then: Callable[[AbstractConnection], Any],
+) -> Callable[[AbstractConnection], Any]:
+    async def connected(connection: AbstractConnection) -> None:
+        await connection.on_connect()  # what redis-py does when given no function of its own
+        await then(connection)
+
+    return connected
+
+
+def connect(url: str) -> Redis:
+    """A client of the Redis at ``url`` whose pool queues a burst instead of failing it."""
+    return RedisTarget(url).connect()
+
+
+def redis_target() -> RedisTarget | None:
+    """The Redis the processes share, or None for a gateway of one process."""
+    sentinels = getattr(settings, "REDIS_SENTINELS", ())
     url = getattr(settings, "REDIS_URL", None)
-    return str(url) if url else None
+    if sentinels:
+        return RedisTarget(
+            url=str(url or "redis://"),
+            sentinels=tuple(sentinels),
+            master=str(settings.REDIS_SENTINEL_MASTER),
+            sentinel_password=getattr(settings, "REDIS_SENTINEL_PASSWORD", None) or None,
+        )
+    return RedisTarget(url=str(url)) if url else None
 
 
 def uses_redis() -> bool:
     """Whether the gateway's processes share a Redis."""
-    return redis_url() is not None
+    return redis_target() is not None
 
 
-def per_loop(cache: dict[tuple[str | None, int], T], make: Callable[[], T]) -> T:
+def per_loop(cache: dict[tuple[Any, int], T], make: Callable[[], T]) -> T:
     """The object ``make`` builds for the running event loop and the configured Redis, built
     once: what holds Redis connections, or tasks, belongs to one loop."""
-    key = (redis_url(), id(asyncio.get_running_loop()))
+    key = (redis_target(), id(asyncio.get_running_loop()))
     found = cache.get(key)
     if found is None:
         found = cache[key] = make()
     return found
 
 
-def connect(url: str) -> Redis:
-    """A client of the Redis at ``url`` whose pool queues a burst instead of failing it."""
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=POOL_CONNECTIONS,
-        timeout=POOL_WAIT_SECONDS,
-        socket_timeout=SOCKET_TIMEOUT_SECONDS,
-        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
-    )
-    return Redis(connection_pool=pool)
+class ReplicaWait:
+    """Whether a write must wait for a replica: only while the master reports one connected
+    (asked at most once a second; a master without replicas would make every wait time out).
+
+    Attributes:
+        timeout_ms: how long a wait lasts at most; 0 never waits (``REDIS_REPLICA_WAIT_MS``).
+    """
+
+    ASK_SECONDS = 1.0
+
+    def __init__(self, timeout_ms: int) -> None:
+        self.timeout_ms = timeout_ms
+        self._asked: float | None = None
+        self._replicas = 0
+
+    async def wanted(self, client: Redis) -> bool:
+        if not self.timeout_ms:
+            return False
+        now = time.monotonic()
+        if self._asked is None or now - self._asked >= self.ASK_SECONDS:
+            self._asked = now
+            role = await client.execute_command("ROLE")  # type: ignore[no-untyped-call]
+            self._replicas = len(role[2]) if role and role[0] in (b"master", "master") else 0
+        return self._replicas > 0
+
+    async def run(self, client: Redis, command: tuple[Any, ...]) -> Any:
+        """``command``'s reply; first, if `wanted`, the command is followed on its connection by
+        a ``WAIT`` for one replica (counted if it times out: the write was not confirmed)."""
+        if not await self.wanted(client):
+            return await client.execute_command(*command)  # type: ignore[no-untyped-call]
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.execute_command(*command)
+            pipe.execute_command("WAIT", 1, self.timeout_ms)
+            reply, replicas = await pipe.execute()
+        if not replicas:
+            metrics.inc("redis_replica_wait_timeouts")
+            logger.warning(
+                "no replica confirmed a write within %d ms (REDIS_REPLICA_WAIT_MS): a failover "
+                "now could lose it",
+                self.timeout_ms,
+            )
+        return reply
 
 
-_clients: dict[tuple[str | None, int], Any] = {}
+def epoch_keys(prefix: str) -> tuple[str, str]:
+    """The keys of the replication id last written to and of the epoch, under ``prefix``."""
+    return f"{prefix}replid", f"{prefix}epoch"
+
+
+def _replication_id(info: bytes | str) -> tuple[str, str]:
+    """A master's role and replication id, from its ``INFO replication``."""
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return fields.get("role", "").strip(), fields.get("master_replid", "").strip()
+
+
+def epoch_check(prefix: str) -> Callable[[AbstractConnection], Any]:
+    """What each new connection runs first: move the epoch under ``prefix`` if this Redis is
+    not the one last written to."""
+    replid_key, epoch_key = epoch_keys(prefix)
+
+    async def check(connection: AbstractConnection) -> None:
+        await connection.send_command("INFO", "replication")
+        role, replid = _replication_id(await connection.read_response())
+        if role != "master" or not replid:
+            return  # a replica refuses writes anyway; the next connection asks again
+        await connection.send_command("EVAL", _EPOCH_LUA, 2, replid_key, epoch_key, replid)
+        epoch = int(await connection.read_response())
+        if _epoch_seen[0] is not None and epoch > _epoch_seen[0]:
+            metrics.inc("redis_epochs")
+            logger.warning(
+                "Redis's master changed (a failover, or a restart): epoch %d; each room's next "
+                "seq skips past what the old master may have numbered",
+                epoch,
+            )
+        _epoch_seen[0] = max(epoch, _epoch_seen[0] or 0)
+
+    return check
+
+
+_epoch_seen: list[int | None] = [None]  # the highest epoch this process's connections met
+_clients: dict[tuple[RedisTarget | None, int], Any] = {}
 
 
 def redis_client() -> Redis:
@@ -71,8 +326,9 @@ def redis_client() -> Redis:
     Raises:
         RuntimeError: no Redis is configured (check `uses_redis` first).
     """
-    url = redis_url()
-    if url is None:
+    target = redis_target()
+    if target is None:
         raise RuntimeError("REDIS_URL is not set: this gateway shares nothing between processes")
-    client: Redis = per_loop(_clients, lambda: connect(url))
+    prefix = f"gateway:{gateway_settings().gateway_id}:"
+    client: Redis = per_loop(_clients, lambda: target.connect(epoch_check(prefix)))
     return client

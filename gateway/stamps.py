@@ -31,7 +31,7 @@ from redis import Redis as SyncRedis
 from redis.exceptions import RedisError
 
 from gateway.conf import gateway_settings
-from gateway.shared import redis_client, redis_url
+from gateway.shared import RedisTarget, redis_client, redis_target, uses_redis
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _key(name: str) -> str:
 
 _local: dict[str, str] = {}
 _local_lock = threading.Lock()
-_sync_clients: dict[str, SyncRedis] = {}
+_sync_clients: dict[RedisTarget, SyncRedis] = {}
 
 
 def _token() -> str:
@@ -81,7 +81,7 @@ async def read(name: str) -> Stamp:
 
 async def read_many(*names: str) -> list[Stamp]:
     """The stamps ``names`` now, in one round trip."""
-    if redis_url() is None:
+    if not uses_redis():
         return [_local.get(name) for name in names]
     values = await redis_client().mget([_key(name) for name in names])
     return [value.decode() if isinstance(value, bytes) else value for value in values]
@@ -89,7 +89,7 @@ async def read_many(*names: str) -> list[Stamp]:
 
 async def bump(name: str) -> None:
     """Move the stamp ``name`` (after the change it stands for is committed)."""
-    if redis_url() is None:
+    if not uses_redis():
         _bump_local(name)
         return
     await redis_client().set(_key(name), _token(), ex=STAMP_SECONDS)
@@ -106,15 +106,13 @@ def bump_on_commit(name: str) -> None:
 
 
 def _bump_sync(name: str) -> None:
-    url = redis_url()
-    if url is None:
+    target = redis_target()
+    if target is None:
         _bump_local(name)
         return
-    client = _sync_clients.get(url)
+    client = _sync_clients.get(target)
     if client is None:
-        client = _sync_clients[url] = SyncRedis.from_url(
-            url, socket_timeout=5.0, socket_connect_timeout=5.0
-        )
+        client = _sync_clients[target] = target.connect_sync()
     try:
         client.set(_key(name), _token(), ex=STAMP_SECONDS)
     except RedisError:

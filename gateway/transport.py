@@ -35,7 +35,7 @@ from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.history import APPEND_RECORDS_LUA, Once, RedisWindow, window_text
-from gateway.shared import per_loop, redis_client, uses_redis
+from gateway.shared import ReplicaWait, per_loop, redis_client, uses_redis
 
 logger = logging.getLogger(__name__)
 
@@ -324,8 +324,11 @@ class Transport(Protocol):
     async def send(self, room: str, events: Sequence[Event]) -> None:
         """Deliver ``events`` to every hub in ``room``, in order."""
 
-    async def send_rooms(self, by_room: dict[str, list[Envelope]]) -> None:
-        """Deliver numbered messages to their rooms' hubs, each room's in order."""
+    async def send_rooms(
+        self, by_room: dict[str, list[Envelope]], *, replicated: bool = False
+    ) -> None:
+        """Deliver numbered messages to their rooms' hubs, each room's in order; with
+        ``replicated``, return once a replica has what was written so far (`ReplicaWait`)."""
 
     async def send_to(self, hub: str, event: Event) -> None:
         """Deliver ``event`` to one hub."""
@@ -349,12 +352,19 @@ class RedisTransport:
     """Events through Redis, for gateways of several processes."""
 
     def __init__(
-        self, client: Redis, *, prefix: str, capacity: int, membership_seconds: int
+        self,
+        client: Redis,
+        *,
+        prefix: str,
+        capacity: int,
+        membership_seconds: int,
+        replica_wait: ReplicaWait | None = None,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.capacity = capacity
         self.membership_seconds = membership_seconds
+        self.replica_wait = replica_wait or ReplicaWait(0)
 
     def _hubs_key(self, room: str) -> str:
         return f"{self.prefix}hubs:{room}"
@@ -392,10 +402,13 @@ class RedisTransport:
             raws = [popped[1]]
         return _decode_all(cast(list[bytes], raws))
 
-    async def _deliver(self, items: list[tuple[str, str, bytes, int]]) -> None:
+    async def _deliver(
+        self, items: list[tuple[str, str, bytes, int]], *, replicated: bool = False
+    ) -> None:
         if not items:
             return
-        full = await self.client.eval(
+        command = (
+            "EVAL",
             _DELIVER,
             0,
             repr(_now()),
@@ -404,18 +417,25 @@ class RedisTransport:
             self.prefix,
             msgpack.packb(items, use_bin_type=False),  # raw strings: what Redis's Lua reads
         )
+        if replicated:  # what came before it, too: a replica's copy follows the master's order
+            full = await self.replica_wait.run(self.client, command)
+        else:
+            full = await self.client.execute_command(*command)  # type: ignore[no-untyped-call]
         _count_full(full)
 
     async def send(self, room: str, events: Sequence[Event]) -> None:
         await self._deliver([("r", room, encode(event), _weight(event)) for event in events])
 
-    async def send_rooms(self, by_room: dict[str, list[Envelope]]) -> None:
+    async def send_rooms(
+        self, by_room: dict[str, list[Envelope]], *, replicated: bool = False
+    ) -> None:
         await self._deliver(
             [
                 ("r", room, encode(event), _weight(event))
                 for room, envelopes in by_room.items()
                 for event in _chunks(envelopes)
-            ]
+            ],
+            replicated=replicated,
         )
 
     async def send_to(self, hub: str, event: Event) -> None:
@@ -426,8 +446,12 @@ class RedisTransport:
     ) -> list[int] | None:
         """Append ``envelopes`` to ``window`` and deliver them to their rooms' hubs in one
         step: each envelope's seq (`gateway.history.COPY` for a copy of one sent before), or
-        None, having done nothing, if a room has no counter yet. Once keys are marked sent."""
-        found = await window.client.eval(
+        None, having done nothing, if a room has no counter yet. Once keys are marked sent.
+
+        With once keys (messages the broker waits to have acknowledged), the reply waits for
+        a replica to have the append too, where the master has one (`ReplicaWait`)."""
+        command = (
+            "EVAL",
             _APPEND_AND_DELIVER,
             0,
             *window.script_args(envelopes, once),
@@ -438,6 +462,10 @@ class RedisTransport:
             EVENT_ENVELOPES,
             FORMAT,
         )
+        if once:
+            found = await self.replica_wait.run(window.client, command)
+        else:
+            found = await window.client.execute_command(*command)
         if not found[0]:
             return None
         _count_full(found[2])
@@ -508,7 +536,9 @@ class LocalTransport:
             for event in events:
                 self._push(hub, event)
 
-    async def send_rooms(self, by_room: dict[str, list[Envelope]]) -> None:
+    async def send_rooms(
+        self, by_room: dict[str, list[Envelope]], *, replicated: bool = False
+    ) -> None:
         for room, envelopes in by_room.items():
             await self.send(room, _chunks(envelopes))
 
@@ -536,5 +566,6 @@ def _make_transport() -> Transport:
             prefix=f"gateway:{gateway_settings().gateway_id}:",
             capacity=capacity,
             membership_seconds=int(getattr(settings, "CHANNEL_GROUP_EXPIRY", 86400)),
+            replica_wait=ReplicaWait(int(getattr(settings, "REDIS_REPLICA_WAIT_MS", 1000))),
         )
     return LocalTransport(capacity=capacity)

@@ -161,6 +161,9 @@ class RoomHub:
         self._starting = asyncio.Lock()
         self._seen: dict[str, tuple[deque[str], set[str]]] = {}
         self._delivered: dict[str, int] = {}  # room -> the highest seq fanned out
+        # room -> (the highest seq, the ids) a catch-up sent from history: events still queued
+        # for the hub repeat them, more than the dedupe window can hold.
+        self._replayed: dict[str, tuple[int, set[str]]] = {}
         self._presence_of: dict[str, _RoomPresence] = {}
         self._reader: asyncio.Task[None] | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -191,6 +194,7 @@ class RoomHub:
         del self.rooms[room]
         self._seen.pop(room, None)
         self._delivered.pop(room, None)
+        self._replayed.pop(room, None)
         state = self._presence_of.pop(room, None)
         if state is not None and state.flush is not None:
             state.flush.cancel()
@@ -264,6 +268,8 @@ class RoomHub:
 
         Events queued for this process, or sent to a room while the hub was out of its group
         (a restarted Redis forgets memberships), are gone; history still has their messages.
+        Those still queued (a promoted replica keeps the inboxes) repeat what this sent, and
+        are dropped by id until the room's messages pass the last one sent here.
         """
         history = history_for()
         complete = True
@@ -279,6 +285,10 @@ class RoomHub:
                 continue
             for envelope in missed.messages:
                 self._message(envelope)
+            if missed.messages:
+                highest, ids = self._replayed.get(room, (0, set()))
+                ids.update(envelope["id"] for envelope in missed.messages)
+                self._replayed[room] = (max(highest, missed.messages[-1]["seq"]), ids)
         return complete
 
     def dispatch(self, event: Event) -> None:
@@ -300,6 +310,13 @@ class RoomHub:
         members = self.rooms.get(room)
         if not members:
             return
+        replayed = self._replayed.get(room)
+        if replayed is not None:
+            if envelope["id"] in replayed[1]:  # sent by the catch-up already
+                metrics.inc("duplicates_removed")
+                return
+            if envelope.get("seq", 0) > replayed[0]:  # past what the catch-up sent
+                del self._replayed[room]
         if not self._first_sight(room, envelope["id"]):
             metrics.inc("duplicates_removed")
             return

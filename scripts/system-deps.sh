@@ -1,13 +1,14 @@
 #!/bin/sh
-# Makes sure what the tests start is installed: Mosquitto, Redis, PostgreSQL's server (the tests
-# make their own cluster with its initdb; the package's own cluster is not used) and Chromium
-# (for the pages).
+# Makes sure what the tests start is installed: Mosquitto, Redis and Redis Sentinel, PostgreSQL's
+# server (the tests make their own cluster with its initdb; the package's own cluster is not
+# used) and Chromium (for the pages).
 # Installs Debian's packages when they are missing and this machine can; otherwise says what to do.
 set -eu
 
 missing=""
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing="$missing mosquitto"
 command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing="$missing redis-server"
+command -v redis-sentinel >/dev/null 2>&1 || [ -x /usr/bin/redis-sentinel ] || missing="$missing redis-sentinel"
 # Debian keeps PostgreSQL's server binaries (initdb, postgres) off the PATH, in a directory per
 # version.
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \

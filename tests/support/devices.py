@@ -50,11 +50,16 @@ class Device:
         qos: int = 1,
         retain: bool = False,
         content_type: str | None = None,
+        message_id: str | None = None,
     ) -> None:
+        """Publish; ``message_id`` names the message (the ``message-id`` user property)."""
         properties = None
-        if content_type:
+        if content_type or message_id:
             properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if content_type:
             properties.ContentType = content_type
+        if message_id:
+            properties.UserProperty = [("message-id", message_id)]
         self.client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         self.published += 1
 
@@ -66,6 +71,12 @@ class Device:
             delay = began + (n - start + 1) / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+
+    def unacknowledged(self) -> int:
+        """Messages sent and not yet acknowledged by the broker: what the device sends again
+        if its link drops now."""
+        with self._lock:
+            return self.published - self.acked
 
     def wait_acked(self, count: int, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout

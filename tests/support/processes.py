@@ -247,6 +247,130 @@ class Redis:
             client.close()
 
 
+class RedisReplicated:
+    """A Redis master with one replica and three Sentinels watching them, on free ports: the
+    smallest set that survives losing the master (two Sentinels agree it is down, one of them
+    promotes the replica).
+
+    Attributes:
+        down_after_ms: how long the master must be unreachable before Sentinels call it down.
+    """
+
+    MASTER = "gateway"  # the name the Sentinels monitor the master under
+
+    def __init__(self, workdir: Path, *, down_after_ms: int = 1000) -> None:
+        self.workdir = workdir
+        self.down_after_ms = down_after_ms
+        self.servers = [_Node(workdir / "redis-a"), _Node(workdir / "redis-b")]
+        self.sentinels = [_Node(workdir / f"sentinel-{index}") for index in range(3)]
+
+    @property
+    def sentinel_list(self) -> str:
+        """``REDIS_SENTINELS``: the Sentinels' addresses."""
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.sentinels)
+
+    def env(self) -> dict[str, str]:
+        """What a gateway process needs to follow the master through the Sentinels."""
+        return {"REDIS_SENTINELS": self.sentinel_list, "REDIS_SENTINEL_MASTER": self.MASTER}
+
+    def start(self) -> "RedisReplicated":
+        first, second = self.servers
+        first.start(binary("redis-server"), [])
+        second.start(binary("redis-server"), ["--replicaof", "127.0.0.1", str(first.port)])
+        wait_for(lambda: self._link_up(second), "the replica to sync with the master", 30)
+        for node in self.sentinels:
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            config = node.workdir / "sentinel.conf"
+            config.write_text(
+                f"port {node.port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {node.workdir}\n"
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {first.port} 2\n"
+                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.MASTER} 10000\n"
+                f"sentinel parallel-syncs {self.MASTER} 1\n"
+            )
+            node.start(binary("redis-sentinel"), [str(config)], config_first=True)
+        wait_for(self._sentinels_agree, "the Sentinels to find each other and the replica", 30)
+        return self
+
+    def master_port(self) -> int | None:
+        """The master's port as the first Sentinel that answers names it."""
+        for node in self.sentinels:
+            if not node.alive():
+                continue
+            try:
+                found = node.client().sentinel_get_master_addr_by_name(self.MASTER)
+            except redis.RedisError:
+                continue
+            if found:
+                return int(found[1])
+        return None
+
+    def master(self) -> "_Node":
+        port = self.master_port()
+        return next(node for node in self.servers if node.port == port)
+
+    def kill_master(self) -> int:
+        """SIGKILL the master, as a crash would; its port."""
+        node = self.master()
+        assert node.process is not None
+        node.process.kill()
+        return node.port
+
+    def _link_up(self, replica: "_Node") -> bool:
+        try:
+            return replica.client().info("replication").get("master_link_status") == "up"
+        except redis.RedisError:
+            return False
+
+    def _sentinels_agree(self) -> bool:
+        for node in self.sentinels:
+            try:
+                state = node.client().sentinel_master(self.MASTER)
+            except redis.RedisError:
+                return False
+            if int(state.get("num-other-sentinels", 0)) < 2 or int(state.get("num-slaves", 0)) < 1:
+                return False
+        return True
+
+    def stop(self) -> None:
+        for node in (*self.sentinels, *self.servers):
+            node.stop()
+
+
+class _Node:
+    """One redis-server process (a data node or a Sentinel) on a free port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.process: Process | None = None
+
+    def start(self, program: str, extra: list[str], *, config_first: bool = False) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
+        if config_first:  # a Sentinel reads (and rewrites) its config file, named first
+            argv = [program, extra[0], *common, *extra[1:]]
+        else:
+            argv = [program, *common, "--save", "", "--appendonly", "no", *extra]
+        name = f"{self.workdir.name}"
+        self.process = Process(name, argv, self.workdir / "server.log").start()
+        wait_for(lambda: port_open(self.port), f"{name} on port {self.port}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True
+        )
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
 POSTGRES_VERSIONS = Path("/usr/lib/postgresql")  # Debian's: one directory per major version
 
 

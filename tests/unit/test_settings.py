@@ -11,6 +11,7 @@ from django.core.exceptions import ImproperlyConfigured
 from bridges.conf import MqttSettings
 from gateway.conf import GatewaySettings
 from gateway.jsonutil import parse_json
+from gateway.shared import RedisTarget
 
 
 def test_a_full_mqtt_url_parses() -> None:
@@ -180,3 +181,60 @@ def start_up(then: str = "", **env: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"REDIS_SENTINELS": "s1:26379"}, "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together"),
+        ({"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINELS and REDIS_SENTINEL_MASTER go together"),
+        ({"REDIS_SENTINELS": "s1", "REDIS_SENTINEL_MASTER": "m"}, "'s1' is not host:port"),
+        ({"REDIS_SENTINELS": "s1:0,s2:1", "REDIS_SENTINEL_MASTER": "m"}, "'s1:0' is not"),
+        ({"REDIS_SENTINELS": "s1:1,,s2:1", "REDIS_SENTINEL_MASTER": "m"}, "'' is not host:port"),
+        (
+            {
+                "REDIS_SENTINELS": "s1:26379",
+                "REDIS_SENTINEL_MASTER": "m",
+                "REDIS_URL": "redis://:pw@redis-1:6379/0",
+            },
+            "REDIS_URL names a host (redis-1)",
+        ),
+        ({"REDIS_REPLICA_WAIT_MS": "-1"}, "REDIS_REPLICA_WAIT_MS=-1 is out of range"),
+        ({"REDIS_REPLICA_WAIT_MS": "soon"}, "REDIS_REPLICA_WAIT_MS is invalid"),
+    ],
+)
+def test_bad_redis_settings_stop_start_up_naming_them(env: dict[str, str], message: str) -> None:
+    started = start_up(**env)
+    assert started.returncode != 0
+    assert message in started.stderr
+    assert "pw" not in started.stderr.replace("password", "")
+
+
+def test_sentinels_take_the_scheme_password_and_database_of_redis_url() -> None:
+    started = start_up(
+        "from django.conf import settings; "
+        "import json; print(json.dumps(settings.CHANNEL_LAYERS['default']['CONFIG']['hosts']))",
+        REDIS_SENTINELS="s1:26379, [::1]:26380",
+        REDIS_SENTINEL_MASTER="gateway",
+        REDIS_SENTINEL_PASSWORD="sentinel-secret",
+        REDIS_URL="rediss://:p%40ss@/2",
+    )
+    assert started.returncode == 0, started.stderr
+    (host,) = parse_json(started.stdout)
+    # channels-redis follows the master through the same Sentinels, over TLS with the password
+    assert host["sentinels"] == [["s1", 26379], ["::1", 26380]]
+    assert (host["master_name"], host["password"], host["db"], host["ssl"]) == (
+        "gateway",
+        "p@ss",
+        2,
+        True,
+    )
+    assert host["sentinel_kwargs"]["password"] == "sentinel-secret"
+    assert host["sentinel_kwargs"]["ssl"] is True
+
+
+def test_a_redis_target_never_shows_its_password() -> None:
+    plain = RedisTarget("redis://:secret@redis-1:6380/0")
+    sentinels = RedisTarget("redis://:secret@/0", sentinels=(("s1", 26379),), master="gateway")
+    assert plain.describe() == "redis://redis-1:6380"
+    assert sentinels.describe() == "master 'gateway' of Sentinels s1:26379"
