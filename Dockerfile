@@ -25,6 +25,13 @@ RUN groupadd --system --gid 10001 app \
 COPY requirements/run.lock requirements/run.lock
 RUN pip install --no-cache-dir --require-hashes -r requirements/run.lock
 
+# PostgreSQL's driver, for DATABASE_URL=postgres://... (docker-compose.yml's ha profile builds
+# with WITH_POSTGRES=1): the same pins and the driver, from requirements/postgres.lock.
+ARG WITH_POSTGRES=0
+COPY requirements/postgres.lock requirements/postgres.lock
+RUN if [ "$WITH_POSTGRES" = 1 ]; then \
+        pip install --no-cache-dir --require-hashes -r requirements/postgres.lock; fi
+
 # Project sources stay owned by root, read-only for the runtime user. The gateway itself is
 # installed without dependencies: every one of them came from the lock above.
 COPY . .

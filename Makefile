@@ -105,6 +105,7 @@ lock:
 	$(PY) -m pip install --quiet 'uv==$(UV_VERSION)'
 	$(LOCK) -o requirements/run.lock
 	$(LOCK) --extra test -c requirements/run.lock -o requirements/test.lock
+	$(LOCK) --extra postgres -c requirements/run.lock -o requirements/postgres.lock
 	$(LOCK) --extra bench -c requirements/test.lock -o requirements/bench.lock
 
 clean:

@@ -48,17 +48,20 @@ USER_ENV = {"MQTT_ADMIN_PASSWORD": "s3cret-admin", "DJANGO_SECRET_KEY": "k" * 50
 
 
 def interpolate(value: str, env: dict[str, str] = USER_ENV) -> str:
-    """Compose's variable interpolation: ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}``."""
+    """Compose's variable interpolation: ``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
+    ``${VAR:?error}``."""
 
     def one(found: re.Match[str]) -> str:
         name, op, arg = found.group(1), found.group(2) or "", found.group(3) or ""
+        if op == "-" and name in env:  # ${VAR-default}: the default only if unset
+            return env[name]
         if env.get(name):
             return env[name]
         if op == ":?":
             raise AssertionError(f"compose would stop: {name} unset ({arg})")
         return arg
 
-    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}", one, value)
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?|-)([^}]*))?\}", one, value)
 
 
 def environment(service: dict[str, Any]) -> dict[str, str]:
@@ -110,7 +113,8 @@ def test_service_commands_exist_in_project() -> None:
     dockerfile_cmd = (ROOT / "Dockerfile").read_text(encoding="utf-8").split("\nCMD ", 1)[1]
     commands: dict[str, Any] = {"Dockerfile CMD": json.loads(dockerfile_cmd.splitlines()[0])}
     for name, service in compose()["services"].items():
-        if service.get("build") in (".", {"context": "."}):
+        build = service.get("build")
+        if build == "." or (isinstance(build, dict) and build.get("context") == "."):
             commands[name] = service.get("command", commands["Dockerfile CMD"])
     seen: set[str] = set()
     for where, command in commands.items():
@@ -340,3 +344,105 @@ def _pings(client: "redis.Redis") -> bool:
         return bool(client.ping())
     except redis.exceptions.ConnectionError:
         return False
+
+
+HA_ENV_FILE = ROOT / "config" / "compose-ha.env"
+HA_SERVICES = ("web", "web-2", "worker")
+
+
+def ha_env() -> dict[str, str]:
+    """What compose reads with ``--env-file .env --env-file config/compose-ha.env``."""
+    env = {**USER_ENV, "POSTGRES_PASSWORD": "pgsecret123"}
+    for line in HA_ENV_FILE.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            env[name.strip()] = interpolate(value.strip(), env)
+    return env
+
+
+def sentinel_config(service: dict[str, Any]) -> list[str]:
+    """The lines a Sentinel service writes to its configuration, as its shell would."""
+    script = service["command"][2].replace("$$", "$")
+    script = script.replace("$SENTINEL_NAME", service["environment"]["SENTINEL_NAME"])
+    return shlex.split(script.split("printf '%s\\n'", 1)[1].split(">", 1)[0])
+
+
+def test_the_ha_profile_runs_every_gateway_process_on_the_sentinels_and_postgres() -> None:
+    document = compose()
+    services = document["services"]
+    env = ha_env()
+    assert env["COMPOSE_PROFILES"] == "ha"
+    ha = {name for name, service in services.items() if "ha" in service.get("profiles", [])}
+    assert {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3", "postgres", "web-2"} <= ha
+    sentinels = [name for name in services if name.startswith("sentinel-")]
+    for name in HA_SERVICES:
+        app = {k: interpolate(str(v), env) for k, v in services[name]["environment"].items()}
+        assert app["REDIS_URL"] == ""  # the Sentinels name the master
+        named = [entry.split(":") for entry in app["REDIS_SENTINELS"].split(",")]
+        assert sorted(host for host, _ in named) == sorted(sentinels)
+        for host, port in named:
+            config = sentinel_config(services[host])
+            assert f"port {port}" in config
+            assert f"sentinel announce-ip {host}" in config  # its service name, not an IP
+            assert f"sentinel monitor {app['REDIS_SENTINEL_MASTER']} redis 6379 2" in config
+        database = urlparse(app["DATABASE_URL"])
+        assert (database.scheme, database.hostname) == ("postgres", "postgres")
+        assert database.password == env["POSTGRES_PASSWORD"]
+        assert interpolate(str(services[name]["build"]["args"]["WITH_POSTGRES"]), env) == "1"
+        assert services[name]["depends_on"]["postgres"]["required"] is False
+    replica = [interpolate(part, env) for part in services["redis-replica"]["command"]]
+    assert replica[replica.index("--replicaof") + 1 :][:2] == ["redis", "6379"]
+    # The gateway takes that environment as it is.
+    app = {k: interpolate(str(v), env) for k, v in services["web"]["environment"].items()}
+    started = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", **app},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert started.returncode == 0, started.stderr
+
+
+def test_the_ha_sentinel_configuration_runs_on_redis_sentinel(tmp_path: Path) -> None:
+    """A Sentinel service's configuration, run for real: it finds the master and answers."""
+    services = compose()["services"]
+    config = sentinel_config(services["sentinel-1"])
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(int(probe.getsockname()[1]))
+    redis_port, sentinel_port = ports
+    lines = [
+        line.replace("port 26379", f"port {sentinel_port}")
+        .replace("announce-port 26379", f"announce-port {sentinel_port}")
+        .replace("announce-ip sentinel-1", "announce-ip 127.0.0.1")
+        .replace("gateway redis 6379", f"gateway localhost {redis_port}")
+        for line in config
+    ]
+    (tmp_path / "sentinel.conf").write_text("\n".join([*lines, f"dir {tmp_path}", ""]))
+    server = subprocess.Popen(
+        [binary("redis-server"), "--port", str(redis_port), "--bind", "127.0.0.1", "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sentinel = subprocess.Popen(
+        [binary("redis-sentinel"), str(tmp_path / "sentinel.conf")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    client = redis.Redis(host="127.0.0.1", port=sentinel_port, decode_responses=True)
+    try:
+        wait_for(lambda: _pings(client), "the compose Sentinel to start")
+        found = client.sentinel_get_master_addr_by_name("gateway")
+        # named by host name, as the configuration asks (resolve- and announce-hostnames)
+        assert found == ("localhost", redis_port)
+    finally:
+        client.close()
+        for process in (sentinel, server):
+            process.terminate()
+            process.wait(timeout=10)
+        assert sentinel.stdout is not None
+        sentinel.stdout.close()

@@ -177,6 +177,21 @@ def test_the_test_and_bench_locks_keep_every_pin_of_the_run_lock(name: str) -> N
     assert pins(SETS["run"][2]) <= pins(SETS[name][2])
 
 
+# What an image built for PostgreSQL adds (the Dockerfile's WITH_POSTGRES, compose's ha profile).
+POSTGRES_LOCK = "requirements/postgres.lock"
+
+
+def test_the_postgres_lock_is_the_run_lock_and_the_driver_pinned_with_hashes() -> None:
+    extra = pins(POSTGRES_LOCK) - pins(SETS["run"][2])
+    assert pins(SETS["run"][2]) <= pins(POSTGRES_LOCK)
+    assert {name for name, _ in extra} == {"psycopg", "psycopg-binary"}
+    for requirement, hashes in lock_entries(ROOT / POSTGRES_LOCK):
+        assert hashes, f"{requirement} has no hash"
+    (driver,) = PROJECT["optional-dependencies"]["postgres"]
+    version = next(v for n, v in extra if n == "psycopg")
+    assert Requirement(driver).specifier.contains(version.removeprefix("=="))
+
+
 def test_the_test_and_bench_locks_agree_where_they_overlap() -> None:
     # One virtualenv holds both after `make test` and `make bench`.
     test, bench = pins(SETS["test"][2]), pins(SETS["bench"][2])
@@ -263,10 +278,10 @@ def test_the_dockerfile_installs_from_the_run_lock_with_hashes() -> None:
     assert from_lock, f"no RUN installs {destination}"
     assert min(from_lock) > copied_at, "the lock is installed before it is copied in"
     for _, argv in installs:
-        # Either the lock, every file checked against its hashes, or the gateway alone.
+        # Either a lock, every file checked against its hashes, or the gateway alone.
         if requirement_files(argv):
             assert "--require-hashes" in argv, argv
-            assert requirement_files(argv) == [destination], argv
+            assert requirement_files(argv) in ([destination], [POSTGRES_LOCK]), argv
         else:
             assert "--no-deps" in argv, f"{argv} would install dependencies the lock does not pin"
 
