@@ -10,6 +10,7 @@ import pytest
 from gateway import metrics
 from gateway.conf import GatewaySettings
 from gateway.envelope import Envelope
+from gateway.history import Missed
 from gateway.presence import presence_for
 from gateway.transport import (
     ROOM_PRESENCE,
@@ -19,6 +20,7 @@ from gateway.transport import (
     PresenceMember,
     messages_event,
 )
+from protocols import fanout
 from protocols.fanout import PENDING_FRAMES, RoomHub, Subscriber
 from protocols.outlets import CLOSE_SLOW, Frame
 
@@ -95,6 +97,28 @@ async def test_a_redelivered_copy_is_dropped_for_everyone(hub: RoomHub) -> None:
     hub.dispatch(event(envelope("lab", 2, "same")))  # a copy after a bridge crash
     assert len(outlet.texts) == 1
     assert metrics.get("duplicates_removed") == before + 1
+
+
+async def test_events_still_queued_after_a_catch_up_are_not_sent_a_second_time(
+    hub: RoomHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # After the transport failed, the hub sends each room what history has; a Redis that kept
+    # the hub's inbox (a promoted replica) then hands over the same messages again, more of
+    # them than the per-room dedupe window holds.
+    outlet = await joined(hub, "lab", "a")
+    replayed = [envelope("lab", seq) for seq in range(1, 401)]
+
+    class History:
+        async def missed(self, room: str, since: int) -> Missed:
+            assert (room, since) == ("lab", 0)
+            return Missed(replayed, gap=False)
+
+    monkeypatch.setattr(fanout, "history_for", History)
+    assert await hub._catch_up()
+    for start in range(0, len(replayed), 64):  # what was queued, as the transport gives it
+        hub.dispatch(event(*replayed[start : start + 64]))
+    hub.dispatch(event(envelope("lab", 401)))
+    assert [json.loads(text)["seq"] for text in outlet.texts] == list(range(1, 402))
 
 
 async def test_a_joining_socket_waits_for_its_welcome_then_gets_only_newer_messages(
