@@ -201,12 +201,16 @@ if REDIS_SENTINELS:
 else:
     _redis = RedisTarget(url=REDIS_URL) if REDIS_URL else None
 if _redis is not None:
+    try:
+        _layer_host = _redis.layer_host()
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"REDIS_URL is invalid: {exc}") from exc
     CHANNEL_LAYERS = {
         "default": {
             # channels-redis as it ships: the bridge worker's channel, and Channels' own needs.
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [_redis.layer_host()],
+                "hosts": [_layer_host],
                 # Messages waiting for the bridge worker before new ones are refused (the
                 # sender is told, and the drop counted): seconds of slack, bounded memory.
                 "capacity": CHANNEL_CAPACITY,

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
 import redis.sentinel
@@ -52,6 +52,9 @@ POOL_WAIT_SECONDS = 10.0
 SOCKET_TIMEOUT_SECONDS = 15.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 SENTINEL_TIMEOUT_SECONDS = 2.0  # for each question to a Sentinel
+# What a rediss:// URL may add through Sentinels (redis-py's names): a private CA, a client
+# certificate, whether the server's certificate is checked.
+TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"})
 
 # Moves the epoch when the master is not the one last written to. KEYS: the replication id
 # last seen, the epoch. ARGV: this master's replication id. Returns the epoch.
@@ -100,27 +103,43 @@ class RedisTarget:
     sentinel_password: str | None = None
 
     def _parts(self) -> dict[str, Any]:
-        """The connection options of ``url`` that apply through Sentinels."""
+        """The connection options of ``url`` that apply through Sentinels.
+
+        Raises:
+            ValueError: the database is not a number, or an option is not one of
+                `TLS_OPTIONS` (with ``rediss://``).
+        """
         parts = urlsplit(self.url)
-        options: dict[str, Any] = {"db": int(parts.path.strip("/") or 0)}
+        database = parts.path.strip("/") or "0"
+        if not database.isdigit():
+            raise ValueError(f"the database must be a number, not {database!r}")
+        options: dict[str, Any] = {"db": int(database)}
         if parts.username:
             options["username"] = unquote(parts.username)
         if parts.password:
             options["password"] = unquote(parts.password)
-        if parts.scheme == "rediss":
-            options["ssl"] = True
-        return options
+        return options | self._tls()
+
+    def _tls(self) -> dict[str, Any]:
+        parts = urlsplit(self.url)
+        query = parse_qs(parts.query)
+        unknown = sorted(set(query) - (TLS_OPTIONS if parts.scheme == "rediss" else set()))
+        if unknown:
+            allowed = ", ".join(sorted(TLS_OPTIONS))
+            raise ValueError(f"unknown options {unknown}: with rediss://, only {allowed}")
+        if parts.scheme != "rediss":
+            return {}
+        return {"ssl": True, **{name: values[-1] for name, values in query.items()}}
 
     def _sentinel_options(self) -> dict[str, Any]:
+        """How to reach the Sentinels: over TLS, as the servers, with ``rediss://``."""
         options: dict[str, Any] = {
             "socket_timeout": SENTINEL_TIMEOUT_SECONDS,
             "socket_connect_timeout": SENTINEL_TIMEOUT_SECONDS,
         }
         if self.sentinel_password:
             options["password"] = self.sentinel_password
-        if self._parts().get("ssl"):
-            options["ssl"] = True
-        return options
+        return options | self._tls()
 
     def describe(self) -> str:
         """Where the Redis is, without its password."""

@@ -6,19 +6,22 @@ ones), and what the bridge acknowledges to the broker must be on the replica fir
 """
 
 import asyncio
+import gc
 import os
 import signal
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from channels_redis.core import RedisChannelLayer
 from redis.asyncio import Redis
 
 from gateway import metrics
 from gateway.envelope import Envelope, new_envelope
 from gateway.history import EPOCH_SKIP, RedisWindow
-from gateway.shared import RedisTarget, ReplicaWait, epoch_check
+from gateway.shared import RedisTarget, ReplicaWait, epoch_check, parse_sentinels
 from gateway.transport import RedisTransport
 from tests.support.processes import Redis as RedisServer
 from tests.support.processes import RedisReplicated, wait_for
@@ -146,3 +149,54 @@ async def test_a_master_without_replicas_is_never_waited_for(redis_server: Redis
         assert metrics.get("redis_replica_wait_timeouts") == timeouts
     finally:
         await client.aclose(close_connection_pool=True)
+
+
+async def test_passwords_and_tls_hold_through_the_sentinels_and_a_failover(
+    tmp_path: Path,
+) -> None:
+    """Servers and Sentinels on TLS only, each asking for its password: the gateway's client,
+    its blocking client and the channel layer reach the master, and the new one after it."""
+    secure = RedisReplicated(tmp_path, secure=True).start()
+    env = secure.env()
+    target = RedisTarget(
+        env["REDIS_URL"],
+        sentinels=parse_sentinels(env["REDIS_SENTINELS"]),
+        master=env["REDIS_SENTINEL_MASTER"],
+        sentinel_password=env["REDIS_SENTINEL_PASSWORD"],
+    )
+    client = target.connect(epoch_check(PREFIX))
+    layer = RedisChannelLayer(hosts=[target.layer_host()])
+    blocking = target.connect_sync()
+    try:
+        window = RedisWindow(client, prefix=PREFIX, window=100, ttl_seconds=600)
+        await window.seed("vault", 0)
+        assert await append(window, "vault", "before") == [1]
+        await layer.send("bridge-check", {"type": "check", "n": 1})
+        assert (await layer.receive("bridge-check"))["n"] == 1
+        assert await asyncio.to_thread(blocking.ping)
+        await asyncio.sleep(0.5)  # the layer drops its backup of what it handed out
+
+        old = await asyncio.to_thread(secure.kill_master)
+        await asyncio.to_thread(
+            wait_for, lambda: secure.master_port() not in (None, old), "the promotion", 30
+        )
+        assert (await until_written(window, "vault", "after") or 0) > 1
+        for _ in range(100):  # bounded: the layer's pool finds the new master on its next use
+            try:
+                await layer.send("bridge-check", {"type": "check", "n": 2})
+                break
+            except Exception:
+                await asyncio.sleep(0.2)
+        assert (await layer.receive("bridge-check"))["n"] == 2
+        assert await asyncio.to_thread(blocking.set, "gateway-check", 1)  # on the new master
+    finally:
+        blocking.close()
+        await layer.close_pools()
+        await client.aclose(close_connection_pool=True)
+        secure.stop()
+        # channels-redis closes its pools, but not the connections of the Sentinel object it
+        # makes for them: they go with the layer.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            del layer
+            gc.collect()

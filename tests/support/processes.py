@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import trustme
 
 REPO = Path(__file__).resolve().parents[2]
 SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin"])
@@ -254,15 +255,21 @@ class RedisReplicated:
 
     Attributes:
         down_after_ms: how long the master must be unreachable before Sentinels call it down.
+        secure: every server and Sentinel listens over TLS only (a throwaway CA) and asks for
+            a password (the servers one, the Sentinels another).
     """
 
     MASTER = "gateway"  # the name the Sentinels monitor the master under
+    PASSWORD = "data-s3cret"
+    SENTINEL_PASSWORD = "sentinel-s3cret"
 
-    def __init__(self, workdir: Path, *, down_after_ms: int = 1000) -> None:
+    def __init__(self, workdir: Path, *, down_after_ms: int = 1000, secure: bool = False) -> None:
         self.workdir = workdir
         self.down_after_ms = down_after_ms
-        self.servers = [_Node(workdir / "redis-a"), _Node(workdir / "redis-b")]
-        self.sentinels = [_Node(workdir / f"sentinel-{index}") for index in range(3)]
+        self.secure = secure
+        self.ca = workdir / "ca.pem"
+        self.servers = [_Node(workdir / "redis-a", self), _Node(workdir / "redis-b", self)]
+        self.sentinels = [_Node(workdir / f"sentinel-{index}", self) for index in range(3)]
 
     @property
     def sentinel_list(self) -> str:
@@ -271,26 +278,56 @@ class RedisReplicated:
 
     def env(self) -> dict[str, str]:
         """What a gateway process needs to follow the master through the Sentinels."""
-        return {"REDIS_SENTINELS": self.sentinel_list, "REDIS_SENTINEL_MASTER": self.MASTER}
+        env = {"REDIS_SENTINELS": self.sentinel_list, "REDIS_SENTINEL_MASTER": self.MASTER}
+        if self.secure:
+            env["REDIS_URL"] = f"rediss://:{self.PASSWORD}@/0?ssl_ca_certs={self.ca}"
+            env["REDIS_SENTINEL_PASSWORD"] = self.SENTINEL_PASSWORD
+        return env
+
+    def _tls(self) -> list[str]:
+        """The TLS settings of a server or Sentinel, as configuration lines."""
+        if not self.secure:
+            return []
+        folder = self.workdir
+        return [
+            f"tls-cert-file {folder / 'server.pem'}",
+            f"tls-key-file {folder / 'server.key'}",
+            f"tls-ca-cert-file {self.ca}",
+            "tls-auth-clients no",
+            "tls-replication yes",
+        ]
+
+    def _make_certificates(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        authority = trustme.CA()
+        server = authority.issue_cert("127.0.0.1", "localhost")
+        authority.cert_pem.write_to_path(str(self.ca))
+        server.cert_chain_pems[0].write_to_path(str(self.workdir / "server.pem"))
+        server.private_key_pem.write_to_path(str(self.workdir / "server.key"))
 
     def start(self) -> "RedisReplicated":
+        if self.secure:
+            self._make_certificates()
+        secrets_ = [f"requirepass {self.PASSWORD}", f"masterauth {self.PASSWORD}"]
+        data = ["save ''", "appendonly no", *self._tls(), *(secrets_ if self.secure else [])]
         first, second = self.servers
-        first.start(binary("redis-server"), [])
-        second.start(binary("redis-server"), ["--replicaof", "127.0.0.1", str(first.port)])
+        first.start(binary("redis-server"), data)
+        second.start(binary("redis-server"), [*data, f"replicaof 127.0.0.1 {first.port}"])
         wait_for(lambda: self._link_up(second), "the replica to sync with the master", 30)
         for node in self.sentinels:
-            node.workdir.mkdir(parents=True, exist_ok=True)
-            config = node.workdir / "sentinel.conf"
-            config.write_text(
-                f"port {node.port}\n"
-                "bind 127.0.0.1\n"
-                f"dir {node.workdir}\n"
-                f"sentinel monitor {self.MASTER} 127.0.0.1 {first.port} 2\n"
-                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}\n"
-                f"sentinel failover-timeout {self.MASTER} 10000\n"
-                f"sentinel parallel-syncs {self.MASTER} 1\n"
-            )
-            node.start(binary("redis-sentinel"), [str(config)], config_first=True)
+            watch = [
+                f"sentinel monitor {self.MASTER} 127.0.0.1 {first.port} 2",
+                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}",
+                f"sentinel failover-timeout {self.MASTER} 10000",
+                f"sentinel parallel-syncs {self.MASTER} 1",
+            ]
+            if self.secure:
+                watch += [
+                    f"sentinel auth-pass {self.MASTER} {self.PASSWORD}",
+                    f"requirepass {self.SENTINEL_PASSWORD}",
+                    f"sentinel sentinel-pass {self.SENTINEL_PASSWORD}",
+                ]
+            node.start(binary("redis-sentinel"), [*self._tls(), *watch])
         wait_for(self._sentinels_agree, "the Sentinels to find each other and the replica", 30)
         return self
 
@@ -340,30 +377,43 @@ class RedisReplicated:
 
 
 class _Node:
-    """One redis-server process (a data node or a Sentinel) on a free port."""
+    """One process of a `RedisReplicated`: a server or a Sentinel, on a free port, from a
+    configuration file of its own (a Sentinel rewrites its file as it learns)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, group: RedisReplicated) -> None:
         self.workdir = workdir
+        self.group = group
         self.port = free_port()
         self.process: Process | None = None
 
-    def start(self, program: str, extra: list[str], *, config_first: bool = False) -> None:
+    @property
+    def is_sentinel(self) -> bool:
+        return self.workdir.name.startswith("sentinel")
+
+    def start(self, program: str, lines: list[str]) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        common = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir)]
-        if config_first:  # a Sentinel reads (and rewrites) its config file, named first
-            argv = [program, extra[0], *common, *extra[1:]]
-        else:
-            argv = [program, *common, "--save", "", "--appendonly", "no", *extra]
-        name = f"{self.workdir.name}"
-        self.process = Process(name, argv, self.workdir / "server.log").start()
+        listen = [f"tls-port {self.port}", "port 0"] if self.group.secure else [f"port {self.port}"]
+        config = self.workdir / "node.conf"
+        config.write_text("\n".join([*listen, "bind 127.0.0.1", f"dir {self.workdir}", *lines, ""]))
+        name = self.workdir.name
+        self.process = Process(name, [program, str(config)], self.workdir / "server.log").start()
         wait_for(lambda: port_open(self.port), f"{name} on port {self.port}")
 
     def alive(self) -> bool:
         return self.process is not None and self.process.alive()
 
     def client(self) -> redis.Redis:
+        options: dict[str, object] = {}
+        if self.group.secure:
+            options = {
+                "ssl": True,
+                "ssl_ca_certs": str(self.group.ca),
+                "password": self.group.SENTINEL_PASSWORD
+                if self.is_sentinel
+                else self.group.PASSWORD,
+            }
         return redis.Redis(
-            host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True
+            host="127.0.0.1", port=self.port, socket_timeout=2, decode_responses=True, **options
         )
 
     def stop(self) -> None:

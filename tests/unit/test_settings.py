@@ -199,6 +199,18 @@ def start_up(then: str = "", **env: str) -> subprocess.CompletedProcess[str]:
             },
             "REDIS_URL names a host (redis-1)",
         ),
+        (
+            {"REDIS_SENTINELS": "s1:1", "REDIS_SENTINEL_MASTER": "m", "REDIS_URL": "redis:///x"},
+            "REDIS_URL is invalid: the database must be a number",
+        ),
+        (
+            {
+                "REDIS_SENTINELS": "s1:1",
+                "REDIS_SENTINEL_MASTER": "m",
+                "REDIS_URL": "rediss://:pw@/0?ssl_ca_cert=/ca.pem",
+            },
+            "unknown options ['ssl_ca_cert']: with rediss://, only ssl_ca_certs",
+        ),
         ({"REDIS_REPLICA_WAIT_MS": "-1"}, "REDIS_REPLICA_WAIT_MS=-1 is out of range"),
         ({"REDIS_REPLICA_WAIT_MS": "soon"}, "REDIS_REPLICA_WAIT_MS is invalid"),
     ],
@@ -217,7 +229,7 @@ def test_sentinels_take_the_scheme_password_and_database_of_redis_url() -> None:
         REDIS_SENTINELS="s1:26379, [::1]:26380",
         REDIS_SENTINEL_MASTER="gateway",
         REDIS_SENTINEL_PASSWORD="sentinel-secret",
-        REDIS_URL="rediss://:p%40ss@/2",
+        REDIS_URL="rediss://:p%40ss@/2?ssl_ca_certs=/etc/ca.pem",
     )
     assert started.returncode == 0, started.stderr
     (host,) = parse_json(started.stdout)
@@ -229,8 +241,10 @@ def test_sentinels_take_the_scheme_password_and_database_of_redis_url() -> None:
         2,
         True,
     )
+    assert host["ssl_ca_certs"] == "/etc/ca.pem"  # a private CA, for servers and Sentinels
     assert host["sentinel_kwargs"]["password"] == "sentinel-secret"
     assert host["sentinel_kwargs"]["ssl"] is True
+    assert host["sentinel_kwargs"]["ssl_ca_certs"] == "/etc/ca.pem"
 
 
 def test_a_redis_target_never_shows_its_password() -> None:
