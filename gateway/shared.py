@@ -290,6 +290,7 @@ class ReplicaWait:
             pipe.execute_command("WAIT", 1, self.timeout_ms)
             reply, replicas = await pipe.execute()
         if not replicas:
+            self._asked = None  # the replica may be gone (a failover): ask the master again
             metrics.inc("redis_replica_wait_timeouts")
             logger.warning(
                 "no replica confirmed a write within %d ms (REDIS_REPLICA_WAIT_MS): a failover "
