@@ -31,7 +31,7 @@ from benchmarks.nodeproc import HarnessError, node_binary
 from benchmarks.report import write_report
 from benchmarks.scenarios import FULL, QUICK, SCENARIOS, Plan, Scenario
 from benchmarks.soak import rewrite_report, run_soak
-from benchmarks.systems import SYSTEM_NAMES, SystemFailed, make_system
+from benchmarks.systems import DEFAULT_SYSTEMS, SYSTEM_NAMES, SystemFailed, make_system
 
 HERE = Path(__file__).resolve().parent
 RUN_TIMEOUT_SECONDS = 900.0  # the most one system may take in one scenario group
@@ -230,7 +230,7 @@ async def run_all(args: argparse.Namespace) -> int:
     if args.slow_pause:
         plan = replace(plan, slow_pause_seconds=args.slow_pause)
     plan = override(plan, args.plan)
-    systems = choose(args.systems, SYSTEM_NAMES, SYSTEM_NAMES)
+    systems = choose(args.systems, SYSTEM_NAMES, DEFAULT_SYSTEMS)
     scenarios = choose(
         args.scenarios, list(SCENARIOS), QUICK_SCENARIOS if args.quick else tuple(SCENARIOS)
     )

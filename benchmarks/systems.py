@@ -4,7 +4,9 @@
 - ``naive``: the Channels tutorial's chat consumer on daphne, default ``RedisChannelLayer``
   settings, and a minimal MQTT bridge (``benchmarks/naive``).
 - ``gateway``: daphne serving ``config.asgi`` and one ``runworker mqtt-bridge``, with Redis and
-  Mosquitto; ``gateway-uvicorn`` serves the same application with uvicorn instead of daphne.
+  Mosquitto; ``gateway-uvicorn`` serves the same application with uvicorn instead of daphne;
+  ``gateway-sentinel`` keeps daphne, on a Redis master with a replica and three Sentinels (the
+  bridge then waits for the replica before it acknowledges a device message).
 """
 
 import re
@@ -19,6 +21,7 @@ from tests.support.processes import (
     Mosquitto,
     Process,
     Redis,
+    RedisReplicated,
     free_port,
     gateway_env,
     http_get,
@@ -243,25 +246,41 @@ class UvicornGateway(Gateway):
 class GatewaySystem(System):
     """The gateway: one web process, one bridge worker, Redis and Mosquitto."""
 
-    def __init__(self, workdir: Path, name: str, database: Path, *, uvicorn: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        database: Path,
+        *,
+        uvicorn: bool = False,
+        sentinel: bool = False,
+    ) -> None:
         super().__init__(workdir)
         self.name = name
         self.database = database
         self.uvicorn = uvicorn
+        # A Redis master with a replica and three Sentinels: what surviving a failover costs.
+        self.replicated = RedisReplicated(workdir / "redis-set") if sentinel else None
         self.gateway: Gateway | None = None
+
+    def _redis_env(self) -> dict[str, str]:
+        if self.replicated is not None:
+            return self.replicated.start().env()
+        self.redis = Redis(self.workdir).start()
+        return {"REDIS_URL": self.redis.url}
 
     def start(self) -> Endpoint:
         broker, _ = self._broker()
-        self.redis = Redis(self.workdir).start()
+        redis_env = self._redis_env()
         database = self.workdir / "gateway.sqlite3"
         for leftover in (".sqlite3-wal", ".sqlite3-shm"):  # a previous run's: they would corrupt it
             database.with_suffix(leftover).unlink(missing_ok=True)
         shutil.copyfile(self.database, database)
         env = gateway_env(
             MQTT_URL=broker.url,
-            REDIS_URL=self.redis.url,
             DATABASE_URL=f"sqlite:///{database}",
             GATEWAY_ID="bench",
+            **redis_env,
             GATEWAY_WS_RATE=WS_RATE,
             GATEWAY_WS_BURST=WS_BURST,
             # Every load socket comes from this machine's one address.
@@ -296,7 +315,14 @@ class GatewaySystem(System):
     def procs(self) -> list[Proc]:
         assert self.gateway is not None
         workers = [Proc("bridge", w.name, w.pid) for w in self.gateway.workers]
-        return [*super().procs(), *workers]
+        redis_set = []
+        if self.replicated is not None:  # the master and its replica (Sentinels idle)
+            redis_set = [
+                Proc("redis", node.workdir.name, node.process.pid)
+                for node in self.replicated.servers
+                if node.process is not None
+            ]
+        return [*super().procs(), *workers, *redis_set]
 
     def alive(self) -> bool:
         return self.gateway is not None and all(
@@ -326,10 +352,14 @@ class GatewaySystem(System):
     def stop(self) -> None:
         if self.gateway is not None:
             self.gateway.stop()
+        if self.replicated is not None:
+            self.replicated.stop()
         super().stop()
 
 
-SYSTEM_NAMES = ("mosquitto", "naive", "gateway", "gateway-uvicorn")
+SYSTEM_NAMES = ("mosquitto", "naive", "gateway", "gateway-uvicorn", "gateway-sentinel")
+# What a full run compares; gateway-sentinel runs when asked for (--systems).
+DEFAULT_SYSTEMS = ("mosquitto", "naive", "gateway", "gateway-uvicorn")
 
 
 def migrated_database(workdir: Path) -> Path:
@@ -357,4 +387,6 @@ def make_system(name: str, workdir: Path, database_dir: Path) -> System:
             return GatewaySystem(workdir, name, database)
         if name == "gateway-uvicorn":
             return GatewaySystem(workdir, name, database, uvicorn=True)
+        if name == "gateway-sentinel":
+            return GatewaySystem(workdir, name, database, sentinel=True)
     raise ValueError(f"unknown system {name!r}: choose from {', '.join(SYSTEM_NAMES)}")
