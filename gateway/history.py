@@ -56,7 +56,7 @@ from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.jsonutil import dumps, parse_json
 from gateway.models import MESSAGE_TABLE, Message
-from gateway.shared import per_loop, redis_client, uses_redis
+from gateway.shared import EPOCH_SKIP, per_loop, redis_client, uses_redis
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +77,6 @@ COPY = 0  # what `Window.append` gives a copy of a message already sent to its r
 Once = Mapping[str, bool]
 _NONE: Once = MappingProxyType({})
 SEED_MARGIN = 10_000  # seq headroom after a lost counter, above what the database holds
-# How far a room's seq skips on its first message after Redis's master changed: past the seqs
-# the old master may have given out without replicating them (a failover loses at most the
-# writes of its replication lag).
-EPOCH_SKIP = 10_000
 PRUNE_SECONDS = 60.0
 # The database writer waits this long after the first pending message, so a busy stream is
 # written in a few batches a second instead of one per burst (the window has them meanwhile).

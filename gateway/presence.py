@@ -30,7 +30,7 @@ from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import utc_timestamp
 from gateway.jsonutil import dumps, parse_json
-from gateway.shared import per_loop, redis_client, uses_redis
+from gateway.shared import EPOCH_SKIP, epoch_keys, per_loop, redis_client, uses_redis
 from gateway.transport import ROOM_PRESENCE, PresenceEvent, PresenceMember, Transport, transport
 
 logger = logging.getLogger(__name__)
@@ -122,10 +122,29 @@ class Store(Protocol):
 Added = Literal["added", "renewed", "full"]
 _ADDED: dict[int, Added] = {1: "added", 0: "renewed", -1: "full"}
 
+# The room's next version, from its version key and the gateway's epoch key (`gateway.shared`):
+# a room's first change in a new epoch skips EPOCH_SKIP, past versions the old master may have
+# given out unreplicated (processes ignore a change older than the newest they saw).
+_NEXT_VERSION = """
+local function next_version(key, epoch_key)
+  local epoch = tonumber(redis.call('GET', epoch_key) or '0')
+  if epoch > 0 then
+    local mark = key .. ':epoch'
+    if tonumber(redis.call('GET', mark) or '0') < epoch then
+      redis.call('INCRBY', key, EPOCH_SKIP)
+      redis.call('SET', mark, epoch)
+    end
+  end
+  return redis.call('INCR', key)
+end
+""".replace("EPOCH_SKIP", str(EPOCH_SKIP))
+
 # Adds (or renews) a member unless the room holds its limit of members. KEYS: the room's members
-# hash, its expiry set, the set of rooms with members, its version; ARGV: key, member, expiry,
-# limit, room. Returns {1 added | 0 renewed | -1 full, version, count}.
-_ADD = """
+# hash, its expiry set, the set of rooms with members, its version, the epoch; ARGV: key,
+# member, expiry, limit, room. Returns {1 added | 0 renewed | -1 full, version, count}.
+_ADD = (
+    _NEXT_VERSION
+    + """
 local count = redis.call('HLEN', KEYS[1])
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and count >= tonumber(ARGV[4]) then
   return {-1, 0, count}
@@ -134,19 +153,23 @@ local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[5])
 local version = 0
-if added == 1 then version = redis.call('INCR', KEYS[4]) end
+if added == 1 then version = next_version(KEYS[4], KEYS[5]) end
 return {added, version, count + added}
 """
+)
 
-# Removes a member. KEYS: members hash, expiry set, version; ARGV: key.
+# Removes a member. KEYS: members hash, expiry set, version, the epoch; ARGV: key.
 # Returns {member JSON, version, count}, or false when another process removed it first.
-_REMOVE = """
+_REMOVE = (
+    _NEXT_VERSION
+    + """
 local raw = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 if not raw then return false end
 redis.call('HDEL', KEYS[1], ARGV[1])
-return {raw, redis.call('INCR', KEYS[3]), redis.call('HLEN', KEYS[1])}
+return {raw, next_version(KEYS[3], KEYS[4]), redis.call('HLEN', KEYS[1])}
 """
+)
 
 # A room's presence at one version. KEYS: members hash, version; ARGV: limit.
 # Returns {count, version, member JSON...} (no members when there are more than the limit).
@@ -170,9 +193,11 @@ return 0
 class RedisStore:
     """Members in Redis: a hash of members, a sorted set of expiries and a version per room."""
 
-    def __init__(self, client: Any, *, prefix: str) -> None:
+    def __init__(self, client: Any, *, prefix: str, epoch_key: str | None = None) -> None:
         self.client = client
         self.prefix = prefix
+        # The gateway's epoch (`gateway.shared.epoch_keys`); unset, versions never skip.
+        self.epoch_key = epoch_key or f"{prefix}no-epoch"
 
     def _keys(self, room: str) -> tuple[str, str]:
         return f"{self.prefix}members:{room}", f"{self.prefix}expiry:{room}"
@@ -186,11 +211,12 @@ class RedisStore:
         members, expiry = self._keys(room)
         found, version, count = await self.client.eval(
             _ADD,
-            4,
+            5,
             members,
             expiry,
             f"{self.prefix}rooms",
             self._version(room),
+            self.epoch_key,
             member.key,
             dumps(member.as_dict()),
             repr(expires),
@@ -202,7 +228,9 @@ class RedisStore:
 
     async def remove(self, room: str, key: str) -> tuple[Member, Change] | None:
         members, expiry = self._keys(room)
-        found = await self.client.eval(_REMOVE, 3, members, expiry, self._version(room), key)
+        found = await self.client.eval(
+            _REMOVE, 4, members, expiry, self._version(room), self.epoch_key, key
+        )
         if not found:
             return None  # another process removed it first
         raw, version, count = found
@@ -443,7 +471,11 @@ def _make_presence() -> Presence:
     conf = gateway_settings()
     store: Store
     if uses_redis():
-        store = RedisStore(redis_client(), prefix=f"gateway:{conf.gateway_id}:presence:")
+        store = RedisStore(
+            redis_client(),
+            prefix=f"gateway:{conf.gateway_id}:presence:",
+            epoch_key=epoch_keys(f"gateway:{conf.gateway_id}:")[1],
+        )
     else:
         store = LocalStore()
     return Presence(

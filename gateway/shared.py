@@ -52,6 +52,10 @@ POOL_WAIT_SECONDS = 10.0
 SOCKET_TIMEOUT_SECONDS = 15.0
 CONNECT_TIMEOUT_SECONDS = 5.0
 SENTINEL_TIMEOUT_SECONDS = 2.0  # for each question to a Sentinel
+# How far a room's seq (and presence version) skips on its first change after Redis's master
+# changed: past what the old master may have given out without replicating it (a failover
+# loses at most the writes of its replication lag).
+EPOCH_SKIP = 10_000
 # What a rediss:// URL may add through Sentinels (redis-py's names): a private CA, a client
 # certificate, whether the server's certificate is checked.
 TLS_OPTIONS = frozenset({"ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs"})

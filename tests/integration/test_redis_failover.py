@@ -9,9 +9,10 @@ import asyncio
 import gc
 import os
 import signal
+import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,16 @@ from redis.asyncio import Redis
 
 from gateway import metrics
 from gateway.envelope import Envelope, new_envelope
-from gateway.history import EPOCH_SKIP, RedisWindow
-from gateway.shared import RedisTarget, ReplicaWait, epoch_check, parse_sentinels
+from gateway.history import RedisWindow
+from gateway.presence import Member, RedisStore
+from gateway.shared import (
+    EPOCH_SKIP,
+    RedisTarget,
+    ReplicaWait,
+    epoch_check,
+    epoch_keys,
+    parse_sentinels,
+)
 from gateway.transport import RedisTransport
 from tests.support.processes import Redis as RedisServer
 from tests.support.processes import RedisReplicated, wait_for
@@ -68,6 +77,22 @@ async def until_written(window: RedisWindow, room: str, text: str) -> int | None
     raise AssertionError("no master took writes within 30 s of the failover")
 
 
+async def lose_with_the_master(
+    replicated: RedisReplicated, client: Redis, writes: Callable[[], Awaitable[None]]
+) -> None:
+    """Make ``writes`` on the master alone, then kill it: the replica is promoted without them."""
+    replica = next(node for node in replicated.servers if node.port != replicated.master_port())
+    assert replica.process is not None
+    os.kill(replica.process.pid, signal.SIGSTOP)  # it cannot link up again for now
+    try:
+        await client.client_kill_filter(_type="replica")  # the link is cut: what follows stays
+        await writes()
+        replicated.kill_master()
+    finally:
+        os.kill(replica.process.pid, signal.SIGCONT)
+    wait_for(lambda: replicated.master_port() == replica.port, "the replica's promotion", 30)
+
+
 async def test_seqs_lost_with_the_master_are_never_given_again(
     replicated: RedisReplicated, client: Redis
 ) -> None:
@@ -76,17 +101,11 @@ async def test_seqs_lost_with_the_master_are_never_given_again(
     assert await append(window, "kitchen", "one", "two", "three") == [1, 2, 3]
     assert await client.wait(1, 5000) == 1  # the replica has 1-3
 
-    replica = next(node for node in replicated.servers if node.port != replicated.master_port())
-    assert replica.process is not None
-    os.kill(replica.process.pid, signal.SIGSTOP)  # it cannot link up again for now
-    try:
-        await client.client_kill_filter(_type="replica")  # the link is cut: what follows stays
+    async def unreplicated() -> None:
         # Numbered by the master only: browsers may have seen 4 and 5, then the master dies.
         assert await append(window, "kitchen", "four", "five") == [4, 5]
-        replicated.kill_master()
-    finally:
-        os.kill(replica.process.pid, signal.SIGCONT)
-    wait_for(lambda: replicated.master_port() == replica.port, "the replica's promotion", 30)
+
+    await lose_with_the_master(replicated, client, unreplicated)
 
     after = await until_written(window, "kitchen", "six")
     # The promoted replica never had 4 and 5; the room's seq skips past them instead.
@@ -101,6 +120,40 @@ async def test_seqs_lost_with_the_master_are_never_given_again(
     # A room first written after the failover starts at 1 all the same.
     await window.seed("garden", 0)
     assert await append(window, "garden", "first") == [1]
+
+
+async def test_presence_versions_lost_with_the_master_are_never_given_again(
+    replicated: RedisReplicated, client: Redis
+) -> None:
+    # Processes ignore a presence change older than the newest they saw: after a failover a
+    # room's changes must carry newer versions, or its count would stand still.
+    store = RedisStore(client, prefix=f"{PREFIX}presence:", epoch_key=epoch_keys(PREFIX)[1])
+
+    async def join(key: str) -> int:
+        member = Member(key=key, kind="browser", name=key, since="2026-12-02T10:00:00.000Z")
+        _, change = await store.add("hall", member, time.time() + 60, 100)
+        assert change is not None
+        return change.version
+
+    first = await join("a")
+    assert await client.wait(1, 5000) == 1
+    seen: list[int] = []
+
+    async def unreplicated() -> None:
+        seen.append(await join("b"))  # a version processes saw, then lost with the master
+
+    await lose_with_the_master(replicated, client, unreplicated)
+    for _ in range(300):  # bounded: until the promoted replica takes writes
+        try:
+            after = await join("c")
+            break
+        except Exception:
+            await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("no master took writes within 30 s of the failover")
+    assert seen == [first + 1]
+    assert after > seen[0]
+    assert after == first + EPOCH_SKIP + 1
 
 
 async def test_an_acknowledged_device_message_is_on_the_replica_first(
