@@ -386,3 +386,65 @@ async def test_a_redis_failover_loses_repeats_and_renumbers_nothing(
     finally:
         gateway.stop()
         replicated.stop()
+
+
+async def test_the_broker_redelivers_into_the_promoted_replica_once(
+    tmp_path: Path, broker: Mosquitto, database_url: str, ledger: Ledger
+) -> None:
+    """The bridge worker dies with the Redis master: the broker redelivers what the worker had
+    not acknowledged, with the ids of its first deliveries, to the restarted worker, which
+    writes to the promoted replica. Browsers see each message once, in increasing seqs."""
+    replicated = RedisReplicated(tmp_path / "redis").start()
+    (tmp_path / "gateway").mkdir()
+    env = gateway_env(
+        MQTT_URL=broker.url,
+        DATABASE_URL=database_url,
+        GATEWAY_ID="gw-redeliver",
+        **replicated.env(),
+    )
+    gateway = Gateway(tmp_path / "gateway", env)
+    rate, total = 100.0, int(500 * SCALE)
+    try:
+        gateway.start()
+        async with contextlib.AsyncExitStack() as stack:
+            watched = [
+                Watched(await stack.enter_async_context(ws_connect(gateway.ws, "south")), key="seq")
+                for _ in range(2)
+            ]
+            readers = [asyncio.create_task(w.read()) for w in watched]
+            device = stack.enter_context(Device(broker.port, "redeliver-meter"))
+            sending = asyncio.create_task(
+                asyncio.to_thread(device.publish_sequence, "rooms/south/meter", total, rate)
+            )
+            await asyncio.sleep(2)
+            killed = time.monotonic()
+            gateway.worker.kill()  # its unacknowledged messages stay with the broker
+            old_master = await asyncio.to_thread(replicated.kill_master)
+            await asyncio.to_thread(
+                wait_for,
+                lambda: replicated.master_port() not in (None, old_master),
+                "a Sentinel to promote the replica",
+                30,
+            )
+            await asyncio.to_thread(gateway.start_worker, 0)  # its session resumes
+            first = await watched[0].wait_first_after(killed + 0.2, 20)
+            await sending
+            assert device.wait_acked(device.published, timeout=30)
+            await asyncio.sleep(3)
+            for reader in readers:
+                reader.cancel()
+        row = ledger.record(
+            "a Redis failover with the bridge killed too: the broker's redeliveries reach the "
+            "promoted replica once",
+            "master and bridge worker SIGKILLed together at 100 msg/s, worker restarted",
+            total,
+            [w.counts() for w in watched],
+            None if first is None else first - killed,
+        )
+        assert first is not None
+        assert (row.lost, row.duplicated) == (0, 0)
+        for w in watched:
+            assert strictly_increasing(w.seqs), "a room's seq went back or repeated"
+    finally:
+        gateway.stop()
+        replicated.stop()
