@@ -14,6 +14,7 @@ from tests.support.processes import (
     Mosquitto,
     Postgres,
     Redis,
+    RedisReplicated,
     gateway_env,
     migrated,
     postgres_bindir,
@@ -126,6 +127,22 @@ def start_gateway(
     except Exception:
         gateway.stop()
         raise
+
+
+def gateway_on_sentinels(
+    workdir: Path, broker: Mosquitto, database_url: str, gateway_id: str, **redis: int
+) -> tuple[RedisReplicated, Gateway]:
+    """A Redis master, its replica and three Sentinels, started, and a gateway (not started:
+    its processes are the caller's to choose) that follows the master through them."""
+    replicated = RedisReplicated(workdir / "redis", **redis).start()
+    (workdir / "gateway").mkdir()
+    env = gateway_env(
+        MQTT_URL=broker.url,
+        DATABASE_URL=database_url,
+        GATEWAY_ID=gateway_id,
+        **replicated.env(),
+    )
+    return replicated, Gateway(workdir / "gateway", env)
 
 
 @pytest.fixture(autouse=True)

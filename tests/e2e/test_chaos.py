@@ -18,16 +18,13 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from tests.conftest import start_gateway
+from tests.conftest import gateway_on_sentinels, start_gateway
 from tests.support.clients import mqtt_client, mqtt_messages_within, recv_json, ws_connect
 from tests.support.devices import Device
 from tests.support.ledger import SCALE, Ledger
 from tests.support.processes import (
-    Gateway,
     Mosquitto,
     Redis,
-    RedisReplicated,
-    gateway_env,
     wait_for,
 )
 from tests.support.proxy import Proxy
@@ -302,15 +299,9 @@ async def test_a_redis_failover_loses_repeats_and_renumbers_nothing(
     worker follow the master through the Sentinels. The master is SIGKILLed while devices
     stream at 200 msg/s into two rooms; a Sentinel promotes the replica."""
     down_after_ms = 1000
-    replicated = RedisReplicated(tmp_path / "redis", down_after_ms=down_after_ms).start()
-    (tmp_path / "gateway").mkdir()
-    env = gateway_env(
-        MQTT_URL=broker.url,
-        DATABASE_URL=database_url,
-        GATEWAY_ID="gw-failover",
-        **replicated.env(),
+    replicated, gateway = gateway_on_sentinels(
+        tmp_path, broker, database_url, "gw-failover", down_after_ms=down_after_ms
     )
-    gateway = Gateway(tmp_path / "gateway", env)
     rooms, rate, total = ["east", "west"], 100.0, int(800 * SCALE)  # per room
     try:
         gateway.start()
@@ -394,15 +385,7 @@ async def test_the_broker_redelivers_into_the_promoted_replica_once(
     """The bridge worker dies with the Redis master: the broker redelivers what the worker had
     not acknowledged, with the ids of its first deliveries, to the restarted worker, which
     writes to the promoted replica. Browsers see each message once, in increasing seqs."""
-    replicated = RedisReplicated(tmp_path / "redis").start()
-    (tmp_path / "gateway").mkdir()
-    env = gateway_env(
-        MQTT_URL=broker.url,
-        DATABASE_URL=database_url,
-        GATEWAY_ID="gw-redeliver",
-        **replicated.env(),
-    )
-    gateway = Gateway(tmp_path / "gateway", env)
+    replicated, gateway = gateway_on_sentinels(tmp_path, broker, database_url, "gw-redeliver")
     rate, total = 100.0, int(500 * SCALE)
     try:
         gateway.start()

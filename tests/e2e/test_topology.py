@@ -13,6 +13,7 @@ import aiomqtt
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from tests.conftest import gateway_on_sentinels
 from tests.support.clients import mqtt_client, recv_json, ws_connect
 from tests.support.devices import Device
 from tests.support.processes import (
@@ -20,7 +21,6 @@ from tests.support.processes import (
     Mosquitto,
     Postgres,
     RedisReplicated,
-    gateway_env,
     http_get,
     migrated,
     wait_for,
@@ -31,15 +31,8 @@ from tests.support.processes import (
 def topology(
     tmp_path: Path, broker: Mosquitto, postgres_server: Postgres
 ) -> Iterator[tuple[Gateway, RedisReplicated]]:
-    replicated = RedisReplicated(tmp_path / "redis").start()
-    (tmp_path / "gateway").mkdir()
-    env = gateway_env(
-        MQTT_URL=broker.url,
-        DATABASE_URL=migrated(postgres_server.create_database("gateway_topology")),
-        GATEWAY_ID="gw-topology",
-        **replicated.env(),
-    )
-    gateway = Gateway(tmp_path / "gateway", env)
+    database_url = migrated(postgres_server.create_database("gateway_topology"))
+    replicated, gateway = gateway_on_sentinels(tmp_path, broker, database_url, "gw-topology")
     try:
         gateway.start(workers=2)
         gateway.start_web()
