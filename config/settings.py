@@ -19,7 +19,7 @@ from django.core.exceptions import ImproperlyConfigured
 from bridges.conf import MqttSettings
 from bridges.rules import RuleSet, load_rules
 from gateway.conf import GatewaySettings
-from gateway.shared import RedisTarget, parse_sentinels
+from gateway.shared import RedisTarget, parse_sentinels, parse_shards
 from protocols.client_address import parse_proxies
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -179,6 +179,14 @@ if REDIS_SENTINELS and REDIS_URL and REDIS_URL.startswith("unix://"):
     raise ImproperlyConfigured("REDIS_URL=unix:// cannot go with REDIS_SENTINELS")
 # The shared Redis's target, and whether the bridge waits for a replica before acknowledging
 # a QoS 1 message (milliseconds; 0 turns it off).
+try:
+    REDIS_SHARDS = parse_shards(_read("REDIS_SHARDS", env.str, ""), sentinels=bool(REDIS_SENTINELS))
+except ValueError as exc:
+    raise ImproperlyConfigured(f"REDIS_SHARDS is invalid: {exc}") from exc
+if REDIS_SHARDS and not (REDIS_URL or REDIS_SENTINELS):
+    raise ImproperlyConfigured(
+        "REDIS_SHARDS adds shards to a Redis: set REDIS_URL (or REDIS_SENTINELS) too"
+    )
 REDIS_REPLICA_WAIT_MS: int = _read("REDIS_REPLICA_WAIT_MS", env.int, 1000)
 if not 0 <= REDIS_REPLICA_WAIT_MS <= 60_000:
     raise ImproperlyConfigured(

@@ -56,7 +56,16 @@ from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.jsonutil import dumps, parse_json
 from gateway.models import MESSAGE_TABLE, Message
-from gateway.shared import EPOCH_SKIP, per_loop, redis_client, uses_redis
+from gateway.shared import (
+    EPOCH_SKIP,
+    on_each,
+    per_loop,
+    redis_client,
+    shard_names,
+    shard_of,
+    split_by_shard,
+    uses_redis,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -372,6 +381,51 @@ class RedisWindow:
         _, window = self._keys(room)
         once = f"{self.prefix}once:{room}"
         await self.client.delete(window, f"{window}:bytes", once, f"{self.prefix}once-order:{room}")
+
+
+class ShardedWindow:
+    """The window in several Redis servers, each room's in its shard's
+    (`gateway.shared.shard_of`)."""
+
+    def __init__(self, shards: Sequence[RedisWindow], names: tuple[str, ...]) -> None:
+        self.shards = list(shards)
+        self.names = names
+
+    def _shard(self, room: str) -> RedisWindow:
+        return self.shards[shard_of(room, self.names)]
+
+    async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[int | None]:
+        by_shard = split_by_shard(range(len(envelopes)), lambda i: envelopes[i]["room"], self.names)
+        found = await on_each(
+            [
+                self.shards[shard].append([envelopes[i] for i in indices], once)
+                for shard, indices in by_shard.items()
+            ]
+        )
+        seqs: list[int | None] = [None] * len(envelopes)
+        for indices, given in zip(by_shard.values(), found, strict=True):
+            for i, seq in zip(indices, given, strict=True):
+                seqs[i] = seq
+        return seqs
+
+    async def sent(self, envelopes: Sequence[Envelope]) -> None:
+        by_shard = split_by_shard(envelopes, lambda e: e["room"], self.names)
+        await on_each([self.shards[i].sent(some) for i, some in by_shard.items()])
+
+    async def seed(self, room: str, floor: int) -> None:
+        await self._shard(room).seed(room, floor)
+
+    async def after(self, room: str, seq: int, limit: int) -> list[Envelope]:
+        return await self._shard(room).after(room, seq, limit)
+
+    async def oldest(self, room: str) -> int | None:
+        return await self._shard(room).oldest(room)
+
+    async def tail(self, room: str, limit: int) -> tuple[int | None, list[Envelope]]:
+        return await self._shard(room).tail(room, limit)
+
+    async def forget(self, room: str) -> None:
+        await self._shard(room).forget(room)
 
 
 class LocalWindow:
@@ -737,7 +791,7 @@ def _hold(room: str, max_messages: int, max_bytes: int) -> int:
     return total
 
 
-_histories: dict[tuple[str | None, int], History] = {}
+_histories: dict[tuple[Any, Any, int], History] = {}
 
 
 async def close_histories() -> None:
@@ -756,13 +810,18 @@ def _make_history() -> History:
     conf = gateway_settings()
     window: Window
     if uses_redis():
-        window = RedisWindow(
-            redis_client(),
-            prefix=f"gateway:{conf.gateway_id}:",
-            window=WINDOW,
-            ttl_seconds=int(conf.history_max_age.total_seconds()),
-            max_bytes=conf.history_window_bytes,
-        )
+        names = shard_names()
+        windows = [
+            RedisWindow(
+                redis_client(shard),
+                prefix=f"gateway:{conf.gateway_id}:",
+                window=WINDOW,
+                ttl_seconds=int(conf.history_max_age.total_seconds()),
+                max_bytes=conf.history_window_bytes,
+            )
+            for shard in range(len(names))
+        ]
+        window = windows[0] if len(windows) == 1 else ShardedWindow(windows, names)
     else:
         window = LocalWindow(window=WINDOW, max_bytes=conf.history_window_bytes)
     return History(

@@ -230,6 +230,12 @@ _KNOWN_FAMILIES = (
         "reason",
     ),
     ("redis_epochs", "Redis master changes this process met (failovers, restarts).", "reason"),
+    (
+        "rooms_held_up",
+        "Rooms whose sockets were told their Redis (or shard) cannot be reached.",
+        "reason",
+    ),
+    ("bridge_held", "Device messages the bridge holds for Redis shards that are down.", "reason"),
     ("frames_fanned_out", "Frames this process wrote to its sockets of a room.", "reason"),
     ("mqtt_hook_denied", "Brokers' HTTP hook checks answered with a denial.", "check"),
     ("mqtt_hook_errors", "Brokers' HTTP hook requests that failed (answered: deny).", "endpoint"),

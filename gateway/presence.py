@@ -30,7 +30,15 @@ from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import utc_timestamp
 from gateway.jsonutil import dumps, parse_json
-from gateway.shared import EPOCH_SKIP, epoch_keys, per_loop, redis_client, uses_redis
+from gateway.shared import (
+    EPOCH_SKIP,
+    epoch_keys,
+    per_loop,
+    redis_client,
+    shard_names,
+    shard_of,
+    uses_redis,
+)
 from gateway.transport import ROOM_PRESENCE, PresenceEvent, PresenceMember, Transport, transport
 
 logger = logging.getLogger(__name__)
@@ -291,6 +299,53 @@ class RedisStore:
         return gone
 
 
+class ShardedStore:
+    """Members in several Redis servers, each room's in its shard's
+    (`gateway.shared.shard_of`)."""
+
+    def __init__(self, shards: list[RedisStore], names: tuple[str, ...]) -> None:
+        self.shards = shards
+        self.names = names
+
+    def _shard(self, room: str) -> RedisStore:
+        return self.shards[shard_of(room, self.names)]
+
+    async def add(
+        self, room: str, member: Member, expires: float, limit: int
+    ) -> tuple[Added, Change | None]:
+        return await self._shard(room).add(room, member, expires, limit)
+
+    async def remove(self, room: str, key: str) -> tuple[Member, Change] | None:
+        return await self._shard(room).remove(room, key)
+
+    async def touch(self, room: str, keys: list[str], expires: float) -> None:
+        await self._shard(room).touch(room, keys, expires)
+
+    async def members(self, room: str, now: float) -> list[Member]:
+        return await self._shard(room).members(room, now)
+
+    async def snapshot(self, room: str, limit: int) -> Snapshot:
+        return await self._shard(room).snapshot(room, limit)
+
+    async def page(
+        self, room: str, cursor: str, limit: int, now: float
+    ) -> tuple[list[Member], str | None, int]:
+        return await self._shard(room).page(room, cursor, limit, now)
+
+    async def expired(self, now: float) -> list[tuple[str, Member, Change]]:
+        """Each shard's; one that is down is logged and asked again next time."""
+        gone: list[tuple[str, Member, Change]] = []
+        found = await asyncio.gather(
+            *(shard.expired(now) for shard in self.shards), return_exceptions=True
+        )
+        for name, result in zip(self.names, found, strict=True):
+            if isinstance(result, BaseException):
+                logger.warning("shard %s's presence cannot be refreshed yet: %s", name, result)
+            else:
+                gone.extend(result)
+        return gone
+
+
 class LocalStore:
     """Members in this process, for a gateway that runs as one process."""
 
@@ -447,10 +502,15 @@ class Presence:
     async def _keep(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
-            try:
-                expires = time.time() + self.ttl
-                for room, keys in list(self._local.items()):
+            expires = time.time() + self.ttl
+            for room, keys in list(self._local.items()):
+                try:  # room by room: a shard that is down must not let the others' lapse
                     await self.store.touch(room, list(keys), expires)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - logged; touched again next time
+                    logger.warning("could not refresh room %s's presence: %s", room, exc)
+            try:
                 for room, member, change in await self.store.expired(time.time()):
                     await self._announce(room, "leave", member, change)
             except asyncio.CancelledError:
@@ -459,7 +519,7 @@ class Presence:
                 logger.exception("refreshing presence failed; trying again")
 
 
-_presences: dict[tuple[str | None, int], Presence] = {}
+_presences: dict[tuple[Any, Any, int], Presence] = {}
 
 
 def presence_for() -> Presence:
@@ -471,11 +531,16 @@ def _make_presence() -> Presence:
     conf = gateway_settings()
     store: Store
     if uses_redis():
-        store = RedisStore(
-            redis_client(),
-            prefix=f"gateway:{conf.gateway_id}:presence:",
-            epoch_key=epoch_keys(f"gateway:{conf.gateway_id}:")[1],
-        )
+        names = shard_names()
+        stores = [
+            RedisStore(
+                redis_client(shard),
+                prefix=f"gateway:{conf.gateway_id}:presence:",
+                epoch_key=epoch_keys(f"gateway:{conf.gateway_id}:")[1],
+            )
+            for shard in range(len(names))
+        ]
+        store = stores[0] if len(stores) == 1 else ShardedStore(stores, names)
     else:
         store = LocalStore()
     return Presence(

@@ -26,11 +26,17 @@ from gateway.conf import gateway_settings
 from gateway.envelope import Envelope, Source, new_envelope
 from gateway.errors import GatewayError, InvalidMessageError
 from gateway.events import BRIDGE_CHANNEL, MQTT_PUBLISH, MqttPublishEvent
-from gateway.history import History, RedisWindow, history_for
+from gateway.history import History, RedisWindow, ShardedWindow, history_for
 from gateway.jsonutil import check_sendable
 from gateway.room_registry import RoomLimitError, record_room
 from gateway.rooms import validate_room
-from gateway.transport import RedisTransport, Transport, room_error, transport
+from gateway.transport import (
+    RedisTransport,
+    ShardedTransport,
+    Transport,
+    room_error,
+    transport,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -171,20 +177,22 @@ async def _append_and_deliver(
     accepted: list[tuple[Entry, Envelope]],
     once: dict[str, bool],
 ) -> list[Envelope] | None:
-    """Append and deliver a burst in one step, where history and the transport share a Redis;
-    the envelopes delivered, or None if the burst takes the usual path.
+    """Append and deliver a burst in one step, where history and the transport share a Redis
+    (or the burst's rooms share a shard); the envelopes delivered, or None if the burst takes
+    the usual path.
 
     A burst holding state (retained messages) takes the usual path: the state is stored
     between the append and the delivery."""
-    if (
-        not accepted
-        or not isinstance(rooms, RedisTransport)
-        or not isinstance(history.window, RedisWindow)
-        or any(e.state or not e.live for e, _ in accepted)
-    ):
+    if not accepted or any(e.state or not e.live for e, _ in accepted):
         return None
     envelopes = [envelope for _, envelope in accepted]
-    seqs = await rooms.append_and_deliver(history.window, envelopes, once)
+    window = history.window
+    if isinstance(rooms, RedisTransport) and isinstance(window, RedisWindow):
+        seqs = await rooms.append_and_deliver(window, envelopes, once)
+    elif isinstance(rooms, ShardedTransport) and isinstance(window, ShardedWindow):
+        seqs = await rooms.append_and_deliver(window, envelopes, once)  # one shard's burst
+    else:
+        return None
     if seqs is None:
         return None
     return history.take(envelopes, seqs)

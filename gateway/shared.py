@@ -21,9 +21,12 @@ Channels needs and the ``mqtt-bridge`` channel; nothing here reads them.
 """
 
 import asyncio
+import functools
+import hashlib
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -41,6 +44,7 @@ from gateway.conf import gateway_settings
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # Connections per client (per process and event loop), and how long a burst of operations waits
 # for one of them before failing like an unreachable Redis. redis-py's own pool fails at once
@@ -69,6 +73,84 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 return tonumber(redis.call('GET', KEYS[2]) or '0')
 """
+
+
+MAIN_SHARD = "main"  # the name of ``REDIS_URL``'s (or ``REDIS_SENTINEL_MASTER``'s) shard
+SHARD_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+
+def parse_shards(text: str, *, sentinels: bool) -> tuple[tuple[str, str], ...]:
+    """``REDIS_SHARDS``: more Redis servers for rooms, each ``(name, URL)``.
+
+    Without Sentinels each entry is ``name=redis://host:port/db``; with them it is the name of
+    a master the same Sentinels monitor (its URL is then ``""``: ``REDIS_URL`` gives the
+    password, TLS and database of every shard).
+
+    Raises:
+        ValueError: naming the entry that is wrong.
+    """
+    shards: list[tuple[str, str]] = []
+    for entry in (part.strip() for part in text.split(",") if part.strip()):
+        name, equals, url = (part.strip() for part in entry.partition("="))
+        shown = f"{name}={_without_password(url)}" if equals else name
+        if sentinels and equals:
+            raise ValueError(
+                f"{shown!r}: with REDIS_SENTINELS a shard is the name of a master they "
+                "monitor, without a URL"
+            )
+        if not sentinels and not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"{shown!r} is not name=redis://host:port/db (or rediss://)")
+        if not SHARD_NAME.fullmatch(name) or name == MAIN_SHARD:
+            raise ValueError(
+                f"{name!r} is not a shard's name: 1-32 of a-z, 0-9, '-' and '_', not "
+                f"{MAIN_SHARD!r} (the name of REDIS_URL's shard)"
+            )
+        if any(name == seen for seen, _ in shards):
+            raise ValueError(f"shard {name!r} is named twice")
+        shards.append((name, url))
+    return tuple(shards)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()
+
+
+@functools.lru_cache(maxsize=65_536)
+def shard_of(room: str, names: tuple[str, ...]) -> int:
+    """The index in ``names`` of the shard that holds ``room``: rendezvous hashing, so that
+    adding a shard moves only the rooms it now wins (about one in as many shards as there
+    are then), and the order the shards are named in does not matter."""
+    if len(names) == 1:
+        return 0
+    best, chosen = b"", 0
+    for index, name in enumerate(names):
+        score = hashlib.blake2b(f"{name}\0{room}".encode(), digest_size=8).digest()
+        if score > best:
+            best, chosen = score, index
+    return chosen
+
+
+def split_by_shard(
+    items: Iterable[T], room_of: Callable[[T], str], names: tuple[str, ...]
+) -> dict[int, list[T]]:
+    """``items`` by the shard of their room, each shard's in their order."""
+    by_shard: dict[int, list[T]] = {}
+    for item in items:
+        by_shard.setdefault(shard_of(room_of(item), names), []).append(item)
+    return by_shard
+
+
+async def on_each(calls: Sequence[Awaitable[R]]) -> list[R]:
+    """Run ``calls`` (one per shard) side by side; all of them run even when one fails (a
+    shard that is down must not stop the others), then the first failure is raised."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
 
 
 def parse_sentinels(text: str) -> tuple[tuple[str, int], ...]:
@@ -244,15 +326,34 @@ def redis_target() -> RedisTarget | None:
     return RedisTarget(url=str(url)) if url else None
 
 
+def shard_names() -> tuple[str, ...]:
+    """The names of the shards rooms spread over: the main one first (``REDIS_SHARDS``)."""
+    return (MAIN_SHARD, *(name for name, _ in getattr(settings, "REDIS_SHARDS", ())))
+
+
+def shard_targets() -> tuple[RedisTarget, ...]:
+    """The Redis of each shard, in the order of `shard_names`; none without Redis."""
+    main = redis_target()
+    if main is None:
+        return ()
+    shards: list[RedisTarget] = [main]
+    for name, url in getattr(settings, "REDIS_SHARDS", ()):
+        if main.sentinels:
+            shards.append(RedisTarget(main.url, main.sentinels, name, main.sentinel_password))
+        else:
+            shards.append(RedisTarget(url))
+    return tuple(shards)
+
+
 def uses_redis() -> bool:
     """Whether the gateway's processes share a Redis."""
     return redis_target() is not None
 
 
-def per_loop(cache: dict[tuple[Any, int], T], make: Callable[[], T]) -> T:
+def per_loop(cache: dict[tuple[Any, Any, int], T], make: Callable[[], T]) -> T:
     """The object ``make`` builds for the running event loop and the configured Redis, built
     once: what holds Redis connections, or tasks, belongs to one loop."""
-    key = (redis_target(), id(asyncio.get_running_loop()))
+    key = (redis_target(), getattr(settings, "REDIS_SHARDS", ()), id(asyncio.get_running_loop()))
     found = cache.get(key)
     if found is None:
         found = cache[key] = make()
@@ -316,9 +417,9 @@ def _replication_id(info: bytes | str) -> tuple[str, str]:
     return fields.get("role", "").strip(), fields.get("master_replid", "").strip()
 
 
-def epoch_check(prefix: str) -> Callable[[AbstractConnection], Any]:
-    """What each new connection runs first: move the epoch under ``prefix`` if this Redis is
-    not the one last written to."""
+def epoch_check(prefix: str, shard: str = MAIN_SHARD) -> Callable[[AbstractConnection], Any]:
+    """What each new connection runs first: move the epoch under ``prefix`` if this Redis (of
+    ``shard``) is not the one last written to."""
     replid_key, epoch_key = epoch_keys(prefix)
 
     async def check(connection: AbstractConnection) -> None:
@@ -328,31 +429,39 @@ def epoch_check(prefix: str) -> Callable[[AbstractConnection], Any]:
             return  # a replica refuses writes anyway; the next connection asks again
         await connection.send_command("EVAL", _EPOCH_LUA, 2, replid_key, epoch_key, replid)
         epoch = int(await connection.read_response())
-        if _epoch_seen[0] is not None and epoch > _epoch_seen[0]:
+        seen = _epoch_seen.get(shard)
+        if seen is not None and epoch > seen:
             metrics.inc("redis_epochs")
             logger.warning(
-                "Redis's master changed (a failover, or a restart): epoch %d; each room's next "
-                "seq skips past what the old master may have numbered",
+                "Redis's master changed (a failover, or a restart): epoch %d of shard %s; each "
+                "of its rooms' next seq skips past what the old master may have numbered",
                 epoch,
+                shard,
             )
-        _epoch_seen[0] = max(epoch, _epoch_seen[0] or 0)
+        _epoch_seen[shard] = max(epoch, seen or 0)
 
     return check
 
 
-_epoch_seen: list[int | None] = [None]  # the highest epoch this process's connections met
-_clients: dict[tuple[RedisTarget | None, int], Any] = {}
+_epoch_seen: dict[str, int] = {}  # per shard, the highest epoch this process's connections met
+_clients: dict[str, dict[tuple[Any, Any, int], Redis]] = {}  # per shard, per loop
 
 
-def redis_client() -> Redis:
-    """This event loop's client of the shared Redis.
+def redis_client(shard: int = 0) -> Redis:
+    """This event loop's client of the shared Redis, or of shard ``shard`` (`shard_names`).
 
     Raises:
         RuntimeError: no Redis is configured (check `uses_redis` first).
     """
-    target = redis_target()
-    if target is None:
-        raise RuntimeError("REDIS_URL is not set: this gateway shares nothing between processes")
+    if shard == 0:
+        target = redis_target()
+        if target is None:
+            raise RuntimeError(
+                "REDIS_URL is not set: this gateway shares nothing between processes"
+            )
+    else:
+        target = shard_targets()[shard]
     prefix = f"gateway:{gateway_settings().gateway_id}:"
-    client: Redis = per_loop(_clients, lambda: target.connect(epoch_check(prefix)))
-    return client
+    name = shard_names()[shard]
+    clients = _clients.setdefault(name, {})
+    return per_loop(clients, lambda: target.connect(epoch_check(prefix, name)))

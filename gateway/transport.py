@@ -34,8 +34,17 @@ from redis.asyncio import Redis
 from gateway import metrics
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
-from gateway.history import APPEND_RECORDS_LUA, Once, RedisWindow, window_text
-from gateway.shared import ReplicaWait, per_loop, redis_client, uses_redis
+from gateway.history import APPEND_RECORDS_LUA, Once, RedisWindow, ShardedWindow, window_text
+from gateway.shared import (
+    ReplicaWait,
+    on_each,
+    per_loop,
+    redis_client,
+    shard_names,
+    shard_of,
+    split_by_shard,
+    uses_redis,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +313,15 @@ return {1, seqs, full}
 
 
 class Transport(Protocol):
-    """Carries room events to the hubs of the processes with sockets in the room."""
+    """Carries room events to the hubs of the processes with sockets in the room.
+
+    A hub has one inbox per *lane*: each shard of a sharded Redis is one (`ShardedTransport`),
+    and a hub reads each lane on its own, so a shard that is down stops only its rooms."""
+
+    lanes: int  # how many inboxes each hub reads
+
+    def lane_of(self, room: str) -> int:
+        """The lane ``room``'s events come on."""
 
     async def open_hub(self) -> str:
         """A new hub's id (its inbox, and its address for `send_to`)."""
@@ -317,9 +334,9 @@ class Transport(Protocol):
     async def renew(self, hub: str, rooms: Iterable[str]) -> None:
         """Keep ``hub``'s memberships from lapsing (a hub that stops renewing has crashed)."""
 
-    async def receive(self, hub: str, limit: int) -> list[Event]:
-        """Up to ``limit`` events waiting for ``hub``, oldest first; when none waits, the
-        first to arrive within `BLOCK_SECONDS` (else none)."""
+    async def receive(self, hub: str, limit: int, lane: int = 0) -> list[Event]:
+        """Up to ``limit`` events waiting for ``hub`` on ``lane``, oldest first; when none
+        waits, the first to arrive within `BLOCK_SECONDS` (else none)."""
 
     async def send(self, room: str, events: Sequence[Event]) -> None:
         """Deliver ``events`` to every hub in ``room``, in order."""
@@ -332,6 +349,12 @@ class Transport(Protocol):
 
     async def send_to(self, hub: str, event: Event) -> None:
         """Deliver ``event`` to one hub."""
+
+
+def _room_of(event: Event) -> str:
+    if event["type"] == ROOM_MESSAGES:
+        return event["envelopes"][0]["room"]
+    return event["room"]
 
 
 def _chunks(envelopes: list[Envelope]) -> list[MessagesEvent]:
@@ -351,6 +374,8 @@ def _weight(event: Event) -> int:
 class RedisTransport:
     """Events through Redis, for gateways of several processes."""
 
+    lanes = 1
+
     def __init__(
         self,
         client: Redis,
@@ -365,6 +390,9 @@ class RedisTransport:
         self.capacity = capacity
         self.membership_seconds = membership_seconds
         self.replica_wait = replica_wait or ReplicaWait(0)
+
+    def lane_of(self, room: str) -> int:
+        return 0
 
     def _hubs_key(self, room: str) -> str:
         return f"{self.prefix}hubs:{room}"
@@ -392,7 +420,7 @@ class RedisTransport:
                 pipe.expire(key, self.membership_seconds)
             await pipe.execute()
 
-    async def receive(self, hub: str, limit: int) -> list[Event]:
+    async def receive(self, hub: str, limit: int, lane: int = 0) -> list[Event]:
         key = self._inbox_key(hub)
         raws = await self.client.lpop(key, limit)
         if not raws:
@@ -472,6 +500,66 @@ class RedisTransport:
         return [int(seq) for seq in found[1]]
 
 
+class ShardedTransport:
+    """Events through several Redis servers, each room's through its shard's
+    (`gateway.shared.shard_of`): a hub has an inbox in each, read as one lane."""
+
+    def __init__(self, shards: Sequence[RedisTransport], names: tuple[str, ...]) -> None:
+        self.shards = list(shards)
+        self.names = names
+        self.lanes = len(shards)
+
+    def lane_of(self, room: str) -> int:
+        return shard_of(room, self.names)
+
+    def _shard(self, room: str) -> RedisTransport:
+        return self.shards[shard_of(room, self.names)]
+
+    async def open_hub(self) -> str:
+        return uuid.uuid4().hex
+
+    async def join(self, hub: str, room: str) -> None:
+        await self._shard(room).join(hub, room)
+
+    async def leave(self, hub: str, room: str) -> None:
+        await self._shard(room).leave(hub, room)
+
+    async def renew(self, hub: str, rooms: Iterable[str]) -> None:
+        by_shard = split_by_shard(rooms, str, self.names)
+        await on_each([self.shards[i].renew(hub, some) for i, some in by_shard.items()])
+
+    async def receive(self, hub: str, limit: int, lane: int = 0) -> list[Event]:
+        return await self.shards[lane].receive(hub, limit)
+
+    async def send(self, room: str, events: Sequence[Event]) -> None:
+        await self._shard(room).send(room, events)
+
+    async def send_rooms(
+        self, by_room: dict[str, list[Envelope]], *, replicated: bool = False
+    ) -> None:
+        by_shard = split_by_shard(by_room, str, self.names)
+        await on_each(
+            [
+                self.shards[i].send_rooms({r: by_room[r] for r in rooms}, replicated=replicated)
+                for i, rooms in by_shard.items()
+            ]
+        )
+
+    async def send_to(self, hub: str, event: Event) -> None:
+        await self._shard(_room_of(event)).send_to(hub, event)
+
+    async def append_and_deliver(
+        self, window: ShardedWindow, envelopes: Sequence[Envelope], once: Once
+    ) -> list[int] | None:
+        """`RedisTransport.append_and_deliver`, for a burst whose rooms share a shard; None
+        (nothing done) for one that spans shards, which takes the usual two steps."""
+        lanes = {shard_of(envelope["room"], self.names) for envelope in envelopes}
+        if len(lanes) != 1:
+            return None
+        [lane] = lanes
+        return await self.shards[lane].append_and_deliver(window.shards[lane], envelopes, once)
+
+
 class _Inbox:
     __slots__ = ("events", "ready")
 
@@ -483,6 +571,8 @@ class _Inbox:
 class LocalTransport:
     """Events in memory, for a gateway of one process."""
 
+    lanes = 1
+
     def __init__(self, *, capacity: int) -> None:
         self.capacity = capacity
         self._inboxes: dict[str, _Inbox] = {}
@@ -492,6 +582,9 @@ class LocalTransport:
         hub = uuid.uuid4().hex
         self._inboxes[hub] = _Inbox()
         return hub
+
+    def lane_of(self, room: str) -> int:
+        return 0
 
     async def join(self, hub: str, room: str) -> None:
         self._rooms.setdefault(room, set()).add(hub)
@@ -511,7 +604,7 @@ class LocalTransport:
         """The hubs that get ``room``'s events."""
         return set(self._rooms.get(room, ()))
 
-    async def receive(self, hub: str, limit: int) -> list[Event]:
+    async def receive(self, hub: str, limit: int, lane: int = 0) -> list[Event]:
         inbox = self._inboxes.setdefault(hub, _Inbox())
         if not inbox.events:
             inbox.ready.clear()
@@ -550,7 +643,7 @@ def _now() -> float:
     return time.time()
 
 
-_transports: dict[tuple[str | None, int], Transport] = {}
+_transports: dict[tuple[Any, Any, int], Transport] = {}
 
 
 def transport() -> Transport:
@@ -560,12 +653,17 @@ def transport() -> Transport:
 
 def _make_transport() -> Transport:
     capacity = int(getattr(settings, "CHANNEL_CAPACITY", 1000))
-    if uses_redis():
-        return RedisTransport(
-            redis_client(),
+    if not uses_redis():
+        return LocalTransport(capacity=capacity)
+    names = shard_names()
+    shards = [
+        RedisTransport(
+            redis_client(shard),
             prefix=f"gateway:{gateway_settings().gateway_id}:",
             capacity=capacity,
             membership_seconds=int(getattr(settings, "CHANNEL_GROUP_EXPIRY", 86400)),
             replica_wait=ReplicaWait(int(getattr(settings, "REDIS_REPLICA_WAIT_MS", 1000))),
         )
-    return LocalTransport(capacity=capacity)
+        for shard in range(len(names))
+    ]
+    return shards[0] if len(shards) == 1 else ShardedTransport(shards, names)

@@ -165,7 +165,7 @@ class RoomHub:
         # for the hub repeat them, more than the dedupe window can hold.
         self._replayed: dict[str, tuple[int, set[str]]] = {}
         self._presence_of: dict[str, _RoomPresence] = {}
-        self._reader: asyncio.Task[None] | None = None
+        self._readers: dict[int, asyncio.Task[None]] = {}  # one per lane of the transport
         self._renewer: asyncio.Task[None] | None = None
 
     async def join(self, room: str, subscriber: Subscriber) -> None:
@@ -222,34 +222,39 @@ class RoomHub:
         if self.channel is None:
             self.channel = await self.transport.open_hub()
         loop = asyncio.get_running_loop()
-        if self._reader is None or self._reader.done():
-            self._reader = loop.create_task(self._read(), name="fanout-reader")
+        for lane in range(self.transport.lanes):
+            reader = self._readers.get(lane)
+            if reader is None or reader.done():
+                self._readers[lane] = loop.create_task(self._read(lane), name="fanout-reader")
         if self._renewer is None or self._renewer.done():
             self._renewer = loop.create_task(self._renew(), name="fanout-renew")
 
-    async def _read(self) -> None:
+    async def _read(self, lane: int = 0) -> None:
+        """Read ``lane`` of the transport (a shard of Redis, or all of it) and fan out."""
         assert self.channel is not None
         failures = 0
         stale = False  # the transport failed: memberships and queued events may be gone
         while True:
             delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
             if stale:
-                if not await self._rejoin():
+                if not await self._rejoin(lane):
                     failures += 1
                     await asyncio.sleep(delay)
                     continue
-                if not await self._catch_up():  # a room's history could not be read
+                if not await self._catch_up(lane):  # a room's history could not be read
                     failures += 1
                     await asyncio.sleep(delay)
                     continue  # still stale: renew and catch up again, until every room is
                 stale = False
             try:
-                events = await self.transport.receive(self.channel, RECEIVE_EVENTS)
+                events = await self.transport.receive(self.channel, RECEIVE_EVENTS, lane)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 failures += 1
-                stale = True
+                if not stale:
+                    stale = True
+                    self._held_up(lane)
                 logger.exception("the transport failed; reading again in %.1f s", delay)
                 await asyncio.sleep(delay)
                 continue
@@ -261,7 +266,28 @@ class RoomHub:
                     metrics.inc("messages_dropped", "fanout_error")
                     logger.exception("could not fan out an event of type %r", event.get("type"))
 
-    async def _catch_up(self) -> bool:
+    def _held_up(self, lane: int) -> None:
+        """Tell the sockets of ``lane``'s rooms that their messages are held up (once per
+        failure of the lane): they get what they miss when it is back."""
+        frame = Frame(
+            error_frame(
+                "room_unavailable",
+                "the room's messages are held up: the gateway cannot reach the Redis that "
+                "carries them; what is sent meanwhile arrives when it is back",
+            )
+        )
+        for room in self._rooms_on(lane):
+            for subscriber in list(self.rooms.get(room, {}).values()):
+                subscriber.deliver(frame, 0)
+            metrics.inc("rooms_held_up")
+
+    def _rooms_on(self, lane: int) -> list[str]:
+        """The rooms with sockets here whose events come on ``lane``."""
+        if self.transport.lanes == 1:
+            return list(self.rooms)
+        return [room for room in self.rooms if self.transport.lane_of(room) == lane]
+
+    async def _catch_up(self, lane: int = 0) -> bool:
         """After a layer failure, send each room what history has past the last seq it got;
         whether every room's history could be read (if not, the reader tries again: what
         was sent already is not sent twice).
@@ -273,7 +299,10 @@ class RoomHub:
         """
         history = history_for()
         complete = True
-        for room, members in list(self.rooms.items()):
+        for room in self._rooms_on(lane):
+            members = self.rooms.get(room)
+            if not members:
+                continue
             last = self._delivered.get(room)
             if last is None:  # nothing fanned out yet: from the oldest welcome
                 last = min((s.watermark for s in members.values()), default=0)
@@ -429,15 +458,18 @@ class RoomHub:
         ids.add(message_id)
         return True
 
-    async def _rejoin(self) -> bool:
-        """Renew the hub's memberships (after the transport failed, or before they lapse);
-        whether that worked.
+    async def _rejoin(self, lane: int | None = None) -> bool:
+        """Renew the hub's memberships (after ``lane`` failed, or all of them before they
+        lapse); whether that worked.
 
         A room left while this runs may be renewed once more: the hub then gets its events
         for no socket until that membership lapses, and drops them."""
         assert self.channel is not None
         try:
-            await self.transport.renew(self.channel, list(self._joined))
+            joined = list(self._joined)
+            if lane is not None and self.transport.lanes > 1:
+                joined = [room for room in joined if self.transport.lane_of(room) == lane]
+            await self.transport.renew(self.channel, joined)
         except Exception:  # logged; the reader retries and renewal runs again later
             logger.warning("could not renew the hub's rooms yet", exc_info=True)
             return False
@@ -462,7 +494,7 @@ def client_view(envelope: Envelope) -> dict[str, Any]:
     return frame
 
 
-_hubs: dict[tuple[str | None, int], RoomHub] = {}
+_hubs: dict[tuple[Any, Any, int], RoomHub] = {}
 
 
 def hub_for() -> RoomHub:

@@ -2,7 +2,10 @@
 
 Readiness asks what a message needs to get through: the database, the channel layer, and a
 bridge connected to the broker. Each check has its own timeout and catches its own errors, so
-the answer is always 200 or 503 and comes within `CHECK_TIMEOUT_SECONDS`.
+the answer is always 200 or 503 and comes within `CHECK_TIMEOUT_SECONDS`. With rooms on several
+Redis shards (``REDIS_SHARDS``) the answer also says whether each shard answers, under
+``shards``; a shard that is down does not make the process unready (every process would be,
+and the other shards' rooms work), its rooms' sockets are told instead.
 
 ``/metrics`` shows this process's metrics (``process="web"``) and those of every live bridge
 worker (``process="worker:<MQTT client id>"``), read from their heartbeats in Redis. Every web
@@ -27,7 +30,7 @@ from django.views.decorators.http import require_GET
 from gateway import metrics
 from gateway.bridge_state import TTL_SECONDS, local_bridge, read_heartbeats
 from gateway.metrics import ExportedState
-from gateway.shared import redis_client, uses_redis
+from gateway.shared import redis_client, shard_names, uses_redis
 from protocols.client_address import request_address
 
 logger = logging.getLogger(__name__)
@@ -63,6 +66,10 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     body: dict[str, Any] = {"status": "ready" if ready else "unready"}
     if may_see_detail(request):  # broker addresses, client ids, exception text
         body["checks"] = dict(zip(names, results, strict=True))
+        shards = shard_names() if uses_redis() else ()
+        if len(shards) > 1:
+            answers = await asyncio.gather(*(_bounded(_ping(i)) for i in range(len(shards))))
+            body["shards"] = dict(zip(shards, answers, strict=True))
     return JsonResponse(body, status=200 if ready else 503)
 
 
@@ -129,6 +136,10 @@ async def _check_channel_layer(layer: BaseChannelLayer | None) -> None:
     if uses_redis():  # the channel layer and the gateway's transport are on this Redis
         await redis_client().ping()
     # Without Redis everything lives in this process: it is up when the process is.
+
+
+async def _ping(shard: int) -> None:
+    await redis_client(shard).ping()
 
 
 async def _check_bridge() -> None:

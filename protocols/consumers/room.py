@@ -45,6 +45,7 @@ from protocols.outlets import SEND_BACKLOG_BYTES, Frame, outlet_for
 logger = logging.getLogger(__name__)
 
 CLOSE_POLICY = 1008  # flooding, too many sockets
+CLOSE_TRY_LATER = 1013  # the Redis (shard) that carries the room cannot be reached
 CLOSE_UNAUTHORISED = 4401  # an invalid or revoked token, an ended session
 CLOSE_FORBIDDEN = 4403  # no read access to the room, at connect or since
 WELCOME_MESSAGES = 50  # recent messages in the welcome of a browser that joins afresh
@@ -106,13 +107,25 @@ class RoomConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):  # type: ignore
         # room, so every message is either in the welcome or arrives after it (held until the
         # welcome is out).
         self.subscriber = Subscriber(self.key, outlet_for(self.base_send))
-        await hub_for().join(room, self.subscriber)
+        try:
+            await hub_for().join(room, self.subscriber)
+        except RedisError as exc:
+            await hub_for().leave(room, self.subscriber)
+            self.subscriber = None
+            metrics.inc("ws_refused", "room_unavailable")
+            await self._refuse("room_unavailable", _unreachable(room, exc), CLOSE_TRY_LATER)
+            return False
         await self.accept(self.scope.get("token_subprotocol"))
         metrics.add_gauge("ws_connections", 1)
-        await presence_for().join(room, self.key, "browser", self.sender, hold=True)
-        if since_error:
-            await self.send_error("invalid_since", since_error)
-        await self._welcome(room, since)
+        try:
+            await presence_for().join(room, self.key, "browser", self.sender, hold=True)
+            if since_error:
+                await self.send_error("invalid_since", since_error)
+            await self._welcome(room, since)
+        except RedisError as exc:
+            detail = _unreachable(room, exc)
+            await self._close_with("room_unavailable", detail, CLOSE_TRY_LATER, "room_unavailable")
+            return False
         access_watch.add(self)
         return True
 
@@ -354,6 +367,11 @@ async def _messages(room: str, since: int | None) -> tuple[list[Envelope], bool]
         return await history.recent(room, WELCOME_MESSAGES), False
     missed = await history.missed(room, since)
     return missed.messages, missed.gap
+
+
+def _unreachable(room: str, exc: RedisError) -> str:
+    logger.warning("room %s is unreachable: %s: %s", room, type(exc).__name__, exc)
+    return f"room {room} cannot be reached now (its Redis is away); try again shortly"
 
 
 def _since(query_string: bytes) -> tuple[int | None, str | None]:

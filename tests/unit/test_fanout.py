@@ -64,7 +64,7 @@ def event(*envelopes: Envelope) -> Event:
 async def hub() -> AsyncIterator[RoomHub]:
     made = RoomHub(LocalTransport(capacity=100))
     yield made
-    for task in (made._reader, made._renewer):
+    for task in (*made._readers.values(), made._renewer):
         if task is not None:
             task.cancel()
 

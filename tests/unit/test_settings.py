@@ -211,6 +211,31 @@ def start_up(then: str = "", **env: str) -> subprocess.CompletedProcess[str]:
             },
             "unknown options ['ssl_ca_cert']: with rediss://, only ssl_ca_certs",
         ),
+        ({"REDIS_SHARDS": "b=redis://h:6379/0"}, "set REDIS_URL (or REDIS_SENTINELS) too"),
+        (
+            {"REDIS_URL": "redis://h/0", "REDIS_SHARDS": "b=http://h:6379"},
+            "REDIS_SHARDS is invalid: 'b=http://h:6379' is not name=redis://",
+        ),
+        (
+            {"REDIS_URL": "redis://h/0", "REDIS_SHARDS": "redis://h2:6379/0"},
+            "REDIS_SHARDS is invalid: 'redis://h2:6379/0' is not name=redis://",
+        ),
+        (
+            {"REDIS_URL": "redis://h/0", "REDIS_SHARDS": "main=redis://h2/0"},
+            "'main' is not a shard's name",
+        ),
+        (
+            {"REDIS_URL": "redis://h/0", "REDIS_SHARDS": "b=redis://h2/0,b=redis://h3/0"},
+            "shard 'b' is named twice",
+        ),
+        (
+            {
+                "REDIS_SENTINELS": "s1:1",
+                "REDIS_SENTINEL_MASTER": "m",
+                "REDIS_SHARDS": "b=redis://:pw@h2/0",
+            },
+            "a shard is the name of a master they monitor",
+        ),
         ({"REDIS_REPLICA_WAIT_MS": "-1"}, "REDIS_REPLICA_WAIT_MS=-1 is out of range"),
         ({"REDIS_REPLICA_WAIT_MS": "soon"}, "REDIS_REPLICA_WAIT_MS is invalid"),
     ],
@@ -252,3 +277,22 @@ def test_a_redis_target_never_shows_its_password() -> None:
     sentinels = RedisTarget("redis://:secret@/0", sentinels=(("s1", 26379),), master="gateway")
     assert plain.describe() == "redis://redis-1:6380"
     assert sentinels.describe() == "master 'gateway' of Sentinels s1:26379"
+
+
+def test_shards_on_sentinels_are_masters_they_monitor_with_redis_urls_credentials() -> None:
+    started = start_up(
+        "from gateway.shared import shard_names, shard_targets; "
+        "print([(n, t.master, t.url) for n, t in zip(shard_names(), shard_targets())])",
+        REDIS_SENTINELS="s1:26379",
+        REDIS_SENTINEL_MASTER="gateway",
+        REDIS_URL="redis://:secret@/1",
+        REDIS_SHARDS="shard-b, shard-c",
+    )
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.strip() == str(
+        [
+            ("main", "gateway", "redis://:secret@/1"),
+            ("shard-b", "shard-b", "redis://:secret@/1"),
+            ("shard-c", "shard-c", "redis://:secret@/1"),
+        ]
+    )
