@@ -71,6 +71,7 @@ soak: $(VENV)/.bench-installed benchmarks/node_modules/.installed system-deps
 ## `make test`; prints what each scenario sent, lost and repeated, and its recovery time.
 chaos: install-test system-deps
 	CHAOS_SCALE=5 $(PY) -m pytest tests/e2e/test_chaos.py tests/e2e/test_bridge_reliability.py \
+		tests/e2e/test_shards.py \
 		--timeout=900 $(PYTEST_ARGS)
 
 ## Fuzz the frame parser and the payload codecs, FUZZ_SECONDS each (tests/fuzz/). New inputs

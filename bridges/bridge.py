@@ -19,8 +19,9 @@ subscriptions, where No Local is not allowed) and by the gateway id in the envel
 import asyncio
 import hashlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 
@@ -48,10 +49,15 @@ from gateway.errors import GatewayError
 from gateway.models import Device
 from gateway.presence import presence_for
 from gateway.publish import Entry, publish_many
+from gateway.shared import shard_names
 from gateway.transport import room_error, transport
 
 logger = logging.getLogger(__name__)
 HANDOFF_RETRY_CAP_SECONDS = 1.0
+# Room steps held for shards that are down, at most; past that the bridge stops reading (the
+# broker keeps the backlog) until a shard is back.
+HELD_MAX = 1000
+HELD_BATCH = 256  # held messages handed on together when their shard is back
 MAX_DEVICE_ID_LENGTH = 64  # characters of a device's ``message-id``
 T = TypeVar("T")
 
@@ -67,8 +73,35 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 ENVELOPE_CODECS = frozenset({"json", "msgpack"})  # codecs that carry the whole envelope
 
 
+@dataclass(slots=True)
+class _Call:
+    """A step of a device message that is not a room message: a presence or state change."""
+
+    room: str
+    run: Callable[[], Awaitable[Any]]
+
+
+Step = Entry | _Call
+Results = list[Envelope | GatewayError]
+
+
+@dataclass(slots=True)
+class _Hold:
+    """A device message some of whose steps wait for their shard: acknowledged to the broker
+    once none does (``waiting`` counts them, plus one while the message is still read)."""
+
+    incoming: Incoming
+    waiting: int = 1
+
+
 class Bridge:
-    """Bridges topics and rooms in both directions, as the rules say."""
+    """Bridges topics and rooms in both directions, as the rules say.
+
+    With rooms on several Redis shards (``REDIS_SHARDS``), a shard that is down holds up only
+    its rooms: their steps wait in order, unacknowledged, in a queue per shard (at most
+    `HELD_MAX` in all) that is handed on when the shard is back, while the other shards' rooms
+    go on. With one Redis every step waits in place, as there is nothing else to go on with.
+    """
 
     def __init__(
         self,
@@ -83,6 +116,12 @@ class Bridge:
         self.publish_timeout = publish_timeout
         self._watches: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # Per shard: steps held while it is down, in order, each with its message's hold.
+        self._held: dict[int, deque[tuple[Step, _Hold]]] = {}
+        self._held_count = 0
+        self._held_room = asyncio.Event()  # set while fewer than HELD_MAX are held
+        self._held_room.set()
+        self._drainers: dict[int, asyncio.Task[None]] = {}
         self.link = MqttLink(
             settings,
             filters=rules.subscriptions(),
@@ -111,19 +150,23 @@ class Bridge:
         """Drain in-flight messages both ways, then disconnect."""
         self._stopping = True
         await self.link.stop()
-        for task in self._watches:
-            task.cancel()
+        for task in (*self._watches, *self._drainers.values()):
+            task.cancel()  # held messages stay unacknowledged: the broker redelivers them
 
     # Broker -> rooms.
 
-    async def handle_inbound(self, messages: list[Incoming]) -> None:
-        """Deliver device messages (those that arrived together) to their rooms, in order.
+    async def handle_inbound(self, messages: list[Incoming]) -> list[Incoming]:
+        """Deliver device messages (those that arrived together) to their rooms, in order;
+        the messages held for a shard that is down (see the class), acknowledged later.
 
         Each message is handed on or counted as dropped; a passing failure (Redis, the
         database) is retried until it succeeds, so the broker's acknowledgement, which follows,
         never covers a message that went nowhere.
         """
-        entries: list[Entry] = []
+        rooms = transport()
+        lanes = rooms.lanes
+        holds: list[_Hold] = []
+        entries: list[tuple[Entry, _Hold]] = []
         limit = gateway_settings().max_payload_bytes  # once: settings are a lazy object
         for message in messages:
             # A QoS 1 or 2 message's id comes from its delivery, which a redelivery repeats:
@@ -134,14 +177,110 @@ class Bridge:
                 message_id = self._device_identity(message)
                 named = message_id is not None
                 message_id = message_id or self._identity(message)
+            hold = _Hold(message)
+            holds.append(hold)
             for step in self._steps(message, message_id, limit, named=named):
-                if isinstance(step, Entry):
-                    entries.append(step)
-                    continue
-                await self._enter(entries)  # what came before it goes first
-                entries = []
-                await self._hand_on(step)
+                if lanes > 1 and self._held.get(rooms.lane_of(step.room)):
+                    await self._hold(rooms.lane_of(step.room), [(step, hold)])
+                elif isinstance(step, Entry):
+                    entries.append((step, hold))
+                else:
+                    await self._enter(entries)  # what came before it goes first
+                    entries = []
+                    await self._call(step, hold)
         await self._enter(entries)
+        held = []
+        for hold in holds:
+            hold.waiting -= 1  # read whole
+            if hold.waiting:
+                held.append(hold.incoming)
+        return held
+
+    async def _call(self, step: _Call, hold: _Hold) -> None:
+        rooms = transport()
+        if rooms.lanes == 1:
+            await self._hand_on(step.run)
+            return
+        try:
+            await step.run()
+        except TRANSIENT_ERRORS as exc:
+            if self._stopping:
+                raise RedeliverError(str(exc)) from exc
+            await self._hold(rooms.lane_of(step.room), [(step, hold)], exc)
+
+    async def _hold(
+        self, lane: int, steps: list[tuple[Step, _Hold]], why: BaseException | None = None
+    ) -> None:
+        """Hold ``steps`` for shard ``lane``, to be handed on when it is back; first, while
+        `HELD_MAX` are held, wait for room (the broker keeps what comes meanwhile)."""
+        while self._held_count >= HELD_MAX:
+            await self._held_room.wait()
+        queue = self._held.setdefault(lane, deque())
+        if why is not None and not queue:
+            logger.warning(
+                "Redis shard %s is unreachable (%s): its rooms' device messages wait for it",
+                shard_names()[lane],
+                why,
+            )
+        for step, hold in steps:
+            hold.waiting += 1
+            queue.append((step, hold))
+        self._held_count += len(steps)
+        if self._held_count >= HELD_MAX:
+            self._held_room.clear()
+        metrics.set_gauge("bridge_held", self._held_count)
+        drainer = self._drainers.get(lane)
+        if drainer is None or drainer.done():
+            self._drainers[lane] = asyncio.get_running_loop().create_task(
+                self._drain(lane), name=f"bridge-held-{lane}"
+            )
+
+    async def _drain(self, lane: int) -> None:
+        """Hand on what is held for shard ``lane``, in order, once it is back."""
+        queue = self._held[lane]
+        attempt = 0
+        while queue:
+            first = queue[0][0]
+            if isinstance(first, _Call):
+                batch: list[Step] = [first]
+            else:
+                batch = []
+                for step, _ in queue:
+                    if not isinstance(step, Entry) or len(batch) >= HELD_BATCH:
+                        break
+                    batch.append(step)
+            try:
+                if isinstance(first, _Call):
+                    await first.run()
+                else:
+                    # Each is checked like a redelivery: a failed attempt may have got there.
+                    entries = [
+                        replace(e, redelivery=True) if e.message_id else e
+                        for e in batch
+                        if isinstance(e, Entry)
+                    ]
+                    self._count(entries, await publish_many(entries))
+            except TRANSIENT_ERRORS as exc:
+                delay = backoff_delay(attempt, cap=HANDOFF_RETRY_CAP_SECONDS)
+                attempt += 1
+                metrics.inc("handoff_retries", "shard_down")
+                logger.debug("Redis shard %s still unreachable (%s)", shard_names()[lane], exc)
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            done = []
+            for _ in batch:
+                _, hold = queue.popleft()
+                hold.waiting -= 1
+                if not hold.waiting:
+                    done.append(hold.incoming)
+            self._held_count -= len(batch)
+            metrics.set_gauge("bridge_held", self._held_count)
+            if self._held_count < HELD_MAX:
+                self._held_room.set()
+            if done:
+                self.link.acknowledge(done)
+        logger.info("Redis shard %s is back: its rooms' device messages go on", shard_names()[lane])
 
     def _targets(self, message: Incoming, limit: int) -> "list[Inbound] | None":
         """Where a device message goes; None once why it goes nowhere is counted."""
@@ -167,7 +306,7 @@ class Bridge:
 
     def _steps(
         self, message: Incoming, message_id: str | None, limit: int, *, named: bool = False
-    ) -> list["Entry | Callable[[], Awaitable[Any]]"]:
+    ) -> list[Step]:
         """What one device message asks for: room entries, or presence and state changes
         (``named``: its id is the device's own, checked on every delivery)."""
         if message.origin == self.gateway_id:
@@ -177,19 +316,21 @@ class Bridge:
         if targets is None:
             return []
         if message.retain and not message.payload:  # an empty retained message clears the state
-            return [partial(retained.forget, target.room, message.topic) for target in targets]
+            return [
+                _Call(target.room, partial(retained.forget, target.room, message.topic))
+                for target in targets
+            ]
         codec = codec_for_content_type(message.content_type) or get_codec(targets[0].rule.codec)
         decoded = codec.decode(message.payload)  # never raises: it falls back and counts
         if self._is_own_envelope(decoded):
             metrics.inc("mqtt_own_publications_skipped")
             return []
-        steps: list[Entry | Callable[[], Awaitable[Any]]] = []
+        steps: list[Step] = []
         for target in targets:
             online = device_status(decoded.message) if target.rule.presence else None
             if online is not None and target.sender is not None:
-                steps.append(
-                    partial(self._device_presence, target.room, target.sender, online=online)
-                )
+                run = partial(self._device_presence, target.room, target.sender, online=online)
+                steps.append(_Call(target.room, run))
                 continue
             steps.append(
                 Entry(
@@ -209,9 +350,37 @@ class Bridge:
             )
         return steps
 
-    async def _enter(self, entries: list[Entry]) -> None:
+    async def _enter(self, entries: list[tuple[Entry, _Hold]]) -> None:
+        """Hand on room messages; with shards, each shard's on its own (one that fails is
+        held), else retried until it succeeds."""
         if not entries:
             return
+        rooms = transport()
+        if rooms.lanes == 1:
+            only = [entry for entry, _ in entries]
+            self._count(only, await self._hand_on(self._attempts(only)))
+            return
+        by_lane: dict[int, list[tuple[Entry, _Hold]]] = {}
+        for entry, hold in entries:
+            by_lane.setdefault(rooms.lane_of(entry.room), []).append((entry, hold))
+        lanes = list(by_lane)
+        found = await asyncio.gather(
+            *(publish_many([entry for entry, _ in by_lane[lane]]) for lane in lanes),
+            return_exceptions=True,
+        )
+        for lane, result in zip(lanes, found, strict=True):
+            if isinstance(result, TRANSIENT_ERRORS):
+                if self._stopping:
+                    raise RedeliverError(str(result)) from result
+                await self._hold(lane, list(by_lane[lane]), result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                self._count([entry for entry, _ in by_lane[lane]], result)
+
+    def _attempts(
+        self, entries: list[Entry]
+    ) -> Callable[[], Awaitable[list[Envelope | GatewayError]]]:
         tries = 0
 
         def attempt() -> Awaitable[list[Envelope | GatewayError]]:
@@ -229,7 +398,9 @@ class Bridge:
                 ]
             )
 
-        results = await self._hand_on(attempt)
+        return attempt
+
+    def _count(self, entries: list[Entry], results: Results) -> None:
         for entry, result in zip(entries, results, strict=True):
             if isinstance(result, GatewayError):
                 metrics.dropped(result.code, f"topic {entry.topic!r}: {result}")

@@ -36,7 +36,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -113,7 +113,9 @@ class Incoming:
 
 
 # Takes the messages that arrived together, in order; they are acknowledged when it returns.
-Handler = Callable[[list[Incoming]], Awaitable[None]]
+# It returns the messages it holds on to, if any: those are acknowledged when it calls
+# `MqttLink.acknowledge`, the others when it returns.
+Handler = Callable[[list[Incoming]], Awaitable[Collection[Incoming] | None]]
 
 
 @dataclass(slots=True)
@@ -711,7 +713,14 @@ class MqttLink:
         if qos:
             conn.write(self._acknowledgement(qos, packet_id))
 
-    def _acknowledge(self, batch: list[Incoming]) -> None:
+    def acknowledge(self, messages: Collection[Incoming]) -> None:
+        """Acknowledge messages the handler held on to, now that they were handed on.
+
+        They may be acknowledged after messages that came later (MQTT asks for the order they
+        came in; brokers match acknowledgements by packet id)."""
+        self._acknowledge(messages)
+
+    def _acknowledge(self, batch: Collection[Incoming]) -> None:
         """Acknowledge what was handed on, on the connection that delivered it, if still up."""
         conn = self._conn
         if conn is None:
@@ -738,8 +747,9 @@ class MqttLink:
             batch = inbox[:BATCH_MESSAGES]
             del inbox[:BATCH_MESSAGES]
             acknowledge = True
+            held: Collection[Incoming] | None = None
             try:
-                await self._handler(batch)
+                held = await self._handler(batch)
             except asyncio.CancelledError:
                 raise
             except RedeliverError:
@@ -749,6 +759,9 @@ class MqttLink:
                     metrics.dropped("handler_error", f"topic {incoming.topic}")
                 logger.exception("handling %d messages from the broker failed", len(batch))
             if acknowledge:  # only now that they were handed on (or counted as dropped)
+                if held:
+                    kept = {id(incoming) for incoming in held}
+                    batch = [incoming for incoming in batch if id(incoming) not in kept]
                 self._acknowledge(batch)
             conn = self._conn
             if conn is not None and not conn.reading and len(inbox) < self._queue_size:
