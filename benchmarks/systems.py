@@ -6,7 +6,8 @@
 - ``gateway``: daphne serving ``config.asgi`` and one ``runworker mqtt-bridge``, with Redis and
   Mosquitto; ``gateway-uvicorn`` serves the same application with uvicorn instead of daphne;
   ``gateway-sentinel`` keeps daphne, on a Redis master with a replica and three Sentinels (the
-  bridge then waits for the replica before it acknowledges a device message).
+  bridge then waits for the replica before it acknowledges a device message);
+  ``gateway-shards`` keeps daphne, with rooms spread over two Redis servers (``REDIS_SHARDS``).
 """
 
 import re
@@ -254,6 +255,7 @@ class GatewaySystem(System):
         *,
         uvicorn: bool = False,
         sentinel: bool = False,
+        shards: int = 1,
     ) -> None:
         super().__init__(workdir)
         self.name = name
@@ -261,13 +263,22 @@ class GatewaySystem(System):
         self.uvicorn = uvicorn
         # A Redis master with a replica and three Sentinels: what surviving a failover costs.
         self.replicated = RedisReplicated(workdir / "redis-set") if sentinel else None
+        # Redis servers for rooms beside the main one (REDIS_SHARDS).
+        self.shards = [Redis(workdir / f"shard-{i}") for i in range(1, shards)]
         self.gateway: Gateway | None = None
 
     def _redis_env(self) -> dict[str, str]:
         if self.replicated is not None:
             return self.replicated.start().env()
         self.redis = Redis(self.workdir).start()
-        return {"REDIS_URL": self.redis.url}
+        env = {"REDIS_URL": self.redis.url}
+        for shard in self.shards:
+            shard.workdir.mkdir(exist_ok=True)
+            shard.start()
+        if self.shards:
+            named = (f"{s.workdir.name}={s.url}" for s in self.shards)
+            env["REDIS_SHARDS"] = ",".join(named)
+        return env
 
     def start(self) -> Endpoint:
         broker, _ = self._broker()
@@ -322,7 +333,12 @@ class GatewaySystem(System):
                 for node in self.replicated.servers
                 if node.process is not None
             ]
-        return [*super().procs(), *workers, *redis_set]
+        shards = [
+            Proc("redis", shard.workdir.name, shard.process.pid)
+            for shard in self.shards
+            if shard.process is not None
+        ]
+        return [*super().procs(), *workers, *redis_set, *shards]
 
     def alive(self) -> bool:
         return self.gateway is not None and all(
@@ -354,11 +370,20 @@ class GatewaySystem(System):
             self.gateway.stop()
         if self.replicated is not None:
             self.replicated.stop()
+        for shard in self.shards:
+            shard.stop()
         super().stop()
 
 
-SYSTEM_NAMES = ("mosquitto", "naive", "gateway", "gateway-uvicorn", "gateway-sentinel")
-# What a full run compares; gateway-sentinel runs when asked for (--systems).
+SYSTEM_NAMES = (
+    "mosquitto",
+    "naive",
+    "gateway",
+    "gateway-uvicorn",
+    "gateway-sentinel",
+    "gateway-shards",
+)
+# What a full run compares; gateway-sentinel and gateway-shards run when asked for (--systems).
 DEFAULT_SYSTEMS = ("mosquitto", "naive", "gateway", "gateway-uvicorn")
 
 
@@ -389,4 +414,6 @@ def make_system(name: str, workdir: Path, database_dir: Path) -> System:
             return GatewaySystem(workdir, name, database, uvicorn=True)
         if name == "gateway-sentinel":
             return GatewaySystem(workdir, name, database, sentinel=True)
+        if name == "gateway-shards":
+            return GatewaySystem(workdir, name, database, shards=2)
     raise ValueError(f"unknown system {name!r}: choose from {', '.join(SYSTEM_NAMES)}")
