@@ -180,13 +180,19 @@ class Bridge:
             hold = _Hold(message)
             holds.append(hold)
             for step in self._steps(message, message_id, limit, named=named):
-                if lanes > 1 and self._held.get(rooms.lane_of(step.room)):
-                    await self._hold(rooms.lane_of(step.room), [(step, hold)])
-                elif isinstance(step, Entry):
-                    entries.append((step, hold))
+                # A step whose shard has steps waiting (only with shards) waits behind them.
+                lane = rooms.lane_of(step.room) if lanes > 1 else 0
+                if isinstance(step, Entry):
+                    if lanes > 1 and self._held.get(lane):
+                        await self._hold(lane, [(step, hold)])
+                    else:
+                        entries.append((step, hold))
+                    continue
+                await self._enter(entries)  # what came before it goes first
+                entries = []
+                if lanes > 1 and self._held.get(lane):
+                    await self._hold(lane, [(step, hold)])
                 else:
-                    await self._enter(entries)  # what came before it goes first
-                    entries = []
                     await self._call(step, hold)
         await self._enter(entries)
         held = []
@@ -240,26 +246,9 @@ class Bridge:
         queue = self._held[lane]
         attempt = 0
         while queue:
-            first = queue[0][0]
-            if isinstance(first, _Call):
-                batch: list[Step] = [first]
-            else:
-                batch = []
-                for step, _ in queue:
-                    if not isinstance(step, Entry) or len(batch) >= HELD_BATCH:
-                        break
-                    batch.append(step)
+            batch = _next_held(queue)
             try:
-                if isinstance(first, _Call):
-                    await first.run()
-                else:
-                    # Each is checked like a redelivery: a failed attempt may have got there.
-                    entries = [
-                        replace(e, redelivery=True) if e.message_id else e
-                        for e in batch
-                        if isinstance(e, Entry)
-                    ]
-                    self._count(entries, await publish_many(entries))
+                await self._run_held(batch)
             except TRANSIENT_ERRORS as exc:
                 delay = backoff_delay(attempt, cap=HANDOFF_RETRY_CAP_SECONDS)
                 attempt += 1
@@ -267,20 +256,41 @@ class Bridge:
                 logger.debug("Redis shard %s still unreachable (%s)", shard_names()[lane], exc)
                 await asyncio.sleep(delay)
                 continue
+            except Exception:  # as the link does with a batch that fails: counted, let go
+                for step in batch:
+                    metrics.dropped("handler_error", f"room {step.room}")
+                logger.exception("handing on %d held steps failed", len(batch))
             attempt = 0
-            done = []
-            for _ in batch:
-                _, hold = queue.popleft()
-                hold.waiting -= 1
-                if not hold.waiting:
-                    done.append(hold.incoming)
-            self._held_count -= len(batch)
-            metrics.set_gauge("bridge_held", self._held_count)
-            if self._held_count < HELD_MAX:
-                self._held_room.set()
-            if done:
-                self.link.acknowledge(done)
+            self._release(queue, len(batch))
         logger.info("Redis shard %s is back: its rooms' device messages go on", shard_names()[lane])
+
+    async def _run_held(self, batch: list[Step]) -> None:
+        first = batch[0]
+        if isinstance(first, _Call):
+            await first.run()
+            return
+        # Each is checked like a redelivery: a failed attempt may have got there.
+        entries = [
+            replace(e, redelivery=True) if e.message_id else e
+            for e in batch
+            if isinstance(e, Entry)
+        ]
+        self._count(entries, await publish_many(entries))
+
+    def _release(self, queue: "deque[tuple[Step, _Hold]]", count: int) -> None:
+        """Take ``count`` handed-on steps off ``queue``; acknowledge the messages now done."""
+        done = []
+        for _ in range(count):
+            _, hold = queue.popleft()
+            hold.waiting -= 1
+            if not hold.waiting:
+                done.append(hold.incoming)
+        self._held_count -= count
+        metrics.set_gauge("bridge_held", self._held_count)
+        if self._held_count < HELD_MAX:
+            self._held_room.set()
+        if done:
+            self.link.acknowledge(done)
 
     def _targets(self, message: Incoming, limit: int) -> "list[Inbound] | None":
         """Where a device message goes; None once why it goes nowhere is counted."""
@@ -519,6 +529,20 @@ class Bridge:
         if channel is None:
             return
         await transport().send_to(channel, room_error(envelope, code, detail, to))
+
+
+def _next_held(queue: "deque[tuple[Step, _Hold]]") -> list[Step]:
+    """What to hand on next of a shard's held steps: a presence or state change alone, or the
+    room messages up to the next one (at most `HELD_BATCH`)."""
+    first = queue[0][0]
+    if isinstance(first, _Call):
+        return [first]
+    batch: list[Step] = []
+    for step, _ in queue:
+        if not isinstance(step, Entry) or len(batch) >= HELD_BATCH:
+            break
+        batch.append(step)
+    return batch
 
 
 _ONLINE = {"online", "on", "up", "connected", "true", "1", "yes"}
