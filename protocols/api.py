@@ -7,6 +7,7 @@ served at ``/api/openapi.json``.
 """
 
 import functools
+import logging
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any
@@ -38,6 +39,8 @@ from protocols.client_address import request_address
 from protocols.frames import read_page
 from protocols.openapi import SCHEMA
 
+logger = logging.getLogger(__name__)
+
 MINUTE = timedelta(minutes=1)
 ANSWER_BYTES = 1 << 20  # an answer's messages at most (the first always; ``more`` says so)
 
@@ -56,7 +59,8 @@ class Refusal(Exception):
 def answers_refusals(
     view: Callable[..., Coroutine[Any, Any, HttpResponse]],
 ) -> Callable[..., Coroutine[Any, Any, HttpResponse]]:
-    """Turn a `Refusal` raised by ``view`` into its JSON error response."""
+    """Turn a `Refusal` raised by ``view`` into its JSON error response, and a Redis (or Redis
+    shard) that cannot be reached into ``503 unavailable``."""
 
     @functools.wraps(view)
     async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
@@ -64,6 +68,10 @@ def answers_refusals(
             return await view(request, *args, **kwargs)
         except Refusal as refusal:
             return refusal.response()
+        except RedisError as exc:
+            logger.warning("%s: Redis unreachable: %s: %s", request.path, type(exc).__name__, exc)
+            detail = "the room's Redis cannot be reached now; try again shortly"
+            return Refusal(503, "unavailable", detail).response()
 
     return wrapper
 

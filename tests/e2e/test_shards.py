@@ -126,6 +126,11 @@ async def test_a_dead_shard_stops_only_its_rooms_says_so_and_loses_nothing(
             shards = json.loads(body)["shards"]
             assert shards["main"] == "ok"
             assert shards["b"] != "ok"
+            status, body = http_get(f"{gateway.http}/api/rooms/{on_b}/messages")
+            assert (status, json.loads(body)["error"]) == (503, "unavailable")
+            status, body = http_get(f"{gateway.http}/api/rooms/{on_main}/messages")
+            assert status == 200
+            assert {"n": 1} in [m["message"] for m in json.loads(body)["messages"]]
 
             # Back (empty: it kept nothing): what the devices sent meanwhile arrives, once,
             # in order, numbered past everything the room had.
