@@ -12,7 +12,7 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from gateway.shared import MAIN_SHARD, shard_of
-from tests.conftest import start_gateway
+from tests.conftest import gateway_on_sentinels, start_gateway
 from tests.support.clients import (
     frames_within,
     mqtt_client,
@@ -166,3 +166,40 @@ async def test_a_dead_shard_stops_only_its_rooms_says_so_and_loses_nothing(
         shard_b.stop()
         main.stop()
         broker.stop()
+
+
+async def test_shards_on_sentinels_are_masters_they_watch_reached_over_tls_with_a_password(
+    tmp_path: Path, broker: Mosquitto, database_url: str
+) -> None:
+    replicated, gateway = gateway_on_sentinels(
+        tmp_path, broker, database_url, "gw-sharded", secure=True, shards=1
+    )
+    names = (MAIN_SHARD, "shard-1")
+    rooms = [
+        next(f"porch-{i}" for i in range(1000) if shard_of(f"porch-{i}", names) == shard)
+        for shard in (0, 1)
+    ]
+    try:
+        gateway.start()
+        async with (
+            ws_connect(gateway.ws, rooms[0]) as on_main,
+            ws_connect(gateway.ws, rooms[1]) as on_shard,
+            mqtt_client(broker.port) as device,
+        ):
+            for room in rooms:
+                await device.publish(f"rooms/{room}/meter", json.dumps({"at": room}), qos=1)
+            for ws, room in ((on_main, rooms[0]), (on_shard, rooms[1])):
+                [frame] = await messages(ws, 1)
+                assert frame["message"] == {"at": room}
+        shard = replicated.shards["shard-1"].client()
+        main = replicated.master().client()
+        try:
+            assert shard.exists(f"gateway:gw-sharded:seq:{rooms[1]}") == 1
+            assert shard.exists(f"gateway:gw-sharded:seq:{rooms[0]}") == 0
+            assert main.exists(f"gateway:gw-sharded:seq:{rooms[0]}") == 1
+        finally:
+            shard.close()
+            main.close()
+    finally:
+        gateway.stop()
+        replicated.stop()

@@ -257,18 +257,25 @@ class RedisReplicated:
         down_after_ms: how long the master must be unreachable before Sentinels call it down.
         secure: every server and Sentinel listens over TLS only (a throwaway CA) and asks for
             a password (the servers one, the Sentinels another).
+        shards: more masters (without replicas) the Sentinels monitor, ``shard-1``..., for
+            ``REDIS_SHARDS``.
     """
 
     MASTER = "gateway"  # the name the Sentinels monitor the master under
     PASSWORD = "data-s3cret"
     SENTINEL_PASSWORD = "sentinel-s3cret"
 
-    def __init__(self, workdir: Path, *, down_after_ms: int = 1000, secure: bool = False) -> None:
+    def __init__(
+        self, workdir: Path, *, down_after_ms: int = 1000, secure: bool = False, shards: int = 0
+    ) -> None:
         self.workdir = workdir
         self.down_after_ms = down_after_ms
         self.secure = secure
         self.ca = workdir / "ca.pem"
         self.servers = [_Node(workdir / "redis-a", self), _Node(workdir / "redis-b", self)]
+        self.shards = {
+            f"shard-{i}": _Node(workdir / f"shard-{i}", self) for i in range(1, shards + 1)
+        }
         self.sentinels = [_Node(workdir / f"sentinel-{index}", self) for index in range(3)]
 
     @property
@@ -279,6 +286,8 @@ class RedisReplicated:
     def env(self) -> dict[str, str]:
         """What a gateway process needs to follow the master through the Sentinels."""
         env = {"REDIS_SENTINELS": self.sentinel_list, "REDIS_SENTINEL_MASTER": self.MASTER}
+        if self.shards:
+            env["REDIS_SHARDS"] = ",".join(self.shards)
         if self.secure:
             env["REDIS_URL"] = f"rediss://:{self.PASSWORD}@/0?ssl_ca_certs={self.ca}"
             env["REDIS_SENTINEL_PASSWORD"] = self.SENTINEL_PASSWORD
@@ -314,16 +323,22 @@ class RedisReplicated:
         first.start(binary("redis-server"), data)
         second.start(binary("redis-server"), [*data, f"replicaof 127.0.0.1 {first.port}"])
         wait_for(lambda: self._link_up(second), "the replica to sync with the master", 30)
+        for shard in self.shards.values():
+            shard.start(binary("redis-server"), data)
+        masters = {self.MASTER: first.port} | {n: s.port for n, s in self.shards.items()}
         for node in self.sentinels:
-            watch = [
-                f"sentinel monitor {self.MASTER} 127.0.0.1 {first.port} 2",
-                f"sentinel down-after-milliseconds {self.MASTER} {self.down_after_ms}",
-                f"sentinel failover-timeout {self.MASTER} 10000",
-                f"sentinel parallel-syncs {self.MASTER} 1",
-            ]
+            watch = []
+            for name, port in masters.items():
+                watch += [
+                    f"sentinel monitor {name} 127.0.0.1 {port} 2",
+                    f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+                    f"sentinel failover-timeout {name} 10000",
+                    f"sentinel parallel-syncs {name} 1",
+                ]
+                if self.secure:
+                    watch.append(f"sentinel auth-pass {name} {self.PASSWORD}")
             if self.secure:
                 watch += [
-                    f"sentinel auth-pass {self.MASTER} {self.PASSWORD}",
                     f"requirepass {self.SENTINEL_PASSWORD}",
                     f"sentinel sentinel-pass {self.SENTINEL_PASSWORD}",
                 ]
@@ -372,7 +387,7 @@ class RedisReplicated:
         return True
 
     def stop(self) -> None:
-        for node in (*self.sentinels, *self.servers):
+        for node in (*self.sentinels, *self.servers, *self.shards.values()):
             node.stop()
 
 
