@@ -94,6 +94,16 @@ class _Hold:
     waiting: int = 1
 
 
+@dataclass(slots=True)
+class _Held:
+    """A step waiting for its shard, with the message it came from and the redeliveries of
+    that message that came while it waited (they are done when it is)."""
+
+    step: "Step"
+    hold: _Hold
+    copies: list[_Hold]
+
+
 class Bridge:
     """Bridges topics and rooms in both directions, as the rules say.
 
@@ -116,8 +126,10 @@ class Bridge:
         self.publish_timeout = publish_timeout
         self._watches: set[asyncio.Task[None]] = set()
         self._stopping = False
-        # Per shard: steps held while it is down, in order, each with its message's hold.
-        self._held: dict[int, deque[tuple[Step, _Hold]]] = {}
+        # Per shard: steps held while it is down, in order; and the held room messages by
+        # (id, room), so that a redelivery of one (after a reconnect) waits on it, not twice.
+        self._held: dict[int, deque[_Held]] = {}
+        self._held_ids: dict[tuple[str, str], _Held] = {}
         self._held_count = 0
         self._held_room = asyncio.Event()  # set while fewer than HELD_MAX are held
         self._held_room.set()
@@ -150,8 +162,10 @@ class Bridge:
         """Drain in-flight messages both ways, then disconnect."""
         self._stopping = True
         await self.link.stop()
-        for task in (*self._watches, *self._drainers.values()):
+        tasks = (*self._watches, *self._drainers.values())
+        for task in tasks:
             task.cancel()  # held messages stay unacknowledged: the broker redelivers them
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # Broker -> rooms.
 
@@ -184,6 +198,9 @@ class Bridge:
                 lane = rooms.lane_of(step.room) if lanes > 1 else 0
                 if isinstance(step, Entry):
                     if lanes > 1 and self._held.get(lane):
+                        if self._held_count >= HELD_MAX:  # the hold waits: send the rest first
+                            await self._enter(entries)
+                            entries = []
                         await self._hold(lane, [(step, hold)])
                     else:
                         entries.append((step, hold))
@@ -230,8 +247,16 @@ class Bridge:
             )
         for step, hold in steps:
             hold.waiting += 1
-            queue.append((step, hold))
-        self._held_count += len(steps)
+            message_id = step.message_id if isinstance(step, Entry) else None
+            waiting = self._held_ids.get((message_id, step.room)) if message_id else None
+            if waiting is not None:  # a redelivery of one that waits: done when it is
+                waiting.copies.append(hold)
+                continue
+            item = _Held(step, hold, [])
+            queue.append(item)
+            self._held_count += 1
+            if message_id:
+                self._held_ids[(message_id, step.room)] = item
         if self._held_count >= HELD_MAX:
             self._held_room.clear()
         metrics.set_gauge("bridge_held", self._held_count)
@@ -277,14 +302,17 @@ class Bridge:
         ]
         self._count(entries, await publish_many(entries))
 
-    def _release(self, queue: "deque[tuple[Step, _Hold]]", count: int) -> None:
+    def _release(self, queue: "deque[_Held]", count: int) -> None:
         """Take ``count`` handed-on steps off ``queue``; acknowledge the messages now done."""
         done = []
         for _ in range(count):
-            _, hold = queue.popleft()
-            hold.waiting -= 1
-            if not hold.waiting:
-                done.append(hold.incoming)
+            item = queue.popleft()
+            if isinstance(item.step, Entry) and item.step.message_id:
+                self._held_ids.pop((item.step.message_id, item.step.room), None)
+            for hold in (item.hold, *item.copies):
+                hold.waiting -= 1
+                if not hold.waiting:
+                    done.append(hold.incoming)
         self._held_count -= count
         metrics.set_gauge("bridge_held", self._held_count)
         if self._held_count < HELD_MAX:
@@ -383,6 +411,10 @@ class Bridge:
                 if self._stopping:
                     raise RedeliverError(str(result)) from result
                 await self._hold(lane, list(by_lane[lane]), result)
+            elif isinstance(result, Exception):  # as the link does with a failed batch
+                for entry, _ in by_lane[lane]:
+                    metrics.dropped("handler_error", f"topic {entry.topic!r}")
+                logger.error("handing on to shard %s failed", shard_names()[lane], exc_info=result)
             elif isinstance(result, BaseException):
                 raise result
             else:
@@ -531,17 +563,17 @@ class Bridge:
         await transport().send_to(channel, room_error(envelope, code, detail, to))
 
 
-def _next_held(queue: "deque[tuple[Step, _Hold]]") -> list[Step]:
+def _next_held(queue: "deque[_Held]") -> list[Step]:
     """What to hand on next of a shard's held steps: a presence or state change alone, or the
     room messages up to the next one (at most `HELD_BATCH`)."""
-    first = queue[0][0]
+    first = queue[0].step
     if isinstance(first, _Call):
         return [first]
     batch: list[Step] = []
-    for step, _ in queue:
-        if not isinstance(step, Entry) or len(batch) >= HELD_BATCH:
+    for item in queue:
+        if not isinstance(item.step, Entry) or len(batch) >= HELD_BATCH:
             break
-        batch.append(step)
+        batch.append(item.step)
     return batch
 
 

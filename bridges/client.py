@@ -225,8 +225,9 @@ class MqttLink:
         self._subscribing: set[int] = set()  # SUBSCRIBE and UNSUBSCRIBE packet ids unanswered
         self._snapshot_id: int | None = None
         self._ping_sent: float | None = None
-        # QoS 2 from the broker: handed on and not yet PUBREC'd; PUBREC'd and awaiting PUBREL.
-        self._qos2_held: set[int] = set()
+        # QoS 2 from the broker: handed on and not yet PUBREC'd (with the connection it came
+        # on); PUBREC'd and awaiting PUBREL.
+        self._qos2_held: dict[int, int] = {}
         self._qos2_received: set[int] = set()
 
     @property
@@ -592,8 +593,10 @@ class MqttLink:
             if packet_id in self._qos2_received:  # the broker missed our PUBREC
                 conn.write(wire.ack(wire.PUBREC, packet_id, self._version))
                 return
-            if packet_id in self._qos2_held:  # the first is on its way
+            if self._qos2_held.get(packet_id) == conn.number:  # the first is on its way
                 return
+            # Held from an earlier connection, it can no longer be acknowledged there: this
+            # redelivery is handed on (a copy by its id) and acknowledged in its place.
         retain = message.retain
         snapshot = retain and not self.is_v5
         origin = content_type = device_id = None
@@ -607,7 +610,7 @@ class MqttLink:
         if self._draining:
             return  # not acknowledged: the broker redelivers it to the next session
         if qos == 2:
-            self._qos2_held.add(packet_id)
+            self._qos2_held[packet_id] = conn.number
         self._inbox.append(
             Incoming(
                 topic=message.topic,
@@ -704,7 +707,7 @@ class MqttLink:
         awaiting the broker's PUBREL)."""
         if qos == 1:
             return wire.ack(wire.PUBACK, packet_id, self._version)
-        self._qos2_held.discard(packet_id)
+        self._qos2_held.pop(packet_id, None)
         self._qos2_received.add(packet_id)
         return wire.ack(wire.PUBREC, packet_id, self._version)
 
@@ -723,8 +726,13 @@ class MqttLink:
     def _acknowledge(self, batch: Collection[Incoming]) -> None:
         """Acknowledge what was handed on, on the connection that delivered it, if still up."""
         conn = self._conn
+        number = conn.number if conn is not None else None
+        for incoming in batch:  # the broker delivers these again, on the connection after
+            stale = incoming.qos == 2 and incoming.connection != number
+            if stale and self._qos2_held.get(incoming.mid) == incoming.connection:
+                del self._qos2_held[incoming.mid]
         if conn is None:
-            return  # the broker delivers it again
+            return
         conn.write(
             b"".join(
                 self._acknowledgement(incoming.qos, incoming.mid)

@@ -21,8 +21,9 @@ more members than asked for it holds the count alone. Pages list a room's member
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from django.conf import settings
 
@@ -37,15 +38,18 @@ from gateway.shared import (
     redis_client,
     shard_names,
     shard_of,
+    split_by_shard,
     uses_redis,
 )
 from gateway.transport import ROOM_PRESENCE, PresenceEvent, PresenceMember, Transport, transport
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Kind = Literal["browser", "device"]
 DEVICE_TTL_SECONDS = 7 * 24 * 3600  # devices leave by their status topic, not by expiry
 MAX_MEMBERS = 10_000  # members listed per room at most (``GATEWAY_PRESENCE_MAX_PER_ROOM``)
+SHARD_SECONDS = 5.0  # how long a shard may take to refresh or sweep its rooms' presence
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +119,9 @@ class Store(Protocol):
     async def remove(self, room: str, key: str) -> tuple[Member, Change] | None: ...
 
     async def touch(self, room: str, keys: list[str], expires: float) -> None: ...
+
+    async def touch_all(self, keys_by_room: dict[str, list[str]], expires: float) -> None:
+        """`touch` each room's keys (one round trip per Redis)."""
 
     async def members(self, room: str, now: float) -> list[Member]: ...
 
@@ -249,6 +256,13 @@ class RedisStore:
             _, expiry = self._keys(room)
             await self.client.zadd(expiry, dict.fromkeys(keys, expires), xx=True)
 
+    async def touch_all(self, keys_by_room: dict[str, list[str]], expires: float) -> None:
+        async with self.client.pipeline(transaction=False) as pipe:
+            for room, keys in keys_by_room.items():
+                if keys:
+                    pipe.zadd(self._keys(room)[1], dict.fromkeys(keys, expires), xx=True)
+            await pipe.execute()
+
     async def members(self, room: str, now: float) -> list[Member]:
         members, expiry = self._keys(room)
         live = await self.client.zrangebyscore(expiry, now, "+inf")
@@ -321,6 +335,36 @@ class ShardedStore:
     async def touch(self, room: str, keys: list[str], expires: float) -> None:
         await self._shard(room).touch(room, keys, expires)
 
+    async def touch_all(self, keys_by_room: dict[str, list[str]], expires: float) -> None:
+        """Each shard's rooms side by side, each shard given `SHARD_SECONDS` at most: one
+        that is down or hung must not let the others' members lapse."""
+        by_shard = split_by_shard(keys_by_room, str, self.names)
+        await self._each(
+            {
+                shard: self.shards[shard].touch_all({r: keys_by_room[r] for r in rooms}, expires)
+                for shard, rooms in by_shard.items()
+            },
+            "refreshed",
+        )
+
+    async def _each(self, calls: Mapping[int, Awaitable[T]], doing: str) -> list[T]:
+        """The results of the shards' ``calls`` that succeeded within `SHARD_SECONDS`; the
+        others are logged (and asked again next time)."""
+        found = await asyncio.gather(
+            *(asyncio.wait_for(call, SHARD_SECONDS) for call in calls.values()),
+            return_exceptions=True,
+        )
+        results: list[T] = []
+        for shard, result in zip(calls, found, strict=True):
+            if isinstance(result, Exception):
+                name = self.names[shard]
+                logger.warning("shard %s's presence cannot be %s yet: %r", name, doing, result)
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                results.append(result)
+        return results
+
     async def members(self, room: str, now: float) -> list[Member]:
         return await self._shard(room).members(room, now)
 
@@ -334,16 +378,8 @@ class ShardedStore:
 
     async def expired(self, now: float) -> list[tuple[str, Member, Change]]:
         """Each shard's; one that is down is logged and asked again next time."""
-        gone: list[tuple[str, Member, Change]] = []
-        found = await asyncio.gather(
-            *(shard.expired(now) for shard in self.shards), return_exceptions=True
-        )
-        for name, result in zip(self.names, found, strict=True):
-            if isinstance(result, BaseException):
-                logger.warning("shard %s's presence cannot be refreshed yet: %s", name, result)
-            else:
-                gone.extend(result)
-        return gone
+        calls = {i: shard.expired(now) for i, shard in enumerate(self.shards)}
+        return [gone for found in await self._each(calls, "swept") for gone in found]
 
 
 class LocalStore:
@@ -384,6 +420,10 @@ class LocalStore:
         for key in keys:
             if key in members:
                 members[key] = (members[key][0], expires)
+
+    async def touch_all(self, keys_by_room: dict[str, list[str]], expires: float) -> None:
+        for room, keys in keys_by_room.items():
+            await self.touch(room, keys, expires)
 
     async def members(self, room: str, now: float) -> list[Member]:
         return [m for m, expires in self._rooms.get(room, {}).values() if expires >= now]
@@ -502,14 +542,13 @@ class Presence:
     async def _keep(self) -> None:
         while True:
             await asyncio.sleep(self.ttl / 3)
-            expires = time.time() + self.ttl
-            for room, keys in list(self._local.items()):
-                try:  # room by room: a shard that is down must not let the others' lapse
-                    await self.store.touch(room, list(keys), expires)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - logged; touched again next time
-                    logger.warning("could not refresh room %s's presence: %s", room, exc)
+            try:
+                held = {room: list(keys) for room, keys in self._local.items()}
+                await self.store.touch_all(held, time.time() + self.ttl)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged; touched again next time
+                logger.warning("could not refresh presence: %s", exc)
             try:
                 for room, member, change in await self.store.expired(time.time()):
                     await self._announce(room, "leave", member, change)

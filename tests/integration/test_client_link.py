@@ -274,3 +274,52 @@ async def test_a_message_too_large_to_hold_is_counted_acknowledged_and_the_next_
     await asyncio.sleep(1)
     await link.stop(drain_seconds=2)
     assert again == []
+
+
+async def test_a_qos_2_message_held_across_a_reconnect_is_taken_again_and_completed(
+    mosquitto: Mosquitto,
+) -> None:
+    """A handler holds a QoS 2 message (its shard is down) while the link reconnects: the old
+    connection can no longer acknowledge it, so the broker's redelivery on the new one is
+    handed on (a copy, by its id) and acknowledged there; nothing stays stuck."""
+    deliveries: list[Incoming] = []
+
+    async def hold_the_first(batch: list[Incoming]) -> list[Incoming]:
+        deliveries.extend(batch)
+        return batch if len(deliveries) == 1 else []
+
+    device = publisher(mosquitto)
+    link = link_on(mosquitto, hold_the_first, client_id="link-qos2-held", qos=2)
+    await started(link)
+    try:
+        device.publish("devices/valve/open", b"now", qos=2).wait_for_publish(5)
+        await until(lambda: len(deliveries) == 1, "the QoS 2 message")
+        assert link._conn is not None
+        link._conn.abort()  # the link drops; the session stays with the broker
+        await until(lambda: len(deliveries) == 2, "its redelivery on the new connection")
+        link.acknowledge(deliveries[:1])  # too late for the old connection: nothing is sent
+        await asyncio.sleep(0.5)
+    finally:
+        await link.stop(drain_seconds=2)
+    first, again = deliveries
+    assert (again.topic, again.payload, again.mid, again.dup) == (
+        "devices/valve/open",
+        b"now",
+        first.mid,
+        True,
+    )
+    assert again.connection != first.connection
+
+    # Completed on the new connection: the same session gets nothing more.
+    later: list[Incoming] = []
+
+    async def record(batch: list[Incoming]) -> None:
+        later.extend(batch)
+
+    link = link_on(mosquitto, record, client_id="link-qos2-held", qos=2)
+    await started(link)
+    await asyncio.sleep(1)
+    await link.stop(drain_seconds=2)
+    device.disconnect()
+    device.loop_stop()
+    assert later == []

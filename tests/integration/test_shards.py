@@ -10,6 +10,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gateway.envelope import Envelope, new_envelope
 from gateway.history import RedisWindow, ShardedWindow
+from gateway.presence import Member, RedisStore, ShardedStore
 from gateway.shared import connect, shard_of
 from gateway.transport import RedisTransport, ShardedTransport
 from tests.support.processes import Redis, free_port
@@ -111,5 +112,24 @@ async def test_a_shard_that_is_down_fails_only_its_rooms(
         assert [e["message"] for e in event["envelopes"]] == ["hi"]  # type: ignore[typeddict-item]
         with pytest.raises(RedisConnectionError):
             await window.append([envelope(south, "lost?")])
+    finally:
+        await nowhere.aclose(close_connection_pool=True)
+
+
+async def test_presence_on_a_live_shard_is_refreshed_while_another_is_down(
+    clients: list[RedisClient], prefix: str
+) -> None:
+    nowhere = connect(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        store = ShardedStore(
+            [RedisStore(clients[0], prefix=prefix), RedisStore(nowhere, prefix=prefix)], NAMES
+        )
+        north, south = room_on(0, "north"), room_on(1, "south")
+        member = Member(key="ws:1", kind="browser", name="ann", since="2026-12-02T00:00:00Z")
+        await store.add(north, member, expires=100.0, limit=10)
+        await store.touch_all({north: ["ws:1"], south: ["ws:2"]}, 5000.0)  # south's is logged
+        assert await clients[0].zscore(f"{prefix}expiry:{north}", "ws:1") == 5000.0
+        assert [m.key for m in await store.members(north, now=1000.0)] == ["ws:1"]
+        assert await store.expired(now=6000.0) != []  # the live shard is swept all the same
     finally:
         await nowhere.aclose(close_connection_pool=True)

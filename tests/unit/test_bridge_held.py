@@ -3,7 +3,7 @@ messages, a presence or state change alone (pure logic)."""
 
 from collections import deque
 
-from bridges.bridge import HELD_BATCH, _Call, _Hold, _next_held
+from bridges.bridge import HELD_BATCH, _Call, _Held, _Hold, _next_held
 from bridges.client import Incoming
 from gateway.publish import Entry
 
@@ -16,9 +16,9 @@ def entry(n: int) -> Entry:
     return Entry(room="yard", message={"n": n}, source="mqtt", sender="d")
 
 
-def held(*steps: Entry | _Call) -> deque[tuple[Entry | _Call, _Hold]]:
+def held(*steps: Entry | _Call) -> deque[_Held]:
     incoming = Incoming("rooms/yard/d", b"{}", 1, 1, False, False, None, None)
-    return deque((step, _Hold(incoming)) for step in steps)
+    return deque(_Held(step, _Hold(incoming), []) for step in steps)
 
 
 def test_room_messages_go_together_up_to_the_next_change() -> None:
@@ -36,4 +36,4 @@ def test_a_long_wait_is_handed_on_in_batches() -> None:
     queue = held(*(entry(n) for n in range(HELD_BATCH + 10)))
     batch = _next_held(queue)
     assert len(batch) == HELD_BATCH
-    assert batch[0] is queue[0][0]
+    assert batch[0] is queue[0].step
