@@ -6,16 +6,20 @@ device that retains on ever new topics cannot grow every welcome without bound: 
 new topic's message is still delivered, but not kept.
 """
 
+import logging
 from functools import partial
 from typing import cast
 
 from channels.db import database_sync_to_async
+from redis.exceptions import RedisError
 
 from gateway import stamps
 from gateway.conf import gateway_settings
 from gateway.envelope import Envelope
 from gateway.jsonutil import dumps
 from gateway.models import RetainedState
+
+logger = logging.getLogger(__name__)
 
 
 def _remember(envelope: Envelope, limit: int) -> bool:
@@ -52,14 +56,26 @@ async def remember(envelope: Envelope) -> bool:
     limit = gateway_settings().retained_max_topics
     kept: bool = await database_sync_to_async(_remember)(envelope, limit)
     if kept:
-        await stamps.bump(stamps.retained_stamp(envelope["room"]))
+        await _moved(envelope["room"])
     return kept
 
 
 async def forget(room: str, topic: str) -> None:
     """Drop a room and topic's state (a device cleared its retained message)."""
     await database_sync_to_async(_forget)(room, topic)
-    await stamps.bump(stamps.retained_stamp(room))
+    await _moved(room)
+
+
+async def _moved(room: str) -> None:
+    """Tell the processes that the room's states changed (they are committed already): if
+    the main Redis cannot be reached, what they cached expires on its own within 10 s, and a
+    room on another shard must not wait for it."""
+    try:
+        await stamps.bump(stamps.retained_stamp(room))
+    except RedisError as exc:
+        logger.warning(
+            "room %s's states changed; other processes see it within 10 s (%s)", room, exc
+        )
 
 
 async def states(room: str, stamp: stamps.Stamp) -> list[Envelope]:
