@@ -295,11 +295,7 @@ class Bridge:
             await first.run()
             return
         # Each is checked like a redelivery: a failed attempt may have got there.
-        entries = [
-            replace(e, redelivery=True) if e.message_id else e
-            for e in batch
-            if isinstance(e, Entry)
-        ]
+        entries = _checked_again([e for e in batch if isinstance(e, Entry)])
         self._count(entries, await publish_many(entries))
 
     def _release(self, queue: "deque[_Held]", count: int) -> None:
@@ -433,12 +429,7 @@ class Bridge:
             tries += 1
             if tries == 1:
                 return publish_many(entries)
-            return publish_many(
-                [
-                    replace(entry, redelivery=True) if entry.message_id else entry
-                    for entry in entries
-                ]
-            )
+            return publish_many(_checked_again(entries))
 
         return attempt
 
@@ -561,6 +552,12 @@ class Bridge:
         if channel is None:
             return
         await transport().send_to(channel, room_error(envelope, code, detail, to))
+
+
+def _checked_again(entries: list[Entry]) -> list[Entry]:
+    """``entries`` to try again: each that the broker may deliver again is checked like a
+    redelivery, as an attempt that failed may have reached its room."""
+    return [replace(entry, redelivery=True) if entry.message_id else entry for entry in entries]
 
 
 def _next_held(queue: "deque[_Held]") -> list[Step]:

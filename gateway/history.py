@@ -58,12 +58,11 @@ from gateway.jsonutil import dumps, parse_json
 from gateway.models import MESSAGE_TABLE, Message
 from gateway.shared import (
     EPOCH_SKIP,
+    Sharded,
     on_each,
     per_loop,
-    redis_client,
+    shard_clients,
     shard_names,
-    shard_of,
-    split_by_shard,
     uses_redis,
 )
 
@@ -383,19 +382,11 @@ class RedisWindow:
         await self.client.delete(window, f"{window}:bytes", once, f"{self.prefix}once-order:{room}")
 
 
-class ShardedWindow:
-    """The window in several Redis servers, each room's in its shard's
-    (`gateway.shared.shard_of`)."""
-
-    def __init__(self, shards: Sequence[RedisWindow], names: tuple[str, ...]) -> None:
-        self.shards = list(shards)
-        self.names = names
-
-    def _shard(self, room: str) -> RedisWindow:
-        return self.shards[shard_of(room, self.names)]
+class ShardedWindow(Sharded[RedisWindow]):
+    """The window in several Redis servers, each room's in its shard's."""
 
     async def append(self, envelopes: Sequence[Envelope], once: Once = _NONE) -> list[int | None]:
-        by_shard = split_by_shard(range(len(envelopes)), lambda i: envelopes[i]["room"], self.names)
+        by_shard = self.split(range(len(envelopes)), lambda i: envelopes[i]["room"])
         found = await on_each(
             [
                 self.shards[shard].append([envelopes[i] for i in indices], once)
@@ -409,23 +400,23 @@ class ShardedWindow:
         return seqs
 
     async def sent(self, envelopes: Sequence[Envelope]) -> None:
-        by_shard = split_by_shard(envelopes, lambda e: e["room"], self.names)
+        by_shard = self.split(envelopes, lambda e: e["room"])
         await on_each([self.shards[i].sent(some) for i, some in by_shard.items()])
 
     async def seed(self, room: str, floor: int) -> None:
-        await self._shard(room).seed(room, floor)
+        await self.for_room(room).seed(room, floor)
 
     async def after(self, room: str, seq: int, limit: int) -> list[Envelope]:
-        return await self._shard(room).after(room, seq, limit)
+        return await self.for_room(room).after(room, seq, limit)
 
     async def oldest(self, room: str) -> int | None:
-        return await self._shard(room).oldest(room)
+        return await self.for_room(room).oldest(room)
 
     async def tail(self, room: str, limit: int) -> tuple[int | None, list[Envelope]]:
-        return await self._shard(room).tail(room, limit)
+        return await self.for_room(room).tail(room, limit)
 
     async def forget(self, room: str) -> None:
-        await self._shard(room).forget(room)
+        await self.for_room(room).forget(room)
 
 
 class LocalWindow:
@@ -810,18 +801,17 @@ def _make_history() -> History:
     conf = gateway_settings()
     window: Window
     if uses_redis():
-        names = shard_names()
         windows = [
             RedisWindow(
-                redis_client(shard),
+                client,
                 prefix=f"gateway:{conf.gateway_id}:",
                 window=WINDOW,
                 ttl_seconds=int(conf.history_max_age.total_seconds()),
                 max_bytes=conf.history_window_bytes,
             )
-            for shard in range(len(names))
+            for client in shard_clients()
         ]
-        window = windows[0] if len(windows) == 1 else ShardedWindow(windows, names)
+        window = windows[0] if len(windows) == 1 else ShardedWindow(windows, shard_names())
     else:
         window = LocalWindow(window=WINDOW, max_bytes=conf.history_window_bytes)
     return History(

@@ -33,12 +33,11 @@ from gateway.envelope import utc_timestamp
 from gateway.jsonutil import dumps, parse_json
 from gateway.shared import (
     EPOCH_SKIP,
+    Sharded,
     epoch_keys,
     per_loop,
-    redis_client,
+    shard_clients,
     shard_names,
-    shard_of,
-    split_by_shard,
     uses_redis,
 )
 from gateway.transport import ROOM_PRESENCE, PresenceEvent, PresenceMember, Transport, transport
@@ -313,32 +312,24 @@ class RedisStore:
         return gone
 
 
-class ShardedStore:
-    """Members in several Redis servers, each room's in its shard's
-    (`gateway.shared.shard_of`)."""
-
-    def __init__(self, shards: list[RedisStore], names: tuple[str, ...]) -> None:
-        self.shards = shards
-        self.names = names
-
-    def _shard(self, room: str) -> RedisStore:
-        return self.shards[shard_of(room, self.names)]
+class ShardedStore(Sharded[RedisStore]):
+    """Members in several Redis servers, each room's in its shard's."""
 
     async def add(
         self, room: str, member: Member, expires: float, limit: int
     ) -> tuple[Added, Change | None]:
-        return await self._shard(room).add(room, member, expires, limit)
+        return await self.for_room(room).add(room, member, expires, limit)
 
     async def remove(self, room: str, key: str) -> tuple[Member, Change] | None:
-        return await self._shard(room).remove(room, key)
+        return await self.for_room(room).remove(room, key)
 
     async def touch(self, room: str, keys: list[str], expires: float) -> None:
-        await self._shard(room).touch(room, keys, expires)
+        await self.for_room(room).touch(room, keys, expires)
 
     async def touch_all(self, keys_by_room: dict[str, list[str]], expires: float) -> None:
         """Each shard's rooms side by side, each shard given `SHARD_SECONDS` at most: one
         that is down or hung must not let the others' members lapse."""
-        by_shard = split_by_shard(keys_by_room, str, self.names)
+        by_shard = self.split(keys_by_room, str)
         await self._each(
             {
                 shard: self.shards[shard].touch_all({r: keys_by_room[r] for r in rooms}, expires)
@@ -366,15 +357,15 @@ class ShardedStore:
         return results
 
     async def members(self, room: str, now: float) -> list[Member]:
-        return await self._shard(room).members(room, now)
+        return await self.for_room(room).members(room, now)
 
     async def snapshot(self, room: str, limit: int) -> Snapshot:
-        return await self._shard(room).snapshot(room, limit)
+        return await self.for_room(room).snapshot(room, limit)
 
     async def page(
         self, room: str, cursor: str, limit: int, now: float
     ) -> tuple[list[Member], str | None, int]:
-        return await self._shard(room).page(room, cursor, limit, now)
+        return await self.for_room(room).page(room, cursor, limit, now)
 
     async def expired(self, now: float) -> list[tuple[str, Member, Change]]:
         """Each shard's; one that is down is logged and asked again next time."""
@@ -570,16 +561,15 @@ def _make_presence() -> Presence:
     conf = gateway_settings()
     store: Store
     if uses_redis():
-        names = shard_names()
         stores = [
             RedisStore(
-                redis_client(shard),
+                client,
                 prefix=f"gateway:{conf.gateway_id}:presence:",
                 epoch_key=epoch_keys(f"gateway:{conf.gateway_id}:")[1],
             )
-            for shard in range(len(names))
+            for client in shard_clients()
         ]
-        store = stores[0] if len(stores) == 1 else ShardedStore(stores, names)
+        store = stores[0] if len(stores) == 1 else ShardedStore(stores, shard_names())
     else:
         store = LocalStore()
     return Presence(

@@ -28,7 +28,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
 
 # Connections per client (per process and event loop), and how long a burst of operations waits
 # for one of them before failing like an unreachable Redis. redis-py's own pool fails at once
@@ -141,6 +142,25 @@ def split_by_shard(
     for item in items:
         by_shard.setdefault(shard_of(room_of(item), names), []).append(item)
     return by_shard
+
+
+class Sharded(Generic[S]):
+    """One ``S`` per shard (a window, a store, a transport), each room's being its shard's."""
+
+    def __init__(self, shards: Sequence[S], names: tuple[str, ...]) -> None:
+        self.shards = list(shards)
+        self.names = names
+
+    def index(self, room: str) -> int:
+        """The index of ``room``'s shard (`shard_of`)."""
+        return shard_of(room, self.names)
+
+    def for_room(self, room: str) -> S:
+        return self.shards[shard_of(room, self.names)]
+
+    def split(self, items: Iterable[T], room_of: Callable[[T], str]) -> dict[int, list[T]]:
+        """``items`` by the index of their room's shard (`split_by_shard`)."""
+        return split_by_shard(items, room_of, self.names)
 
 
 async def on_each(calls: Sequence[Awaitable[R]]) -> list[R]:
@@ -343,6 +363,11 @@ def shard_targets() -> tuple[RedisTarget, ...]:
         else:
             shards.append(RedisTarget(url))
     return tuple(shards)
+
+
+def shard_clients() -> list[Redis]:
+    """This event loop's client of each shard, in the order of `shard_names`."""
+    return [redis_client(shard) for shard in range(len(shard_names()))]
 
 
 def uses_redis() -> bool:

@@ -37,12 +37,11 @@ from gateway.envelope import Envelope
 from gateway.history import APPEND_RECORDS_LUA, Once, RedisWindow, ShardedWindow, window_text
 from gateway.shared import (
     ReplicaWait,
+    Sharded,
     on_each,
     per_loop,
-    redis_client,
+    shard_clients,
     shard_names,
-    shard_of,
-    split_by_shard,
     uses_redis,
 )
 
@@ -318,7 +317,9 @@ class Transport(Protocol):
     A hub has one inbox per *lane*: each shard of a sharded Redis is one (`ShardedTransport`),
     and a hub reads each lane on its own, so a shard that is down stops only its rooms."""
 
-    lanes: int  # how many inboxes each hub reads
+    @property
+    def lanes(self) -> int:
+        """How many inboxes each hub reads."""
 
     def lane_of(self, room: str) -> int:
         """The lane ``room``'s events come on."""
@@ -500,44 +501,40 @@ class RedisTransport:
         return [int(seq) for seq in found[1]]
 
 
-class ShardedTransport:
-    """Events through several Redis servers, each room's through its shard's
-    (`gateway.shared.shard_of`): a hub has an inbox in each, read as one lane."""
+class ShardedTransport(Sharded[RedisTransport]):
+    """Events through several Redis servers, each room's through its shard's: a hub has an
+    inbox in each, read as one lane."""
 
-    def __init__(self, shards: Sequence[RedisTransport], names: tuple[str, ...]) -> None:
-        self.shards = list(shards)
-        self.names = names
-        self.lanes = len(shards)
+    @property
+    def lanes(self) -> int:
+        return len(self.shards)
 
     def lane_of(self, room: str) -> int:
-        return shard_of(room, self.names)
-
-    def _shard(self, room: str) -> RedisTransport:
-        return self.shards[shard_of(room, self.names)]
+        return self.index(room)
 
     async def open_hub(self) -> str:
         return uuid.uuid4().hex
 
     async def join(self, hub: str, room: str) -> None:
-        await self._shard(room).join(hub, room)
+        await self.for_room(room).join(hub, room)
 
     async def leave(self, hub: str, room: str) -> None:
-        await self._shard(room).leave(hub, room)
+        await self.for_room(room).leave(hub, room)
 
     async def renew(self, hub: str, rooms: Iterable[str]) -> None:
-        by_shard = split_by_shard(rooms, str, self.names)
+        by_shard = self.split(rooms, str)
         await on_each([self.shards[i].renew(hub, some) for i, some in by_shard.items()])
 
     async def receive(self, hub: str, limit: int, lane: int = 0) -> list[Event]:
         return await self.shards[lane].receive(hub, limit)
 
     async def send(self, room: str, events: Sequence[Event]) -> None:
-        await self._shard(room).send(room, events)
+        await self.for_room(room).send(room, events)
 
     async def send_rooms(
         self, by_room: dict[str, list[Envelope]], *, replicated: bool = False
     ) -> None:
-        by_shard = split_by_shard(by_room, str, self.names)
+        by_shard = self.split(by_room, str)
         await on_each(
             [
                 self.shards[i].send_rooms({r: by_room[r] for r in rooms}, replicated=replicated)
@@ -546,14 +543,14 @@ class ShardedTransport:
         )
 
     async def send_to(self, hub: str, event: Event) -> None:
-        await self._shard(_room_of(event)).send_to(hub, event)
+        await self.for_room(_room_of(event)).send_to(hub, event)
 
     async def append_and_deliver(
         self, window: ShardedWindow, envelopes: Sequence[Envelope], once: Once
     ) -> list[int] | None:
         """`RedisTransport.append_and_deliver`, for a burst whose rooms share a shard; None
         (nothing done) for one that spans shards, which takes the usual two steps."""
-        lanes = {shard_of(envelope["room"], self.names) for envelope in envelopes}
+        lanes = {self.index(envelope["room"]) for envelope in envelopes}
         if len(lanes) != 1:
             return None
         [lane] = lanes
@@ -655,15 +652,14 @@ def _make_transport() -> Transport:
     capacity = int(getattr(settings, "CHANNEL_CAPACITY", 1000))
     if not uses_redis():
         return LocalTransport(capacity=capacity)
-    names = shard_names()
     shards = [
         RedisTransport(
-            redis_client(shard),
+            client,
             prefix=f"gateway:{gateway_settings().gateway_id}:",
             capacity=capacity,
             membership_seconds=int(getattr(settings, "CHANNEL_GROUP_EXPIRY", 86400)),
             replica_wait=ReplicaWait(int(getattr(settings, "REDIS_REPLICA_WAIT_MS", 1000))),
         )
-        for shard in range(len(names))
+        for client in shard_clients()
     ]
-    return shards[0] if len(shards) == 1 else ShardedTransport(shards, names)
+    return shards[0] if len(shards) == 1 else ShardedTransport(shards, shard_names())

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 from typing import Any, cast
 
@@ -276,16 +276,16 @@ class RoomHub:
                 "carries them; what is sent meanwhile arrives when it is back",
             )
         )
-        for room in self._rooms_on(lane):
+        for room in self._on_lane(self.rooms, lane):
             for subscriber in list(self.rooms.get(room, {}).values()):
                 subscriber.deliver(frame, 0)
             metrics.inc("rooms_held_up")
 
-    def _rooms_on(self, lane: int) -> list[str]:
-        """The rooms with sockets here whose events come on ``lane``."""
-        if self.transport.lanes == 1:
-            return list(self.rooms)
-        return [room for room in self.rooms if self.transport.lane_of(room) == lane]
+    def _on_lane(self, rooms: Iterable[str], lane: int | None) -> list[str]:
+        """Those of ``rooms`` whose events come on ``lane`` (all of them for None)."""
+        if lane is None or self.transport.lanes == 1:
+            return list(rooms)
+        return [room for room in rooms if self.transport.lane_of(room) == lane]
 
     async def _catch_up(self, lane: int = 0) -> bool:
         """After a layer failure, send each room what history has past the last seq it got;
@@ -299,7 +299,7 @@ class RoomHub:
         """
         history = history_for()
         complete = True
-        for room in self._rooms_on(lane):
+        for room in self._on_lane(self.rooms, lane):
             members = self.rooms.get(room)
             if not members:
                 continue
@@ -466,10 +466,7 @@ class RoomHub:
         for no socket until that membership lapses, and drops them."""
         assert self.channel is not None
         try:
-            joined = list(self._joined)
-            if lane is not None and self.transport.lanes > 1:
-                joined = [room for room in joined if self.transport.lane_of(room) == lane]
-            await self.transport.renew(self.channel, joined)
+            await self.transport.renew(self.channel, self._on_lane(self._joined, lane))
         except Exception:  # logged; the reader retries and renewal runs again later
             logger.warning("could not renew the hub's rooms yet", exc_info=True)
             return False

@@ -67,9 +67,10 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     if may_see_detail(request):  # broker addresses, client ids, exception text
         body["checks"] = dict(zip(names, results, strict=True))
         shards = shard_names() if uses_redis() else ()
-        if len(shards) > 1:
-            answers = await asyncio.gather(*(_bounded(_ping(i)) for i in range(len(shards))))
-            body["shards"] = dict(zip(shards, answers, strict=True))
+        if len(shards) > 1:  # the main one's answer is the channel layer's
+            others = await asyncio.gather(*(_bounded(_ping(i)) for i in range(1, len(shards))))
+            main = body["checks"]["channel_layer"]
+            body["shards"] = dict(zip(shards, (main, *others), strict=True))
     return JsonResponse(body, status=200 if ready else 503)
 
 
@@ -134,7 +135,7 @@ async def _check_channel_layer(layer: BaseChannelLayer | None) -> None:
     if layer is None:
         raise _NotReadyError("no channel layer is configured")
     if uses_redis():  # the channel layer and the gateway's transport are on this Redis
-        await redis_client().ping()
+        await _ping(0)
     # Without Redis everything lives in this process: it is up when the process is.
 
 
